@@ -1,0 +1,3 @@
+//! The applications shipped with bettong.
+
+pub mod market_spread;

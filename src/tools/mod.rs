@@ -1,0 +1,5 @@
+//! Giles-style load and measurement tools and data generators.
+
+pub mod gen;
+pub mod receiver;
+pub mod sender;
