@@ -1,1 +1,1005 @@
-//! (being written)
+//! Market Spread: Wallaroo's benchmark application — message formats, per-symbol state and logic.
+//!
+//! Two sources feed one keyed state computation: "Orders" (fixish order messages) and "Nbbo"
+//! (fixish national-best-bid-and-offer updates), both keyed by the 4-byte symbol. Each symbol keeps
+//! its last bid and offer and whether its spread is too wide to trade; an order on such a symbol
+//! produces an [`OrderResult`], every other input produces nothing.
+//!
+//! Every byte layout here is Wallaroo's (`lib/wallaroo_labs/new_fix/fixish_messages.pony` and the
+//! Pony market-spread encoder), so Wallaroo's data files, Giles senders and receivers work
+//! unchanged. All integers and floats are big-endian; every record travels framed by a
+//! `[u32 BE payload_len]` header.
+//!
+//! The inputs are decoded without copying the frame: [`Order`] and [`Nbbo`] are plain byte layouts
+//! (alignment 1) that `bytemuck` casts straight over the payload, and their accessors decode a
+//! field only when it is read. Both are small `Copy` values, because the engine moves messages
+//! between cores by value.
+//!
+//! ```
+//! use bettong::apps::market_spread::{check, decode, pad_symbol, Nbbo, Order, SymbolData};
+//!
+//! let time = *b"20160902-15:47:52.000";
+//! let mut wire = Vec::new();
+//! Nbbo::new(pad_symbol("GE"), time, 30.00, 30.01).encode_framed(&mut wire);
+//! Order::new(1, 42, *b"AB12cd", pad_symbol("GE"), 100.0, 30.0, time).encode_framed(&mut wire);
+//!
+//! let mut state = SymbolData::default();
+//! // The NBBO's spread is narrow, so the order that follows is accepted and produces nothing.
+//! assert!(check(decode(&wire[4..46])?, &mut state, 0).is_none());
+//! assert!(check(decode(&wire[50..])?, &mut state, 0).is_none());
+//! # Ok::<(), bettong::apps::market_spread::FixishError>(())
+//! ```
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytemuck::{Pod, Zeroable};
+
+/// Fix type byte of an order message.
+pub const ORDER_TYPE: u8 = 1;
+/// Fix type byte of an NBBO message.
+pub const NBBO_TYPE: u8 = 2;
+/// Payload length of an order message (57 bytes on the wire with its length header).
+pub const ORDER_PAYLOAD_LEN: usize = 53;
+/// Payload length of an NBBO message (46 bytes on the wire with its length header).
+pub const NBBO_PAYLOAD_LEN: usize = 42;
+/// Payload length of an encoded [`OrderResult`].
+pub const ORDER_RESULT_PAYLOAD_LEN: usize = 55;
+/// Length of one framed [`OrderResult`] on the wire: the `u32` header plus the payload.
+pub const ORDER_RESULT_FRAME_LEN: usize = 4 + ORDER_RESULT_PAYLOAD_LEN;
+/// Length of the ASCII transact time `YYYYMMDD-HH:MM:SS.000`.
+pub const TRANSACT_TIME_LEN: usize = 21;
+/// Spreads at or above this (absolute, or relative to the mid price) stop trading on a symbol.
+pub const MAX_SPREAD: f64 = 0.05;
+
+/// Why a payload is not a valid fixish message or order result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FixishError {
+    /// The payload has no bytes at all, so not even a type byte.
+    Empty,
+    /// The type byte is neither 1 (order) nor 2 (NBBO). Wallaroo decodes these to
+    /// "OtherFixMessage" and its source rejects them; so do we.
+    UnknownType(u8),
+    /// The payload length does not match the fixed layout of its kind.
+    WrongLength {
+        /// Which kind of message the payload claimed to be.
+        kind: &'static str,
+        /// The length that kind always has.
+        expected: usize,
+        /// The length that arrived.
+        actual: usize,
+    },
+    /// A symbol longer than the 4 bytes the wire format has room for.
+    SymbolTooLong(String),
+}
+
+impl fmt::Display for FixishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FixishError::Empty => f.write_str("empty fixish payload: no message type byte"),
+            FixishError::UnknownType(t) => write!(
+                f,
+                "unknown fixish message type {t} (expected {ORDER_TYPE} = order or {NBBO_TYPE} = NBBO)"
+            ),
+            FixishError::WrongLength {
+                kind,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{kind} payload must be {expected} bytes, got {actual}"
+            ),
+            FixishError::SymbolTooLong(s) => {
+                write!(f, "symbol `{s}` is longer than 4 bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FixishError {}
+
+/// Right-aligns a symbol in the 4 bytes the wire format has, padding with leading spaces
+/// (`"GE"` becomes `"  GE"`), as Wallaroo's data files do.
+///
+/// A symbol longer than 4 bytes keeps only its first 4 bytes (`"GOOGL"` becomes `"GOOG"`); use
+/// [`try_pad_symbol`] where that truncation would silently merge two symbols into one key.
+///
+/// ```
+/// use bettong::apps::market_spread::pad_symbol;
+/// assert_eq!(&pad_symbol("GE"), b"  GE");
+/// assert_eq!(&pad_symbol("GOOGL"), b"GOOG");
+/// ```
+pub fn pad_symbol(symbol: &str) -> [u8; 4] {
+    let bytes = symbol.as_bytes();
+    let bytes = &bytes[..bytes.len().min(4)];
+    let mut out = [b' '; 4];
+    out[4 - bytes.len()..].copy_from_slice(bytes);
+    out
+}
+
+/// Like [`pad_symbol`], but a symbol longer than 4 bytes is an error instead of being cut.
+///
+/// ```
+/// use bettong::apps::market_spread::try_pad_symbol;
+/// assert_eq!(try_pad_symbol("F").ok(), Some(*b"   F"));
+/// assert!(try_pad_symbol("GOOGL").is_err());
+/// ```
+pub fn try_pad_symbol(symbol: &str) -> Result<[u8; 4], FixishError> {
+    if symbol.len() > 4 {
+        return Err(FixishError::SymbolTooLong(symbol.to_owned()));
+    }
+    Ok(pad_symbol(symbol))
+}
+
+/// Whether a bid/offer pair makes a symbol untradeable: Wallaroo's rule
+/// `spread >= 0.05 || spread / mid >= 0.05`.
+///
+/// With both prices 0 the relative spread is NaN, which compares false, so the pair is accepted,
+/// exactly as in Wallaroo.
+///
+/// ```
+/// use bettong::apps::market_spread::is_rejected_spread;
+/// assert!(is_rejected_spread(10.00, 10.05)); // absolute spread 0.05
+/// assert!(is_rejected_spread(0.50, 0.53)); // 0.03 wide, but 5.8% of the mid price
+/// assert!(!is_rejected_spread(10.00, 10.03));
+/// ```
+pub fn is_rejected_spread(bid: f64, offer: f64) -> bool {
+    let spread = offer - bid;
+    let mid = (bid + offer) / 2.0;
+    spread >= MAX_SPREAD || spread / mid >= MAX_SPREAD
+}
+
+/// Nanoseconds since the Unix epoch by the wall clock: the timestamp Wallaroo's Pony encoder
+/// puts in every [`OrderResult`]. A clock set before 1970 reads as 0 rather than failing.
+///
+/// ```
+/// assert!(bettong::apps::market_spread::wall_clock_ns() > 1_500_000_000_000_000_000);
+/// ```
+pub fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn check_len(kind: &'static str, payload: &[u8], expected: usize) -> Result<(), FixishError> {
+    if payload.len() == expected {
+        Ok(())
+    } else {
+        Err(FixishError::WrongLength {
+            kind,
+            expected,
+            actual: payload.len(),
+        })
+    }
+}
+
+/// A fixish order, in its 53-byte wire layout; the accessors decode its big-endian fields.
+///
+/// Layout: `0:u8 type=1 | 1:u8 side | 2:u32 account | 6:[u8;6] order id | 12:[u8;4] symbol |
+/// 16:f64 qty | 24:f64 price | 32:[u8;21] transact time`.
+///
+/// ```
+/// use bettong::apps::market_spread::{pad_symbol, Order};
+/// let order = Order::new(2, 7, *b"abc123", pad_symbol("F"), 650.0, 12.5, *b"20160902-15:47:52.000");
+/// let view = Order::from_payload(bytemuck::bytes_of(&order))?;
+/// assert_eq!((view.side(), view.account(), view.symbol()), (2, 7, b"   F"));
+/// assert_eq!((view.qty(), view.price()), (650.0, 12.5));
+/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Order {
+    fix_type: u8,
+    side: u8,
+    account: [u8; 4],
+    order_id: [u8; 6],
+    symbol: [u8; 4],
+    qty: [u8; 8],
+    price: [u8; 8],
+    transact_time: [u8; TRANSACT_TIME_LEN],
+}
+
+/// A fixish NBBO update, in its 42-byte wire layout; the accessors decode its big-endian fields.
+///
+/// Layout: `0:u8 type=2 | 1:[u8;4] symbol | 5:[u8;21] transact time | 26:f64 bid | 34:f64 offer`.
+///
+/// ```
+/// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+/// let nbbo = Nbbo::new(pad_symbol("INSM"), *b"20160902-15:47:52.000", 19.6505, 19.7136);
+/// let view = Nbbo::from_payload(bytemuck::bytes_of(&nbbo))?;
+/// assert_eq!((view.symbol(), view.bid(), view.offer()), (b"INSM", 19.6505, 19.7136));
+/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Nbbo {
+    fix_type: u8,
+    symbol: [u8; 4],
+    transact_time: [u8; TRANSACT_TIME_LEN],
+    bid: [u8; 8],
+    offer: [u8; 8],
+}
+
+// The wire format is the contract: a field added or resized by mistake must not compile.
+const _: () = assert!(std::mem::size_of::<Order>() == ORDER_PAYLOAD_LEN);
+const _: () = assert!(std::mem::align_of::<Order>() == 1);
+const _: () = assert!(std::mem::size_of::<Nbbo>() == NBBO_PAYLOAD_LEN);
+const _: () = assert!(std::mem::align_of::<Nbbo>() == 1);
+
+impl Order {
+    /// Builds an order from its fields (for generators and tests; the engine only decodes).
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Order};
+    /// let o = Order::new(1, 300, *b"Zz9Yy8", pad_symbol("GE"), 10.0, 25.5, *b"20160902-09:30:00.000");
+    /// assert_eq!(o.order_id(), b"Zz9Yy8");
+    /// ```
+    pub fn new(
+        side: u8,
+        account: u32,
+        order_id: [u8; 6],
+        symbol: [u8; 4],
+        qty: f64,
+        price: f64,
+        transact_time: [u8; TRANSACT_TIME_LEN],
+    ) -> Order {
+        Order {
+            fix_type: ORDER_TYPE,
+            side,
+            account: account.to_be_bytes(),
+            order_id,
+            symbol,
+            qty: qty.to_be_bytes(),
+            price: price.to_be_bytes(),
+            transact_time,
+        }
+    }
+
+    /// Views a 53-byte payload whose type byte is 1 as an order, without copying it.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::Order;
+    /// assert!(Order::from_payload(&[1; 52]).is_err());
+    /// ```
+    pub fn from_payload(payload: &[u8]) -> Result<&Order, FixishError> {
+        match payload.first() {
+            None => return Err(FixishError::Empty),
+            Some(&ORDER_TYPE) => {}
+            Some(&other) => return Err(FixishError::UnknownType(other)),
+        }
+        check_len("order", payload, ORDER_PAYLOAD_LEN)?;
+        bytemuck::try_from_bytes(payload).map_err(|_| FixishError::WrongLength {
+            kind: "order",
+            expected: ORDER_PAYLOAD_LEN,
+            actual: payload.len(),
+        })
+    }
+
+    /// The 53 payload bytes, exactly as on the wire (without the length header).
+    pub fn as_bytes(&self) -> &[u8] {
+        bytemuck::bytes_of(self)
+    }
+
+    /// Appends the framed order (`[u32 BE 53]` + payload, 57 bytes) to `buf`.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Order};
+    /// let mut buf = Vec::new();
+    /// Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 1.0, [b'0'; 21]).encode_framed(&mut buf);
+    /// assert_eq!(buf.len(), 57);
+    /// assert_eq!(&buf[..4], &[0, 0, 0, 53]);
+    /// ```
+    pub fn encode_framed(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&(ORDER_PAYLOAD_LEN as u32).to_be_bytes());
+        buf.extend_from_slice(self.as_bytes());
+    }
+
+    /// Side: 1 = buy, 2 = sell (as sent; not validated, Wallaroo does not look at it either).
+    pub fn side(&self) -> u8 {
+        self.side
+    }
+
+    /// Client account number.
+    pub fn account(&self) -> u32 {
+        u32::from_be_bytes(self.account)
+    }
+
+    /// Order id, 6 ASCII bytes.
+    pub fn order_id(&self) -> &[u8; 6] {
+        &self.order_id
+    }
+
+    /// Symbol, 4 ASCII bytes right-aligned with leading spaces; this is the key.
+    pub fn symbol(&self) -> &[u8; 4] {
+        &self.symbol
+    }
+
+    /// Order quantity.
+    pub fn qty(&self) -> f64 {
+        f64::from_be_bytes(self.qty)
+    }
+
+    /// Limit price.
+    pub fn price(&self) -> f64 {
+        f64::from_be_bytes(self.price)
+    }
+
+    /// Transact time, ASCII `YYYYMMDD-HH:MM:SS.000`.
+    pub fn transact_time(&self) -> &[u8; TRANSACT_TIME_LEN] {
+        &self.transact_time
+    }
+}
+
+impl fmt::Debug for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Order")
+            .field("side", &self.side())
+            .field("account", &self.account())
+            .field("order_id", &self.order_id.escape_ascii().to_string())
+            .field("symbol", &self.symbol.escape_ascii().to_string())
+            .field("qty", &self.qty())
+            .field("price", &self.price())
+            .field(
+                "transact_time",
+                &self.transact_time.escape_ascii().to_string(),
+            )
+            .finish()
+    }
+}
+
+impl Nbbo {
+    /// Builds an NBBO update from its fields (for generators and tests).
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+    /// let n = Nbbo::new(pad_symbol("GE"), *b"20160902-09:30:00.000", 30.0, 30.02);
+    /// assert_eq!(n.offer(), 30.02);
+    /// ```
+    pub fn new(
+        symbol: [u8; 4],
+        transact_time: [u8; TRANSACT_TIME_LEN],
+        bid: f64,
+        offer: f64,
+    ) -> Nbbo {
+        Nbbo {
+            fix_type: NBBO_TYPE,
+            symbol,
+            transact_time,
+            bid: bid.to_be_bytes(),
+            offer: offer.to_be_bytes(),
+        }
+    }
+
+    /// Views a 42-byte payload whose type byte is 2 as an NBBO update, without copying it.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::Nbbo;
+    /// assert!(Nbbo::from_payload(&[2; 42]).is_ok());
+    /// assert!(Nbbo::from_payload(&[1; 42]).is_err());
+    /// ```
+    pub fn from_payload(payload: &[u8]) -> Result<&Nbbo, FixishError> {
+        match payload.first() {
+            None => return Err(FixishError::Empty),
+            Some(&NBBO_TYPE) => {}
+            Some(&other) => return Err(FixishError::UnknownType(other)),
+        }
+        check_len("NBBO", payload, NBBO_PAYLOAD_LEN)?;
+        bytemuck::try_from_bytes(payload).map_err(|_| FixishError::WrongLength {
+            kind: "NBBO",
+            expected: NBBO_PAYLOAD_LEN,
+            actual: payload.len(),
+        })
+    }
+
+    /// The 42 payload bytes, exactly as on the wire (without the length header).
+    pub fn as_bytes(&self) -> &[u8] {
+        bytemuck::bytes_of(self)
+    }
+
+    /// Appends the framed update (`[u32 BE 42]` + payload, 46 bytes) to `buf`.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+    /// let mut buf = Vec::new();
+    /// Nbbo::new(pad_symbol("GE"), [b'0'; 21], 1.0, 1.01).encode_framed(&mut buf);
+    /// assert_eq!(buf.len(), 46);
+    /// assert_eq!(&buf[..5], &[0, 0, 0, 42, 2]);
+    /// ```
+    pub fn encode_framed(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&(NBBO_PAYLOAD_LEN as u32).to_be_bytes());
+        buf.extend_from_slice(self.as_bytes());
+    }
+
+    /// Symbol, 4 ASCII bytes right-aligned with leading spaces; this is the key.
+    pub fn symbol(&self) -> &[u8; 4] {
+        &self.symbol
+    }
+
+    /// Transact time, ASCII `YYYYMMDD-HH:MM:SS.000`.
+    pub fn transact_time(&self) -> &[u8; TRANSACT_TIME_LEN] {
+        &self.transact_time
+    }
+
+    /// Best bid.
+    pub fn bid(&self) -> f64 {
+        f64::from_be_bytes(self.bid)
+    }
+
+    /// Best offer.
+    pub fn offer(&self) -> f64 {
+        f64::from_be_bytes(self.offer)
+    }
+
+    /// `(bid + offer) / 2`, the price the relative spread is measured against.
+    pub fn mid(&self) -> f64 {
+        (self.bid() + self.offer()) / 2.0
+    }
+}
+
+impl fmt::Debug for Nbbo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Nbbo")
+            .field("symbol", &self.symbol.escape_ascii().to_string())
+            .field(
+                "transact_time",
+                &self.transact_time.escape_ascii().to_string(),
+            )
+            .field("bid", &self.bid())
+            .field("offer", &self.offer())
+            .finish()
+    }
+}
+
+/// One input of the merged Market Spread stream: what the "Orders" and "Nbbo" sources decode to.
+///
+/// ```
+/// use bettong::apps::market_spread::{pad_symbol, symbol_key, MarketMessage, Nbbo};
+/// let msg = MarketMessage::from(Nbbo::new(pad_symbol("GE"), [b'0'; 21], 1.0, 1.01));
+/// assert_eq!(symbol_key(&msg), b"  GE");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MarketMessage {
+    /// An order to check against the symbol's last NBBO.
+    Order(Order),
+    /// A market data update for the symbol.
+    Nbbo(Nbbo),
+}
+
+impl From<Order> for MarketMessage {
+    fn from(order: Order) -> Self {
+        MarketMessage::Order(order)
+    }
+}
+
+impl From<Nbbo> for MarketMessage {
+    fn from(nbbo: Nbbo) -> Self {
+        MarketMessage::Nbbo(nbbo)
+    }
+}
+
+impl MarketMessage {
+    /// The symbol the message is about (the key).
+    pub fn symbol(&self) -> &[u8; 4] {
+        match self {
+            MarketMessage::Order(o) => o.symbol(),
+            MarketMessage::Nbbo(n) => n.symbol(),
+        }
+    }
+}
+
+/// Decodes one frame payload (without its length header) into an order or an NBBO update.
+///
+/// Type byte 1 needs exactly 53 bytes and 2 exactly 42; anything else is an error.
+///
+/// ```
+/// use bettong::apps::market_spread::{decode, FixishError, MarketMessage};
+/// assert!(matches!(decode(&[2; 42]), Ok(MarketMessage::Nbbo(_))));
+/// assert_eq!(decode(&[]), Err(FixishError::Empty));
+/// assert_eq!(decode(&[3; 42]), Err(FixishError::UnknownType(3)));
+/// ```
+pub fn decode(payload: &[u8]) -> Result<MarketMessage, FixishError> {
+    match payload.first() {
+        None => Err(FixishError::Empty),
+        Some(&ORDER_TYPE) => Order::from_payload(payload).map(|o| MarketMessage::Order(*o)),
+        Some(&NBBO_TYPE) => Nbbo::from_payload(payload).map(|n| MarketMessage::Nbbo(*n)),
+        Some(&other) => Err(FixishError::UnknownType(other)),
+    }
+}
+
+/// The key of a message: its raw 4 symbol bytes, leading spaces included.
+///
+/// ```
+/// use bettong::apps::market_spread::{decode, symbol_key};
+/// let mut payload = [0u8; 42];
+/// payload[0] = 2;
+/// payload[1..5].copy_from_slice(b"   F");
+/// assert_eq!(symbol_key(&decode(&payload)?), b"   F");
+/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// ```
+pub fn symbol_key(msg: &MarketMessage) -> &[u8; 4] {
+    msg.symbol()
+}
+
+/// Per-symbol state: the last NBBO and whether orders on the symbol are rejected.
+///
+/// A fresh symbol rejects (Wallaroo's default): until its first NBBO arrives every order on it
+/// produces an [`OrderResult`], which is why runs send the initial NBBO file first.
+///
+/// ```
+/// use bettong::apps::market_spread::SymbolData;
+/// let s = SymbolData::default();
+/// assert!(s.should_reject_trades);
+/// assert_eq!((s.last_bid, s.last_offer), (0.0, 0.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SymbolData {
+    /// Whether an order on this symbol produces an [`OrderResult`].
+    pub should_reject_trades: bool,
+    /// Bid of the last NBBO update.
+    pub last_bid: f64,
+    /// Offer of the last NBBO update.
+    pub last_offer: f64,
+}
+
+impl Default for SymbolData {
+    fn default() -> Self {
+        SymbolData {
+            should_reject_trades: true,
+            last_bid: 0.0,
+            last_offer: 0.0,
+        }
+    }
+}
+
+impl SymbolData {
+    /// Applies an NBBO update: stores its bid and offer and whether the spread is too wide.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Nbbo, SymbolData};
+    /// let mut s = SymbolData::default();
+    /// s.update_nbbo(&Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01));
+    /// assert!(!s.should_reject_trades);
+    /// ```
+    pub fn update_nbbo(&mut self, nbbo: &Nbbo) {
+        let (bid, offer) = (nbbo.bid(), nbbo.offer());
+        self.should_reject_trades = is_rejected_spread(bid, offer);
+        self.last_bid = bid;
+        self.last_offer = offer;
+    }
+
+    /// Checks an order: an [`OrderResult`] stamped `now_ns` if the symbol rejects trades, else
+    /// nothing. The order's own price, side and quantity take no part in the decision.
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::{pad_symbol, Order, SymbolData};
+    /// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+    /// let out = SymbolData::default().check_order(&order, 7);
+    /// assert_eq!(out.map(|r| r.timestamp), Some(7));
+    /// ```
+    pub fn check_order(&self, order: &Order, now_ns: u64) -> Option<OrderResult> {
+        self.should_reject_trades
+            .then(|| OrderResult::new(order, self.last_bid, self.last_offer, now_ns))
+    }
+}
+
+/// The "Check Market Data" state computation: an NBBO updates the state and outputs nothing; an
+/// order outputs an [`OrderResult`] if its symbol rejects trades.
+///
+/// `now_ns` is the output's timestamp, passed in so that the function stays pure; the engine
+/// passes [`wall_clock_ns`], as Wallaroo does.
+///
+/// ```
+/// use bettong::apps::market_spread::{check, pad_symbol, Nbbo, Order, SymbolData};
+/// let mut state = SymbolData::default();
+/// let wide = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.10);
+/// assert!(check(wide.into(), &mut state, 1).is_none());
+/// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+/// let out = check(order.into(), &mut state, 2).expect("a wide spread rejects the order");
+/// assert_eq!((out.bid, out.offer), (30.0, 30.10));
+/// ```
+pub fn check(msg: MarketMessage, state: &mut SymbolData, now_ns: u64) -> Option<OrderResult> {
+    match msg {
+        MarketMessage::Nbbo(nbbo) => {
+            state.update_nbbo(&nbbo);
+            None
+        }
+        MarketMessage::Order(order) => state.check_order(&order, now_ns),
+    }
+}
+
+/// The output of Market Spread: a rejected order with the NBBO it was checked against.
+///
+/// Encoded as `[u32 BE 55][u8 side][u32 account][6 order_id][4 symbol][f64 qty][f64 price]
+/// [f64 bid][f64 offer][u64 timestamp]`, 59 bytes, all big-endian (Wallaroo's Pony encoder).
+///
+/// ```
+/// use bettong::apps::market_spread::{pad_symbol, Order, OrderResult};
+/// let order = Order::new(2, 9, *b"q1w2e3", pad_symbol("GE"), 20.0, 30.0, [b'0'; 21]);
+/// let result = OrderResult::new(&order, 29.9, 30.1, 123);
+/// let mut buf = Vec::new();
+/// result.encode_into(&mut buf);
+/// assert_eq!(buf.len(), 59);
+/// assert_eq!(OrderResult::decode(&buf[4..])?, result);
+/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrderResult {
+    /// Side of the order: 1 = buy, 2 = sell.
+    pub side: u8,
+    /// Account of the order.
+    pub account: u32,
+    /// Order id, 6 ASCII bytes.
+    pub order_id: [u8; 6],
+    /// Symbol, 4 bytes right-aligned with leading spaces.
+    pub symbol: [u8; 4],
+    /// Order quantity.
+    pub qty: f64,
+    /// Order price.
+    pub price: f64,
+    /// The symbol's last bid when the order was checked.
+    pub bid: f64,
+    /// The symbol's last offer when the order was checked.
+    pub offer: f64,
+    /// Wall-clock ns at the moment of computation.
+    pub timestamp: u64,
+}
+
+/// The OrderResult payload layout, so that encoding and decoding are one cast each.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct OrderResultWire {
+    side: u8,
+    account: [u8; 4],
+    order_id: [u8; 6],
+    symbol: [u8; 4],
+    qty: [u8; 8],
+    price: [u8; 8],
+    bid: [u8; 8],
+    offer: [u8; 8],
+    timestamp: [u8; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<OrderResultWire>() == ORDER_RESULT_PAYLOAD_LEN);
+
+impl OrderResult {
+    /// The result for `order` checked against the given bid and offer at `timestamp` ns.
+    pub fn new(order: &Order, bid: f64, offer: f64, timestamp: u64) -> OrderResult {
+        OrderResult {
+            side: order.side(),
+            account: order.account(),
+            order_id: *order.order_id(),
+            symbol: *order.symbol(),
+            qty: order.qty(),
+            price: order.price(),
+            bid,
+            offer,
+            timestamp,
+        }
+    }
+
+    /// The 59-byte frame: length header 55 and the payload.
+    pub fn to_frame(&self) -> [u8; ORDER_RESULT_FRAME_LEN] {
+        let wire = OrderResultWire {
+            side: self.side,
+            account: self.account.to_be_bytes(),
+            order_id: self.order_id,
+            symbol: self.symbol,
+            qty: self.qty.to_be_bytes(),
+            price: self.price.to_be_bytes(),
+            bid: self.bid.to_be_bytes(),
+            offer: self.offer.to_be_bytes(),
+            timestamp: self.timestamp.to_be_bytes(),
+        };
+        let mut frame = [0u8; ORDER_RESULT_FRAME_LEN];
+        let (len, payload) = frame.split_at_mut(4);
+        len.copy_from_slice(&(ORDER_RESULT_PAYLOAD_LEN as u32).to_be_bytes());
+        payload.copy_from_slice(bytemuck::bytes_of(&wire));
+        frame
+    }
+
+    /// Appends the framed result (exactly 59 bytes) to `buf`; the only allocation is the Vec's
+    /// own growth, so a sink's batch buffer that is already large enough never allocates.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.to_frame());
+    }
+
+    /// Decodes a result from its 55-byte frame payload (the frame without its length header).
+    ///
+    /// ```
+    /// use bettong::apps::market_spread::OrderResult;
+    /// assert!(OrderResult::decode(&[0; 54]).is_err());
+    /// ```
+    pub fn decode(frame_payload: &[u8]) -> Result<OrderResult, FixishError> {
+        check_len("order result", frame_payload, ORDER_RESULT_PAYLOAD_LEN)?;
+        let wire: &OrderResultWire =
+            bytemuck::try_from_bytes(frame_payload).map_err(|_| FixishError::WrongLength {
+                kind: "order result",
+                expected: ORDER_RESULT_PAYLOAD_LEN,
+                actual: frame_payload.len(),
+            })?;
+        Ok(OrderResult {
+            side: wire.side,
+            account: u32::from_be_bytes(wire.account),
+            order_id: wire.order_id,
+            symbol: wire.symbol,
+            qty: f64::from_be_bytes(wire.qty),
+            price: f64::from_be_bytes(wire.price),
+            bid: f64::from_be_bytes(wire.bid),
+            offer: f64::from_be_bytes(wire.offer),
+            timestamp: u64::from_be_bytes(wire.timestamp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIME: &[u8; 21] = b"20160902-15:47:52.000";
+
+    /// An order for "  GE" written byte by byte from the layout, not through `Order::new`.
+    fn hand_order() -> Vec<u8> {
+        let mut p = Vec::new();
+        p.push(1); // type
+        p.push(2); // side: sell
+        p.extend_from_slice(&[0x00, 0x00, 0x01, 0x2c]); // account 300
+        p.extend_from_slice(b"aB3dE9"); // order id
+        p.extend_from_slice(b"  GE"); // symbol
+        p.extend_from_slice(&[0x40, 0x84, 0x50, 0, 0, 0, 0, 0]); // qty 650.0
+        p.extend_from_slice(&[0x40, 0x3e, 0x80, 0, 0, 0, 0, 0]); // price 30.5
+        p.extend_from_slice(TIME);
+        p
+    }
+
+    /// An NBBO for "INSM" (Wallaroo's first initial-NBBO record) from the layout.
+    fn hand_nbbo() -> Vec<u8> {
+        let mut p = Vec::new();
+        p.push(2);
+        p.extend_from_slice(b"INSM");
+        p.extend_from_slice(TIME);
+        p.extend_from_slice(&[0x40, 0x33, 0xa6, 0x87, 0x2b, 0x02, 0x0c, 0x4a]); // bid 19.6505
+        p.extend_from_slice(&[0x40, 0x33, 0xb6, 0xae, 0x7d, 0x56, 0x6c, 0xf4]); // offer 19.7136
+        p
+    }
+
+    #[test]
+    fn hand_written_order_decodes_and_reencodes() {
+        let payload = hand_order();
+        assert_eq!(payload.len(), 53);
+        let Ok(MarketMessage::Order(order)) = decode(&payload) else {
+            panic!("not an order: {:?}", decode(&payload));
+        };
+        assert_eq!(order.side(), 2);
+        assert_eq!(order.account(), 300);
+        assert_eq!(order.order_id(), b"aB3dE9");
+        assert_eq!(order.symbol(), b"  GE");
+        assert_eq!(order.qty(), 650.0);
+        assert_eq!(order.price(), 30.5);
+        assert_eq!(order.transact_time(), TIME);
+        assert_eq!(order.as_bytes(), &payload[..]);
+
+        let built = Order::new(2, 300, *b"aB3dE9", pad_symbol("GE"), 650.0, 30.5, *TIME);
+        assert_eq!(built, order);
+        let mut framed = Vec::new();
+        built.encode_framed(&mut framed);
+        assert_eq!(&framed[..4], &[0, 0, 0, 53]);
+        assert_eq!(&framed[4..], &payload[..]);
+    }
+
+    #[test]
+    fn hand_written_nbbo_decodes_and_reencodes() {
+        let payload = hand_nbbo();
+        assert_eq!(payload.len(), 42);
+        let Ok(MarketMessage::Nbbo(nbbo)) = decode(&payload) else {
+            panic!("not an NBBO: {:?}", decode(&payload));
+        };
+        assert_eq!(nbbo.symbol(), b"INSM");
+        assert_eq!(nbbo.transact_time(), TIME);
+        assert_eq!(nbbo.bid(), 19.6505);
+        assert_eq!(nbbo.offer(), 19.7136);
+        assert_eq!(nbbo.as_bytes(), &payload[..]);
+
+        let mut framed = Vec::new();
+        Nbbo::new(*b"INSM", *TIME, 19.6505, 19.7136).encode_framed(&mut framed);
+        assert_eq!(&framed[..4], &[0, 0, 0, 42]);
+        assert_eq!(&framed[4..], &payload[..]);
+    }
+
+    #[test]
+    fn order_result_is_59_exact_bytes() {
+        let Ok(MarketMessage::Order(order)) = decode(&hand_order()) else {
+            panic!("hand order does not decode");
+        };
+        let result = OrderResult::new(&order, 30.25, 30.75, 0x0102_0304_0506_0708);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&[0, 0, 0, 55]);
+        expected.push(2);
+        expected.extend_from_slice(&[0x00, 0x00, 0x01, 0x2c]);
+        expected.extend_from_slice(b"aB3dE9");
+        expected.extend_from_slice(b"  GE");
+        expected.extend_from_slice(&[0x40, 0x84, 0x50, 0, 0, 0, 0, 0]); // qty 650.0
+        expected.extend_from_slice(&[0x40, 0x3e, 0x80, 0, 0, 0, 0, 0]); // price 30.5
+        expected.extend_from_slice(&[0x40, 0x3e, 0x40, 0, 0, 0, 0, 0]); // bid 30.25
+        expected.extend_from_slice(&[0x40, 0x3e, 0xc0, 0, 0, 0, 0, 0]); // offer 30.75
+        expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(expected.len(), 59);
+
+        let mut buf = vec![0xff]; // appends, never overwrites
+        result.encode_into(&mut buf);
+        assert_eq!(&buf[1..], &expected[..]);
+        assert_eq!(OrderResult::decode(&expected[4..]), Ok(result));
+    }
+
+    #[test]
+    fn bad_payloads_are_errors() {
+        assert_eq!(decode(&[]), Err(FixishError::Empty));
+        assert_eq!(decode(&[0; 53]), Err(FixishError::UnknownType(0)));
+        assert_eq!(decode(&[3; 42]), Err(FixishError::UnknownType(3)));
+        let mut order = hand_order();
+        order.push(0);
+        assert_eq!(
+            decode(&order),
+            Err(FixishError::WrongLength {
+                kind: "order",
+                expected: 53,
+                actual: 54
+            })
+        );
+        // An NBBO-sized payload with the order type byte is an error, not a truncated order.
+        let mut nbbo_as_order = hand_nbbo();
+        nbbo_as_order[0] = 1;
+        assert!(matches!(
+            decode(&nbbo_as_order),
+            Err(FixishError::WrongLength { actual: 42, .. })
+        ));
+        assert!(matches!(
+            decode(&hand_nbbo()[..41]),
+            Err(FixishError::WrongLength {
+                kind: "NBBO",
+                expected: 42,
+                actual: 41
+            })
+        ));
+        assert!(matches!(decode(&[1]), Err(FixishError::WrongLength { .. })));
+        assert!(matches!(
+            Order::from_payload(&hand_nbbo()),
+            Err(FixishError::UnknownType(2))
+        ));
+        assert!(matches!(
+            Nbbo::from_payload(&hand_order()),
+            Err(FixishError::UnknownType(1))
+        ));
+        assert!(OrderResult::decode(&[0; 59]).is_err());
+
+        let msg = decode(&[7]).map(|_| ()).unwrap_err().to_string();
+        assert!(msg.contains("unknown fixish message type 7"), "{msg}");
+        let msg = decode(&hand_nbbo()[..40])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg, "NBBO payload must be 42 bytes, got 40");
+        assert_eq!(
+            decode(&[]).map(|_| ()).unwrap_err().to_string(),
+            "empty fixish payload: no message type byte"
+        );
+    }
+
+    #[test]
+    fn symbols_are_right_aligned() {
+        assert_eq!(&pad_symbol(""), b"    ");
+        assert_eq!(&pad_symbol("F"), b"   F");
+        assert_eq!(&pad_symbol("GE"), b"  GE");
+        assert_eq!(&pad_symbol("IVR"), b" IVR");
+        assert_eq!(&pad_symbol("INSM"), b"INSM");
+        assert_eq!(&pad_symbol("GOOGL"), b"GOOG");
+        assert_eq!(
+            try_pad_symbol("GOOGL"),
+            Err(FixishError::SymbolTooLong("GOOGL".into()))
+        );
+        let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 1.0, 1.0, *TIME);
+        assert_eq!(symbol_key(&order.into()), b"  GE");
+    }
+
+    fn nbbo(bid: f64, offer: f64) -> MarketMessage {
+        Nbbo::new(pad_symbol("GE"), *TIME, bid, offer).into()
+    }
+
+    fn order() -> MarketMessage {
+        Order::new(1, 17, *b"ABCDEF", pad_symbol("GE"), 100.0, 12.0, *TIME).into()
+    }
+
+    #[test]
+    fn spread_rule_matches_wallaroo() {
+        // Absolute spread.
+        assert!(is_rejected_spread(10.0, 10.06));
+        assert!(is_rejected_spread(100.0, 100.25));
+        assert!(is_rejected_spread(0.0, 0.05));
+        assert!(!is_rejected_spread(10.0, 10.04));
+        assert!(!is_rejected_spread(10.0, 10.0));
+        // Relative spread: 0.03 wide is fine at 30 but not around 0.5 (5.8%).
+        assert!(is_rejected_spread(0.50, 0.53));
+        assert!(is_rejected_spread(0.5, 0.54));
+        assert!(!is_rejected_spread(30.0, 30.03));
+        assert!(!is_rejected_spread(1.0, 1.04)); // 3.9%
+                                                 // Zero prices: the NaN relative spread compares false, as in Wallaroo.
+        assert!(!is_rejected_spread(0.0, 0.0));
+        // A crossed market has a negative spread and is accepted.
+        assert!(!is_rejected_spread(10.0, 9.9));
+    }
+
+    #[test]
+    fn order_before_any_nbbo_is_rejected() {
+        let mut state = SymbolData::default();
+        let out = check(order(), &mut state, 99).expect("fresh state rejects");
+        assert_eq!(out.side, 1);
+        assert_eq!(out.account, 17);
+        assert_eq!(&out.order_id, b"ABCDEF");
+        assert_eq!(&out.symbol, b"  GE");
+        assert_eq!((out.qty, out.price), (100.0, 12.0));
+        assert_eq!((out.bid, out.offer, out.timestamp), (0.0, 0.0, 99));
+        // Checking an order does not change the state.
+        assert_eq!(state, SymbolData::default());
+    }
+
+    #[test]
+    fn nbbo_updates_state_and_outputs_carry_last_nbbo() {
+        let mut state = SymbolData::default();
+        assert!(check(nbbo(30.0, 30.02), &mut state, 1).is_none());
+        assert!(!state.should_reject_trades);
+        assert_eq!((state.last_bid, state.last_offer), (30.0, 30.02));
+        assert!(check(order(), &mut state, 2).is_none());
+
+        assert!(check(nbbo(30.0, 30.07), &mut state, 3).is_none());
+        assert!(state.should_reject_trades);
+        let out = check(order(), &mut state, 4).expect("wide spread rejects");
+        assert_eq!((out.bid, out.offer, out.timestamp), (30.0, 30.07, 4));
+
+        // Relative spread: narrow in absolute terms but > 5% of a small price.
+        assert!(check(nbbo(0.5, 0.53), &mut state, 5).is_none());
+        let out = check(order(), &mut state, 6).expect("relative spread rejects");
+        assert_eq!((out.bid, out.offer), (0.5, 0.53));
+
+        // A narrow spread again re-opens trading.
+        assert!(check(nbbo(12.0, 12.03), &mut state, 7).is_none());
+        assert!(check(order(), &mut state, 8).is_none());
+    }
+
+    #[test]
+    fn boundary_spreads() {
+        // A nominal 0.05 spread is decided by what the f64 subtraction yields, exactly as in
+        // Wallaroo: 10.05 - 10.0 rounds above 0.05, 100.0 - 99.95 rounds below it.
+        for (bid, offer, rejected) in [
+            (10.0, 10.05, true),
+            (1.0, 1.05, true),
+            (0.5, 0.55, true),
+            (99.95, 100.0, false),
+        ] {
+            let mut state = SymbolData::default();
+            assert!(check(nbbo(bid, offer), &mut state, 0).is_none());
+            assert_eq!(state.should_reject_trades, rejected, "{bid} {offer}");
+            assert_eq!(is_rejected_spread(bid, offer), rejected);
+        }
+        // A difference of exactly 0.05 (0.1 is exactly twice 0.05 in binary) rejects: `>=`.
+        assert_eq!(0.1 - 0.05, 0.05);
+        assert!(is_rejected_spread(0.05, 0.1));
+        // Exactly representable: 0.25 vs 0.3125 is a spread of 0.0625 (>= 0.05).
+        assert!(is_rejected_spread(2.25, 2.3125));
+        // 0.046875 is exactly representable and below 0.05, at mid 2.0234 (2.3%).
+        assert!(!is_rejected_spread(2.0, 2.046875));
+        // Relative: spread 0.046875 at mid 0.9375 is exactly 5% in binary.
+        let (bid, offer) = (0.9140625, 0.9609375);
+        assert_eq!((offer - bid) / ((bid + offer) / 2.0), 0.05);
+        assert!(is_rejected_spread(bid, offer));
+    }
+
+    #[test]
+    fn messages_are_small_copy_values() {
+        assert_eq!(std::mem::size_of::<Order>(), 53);
+        assert_eq!(std::mem::size_of::<Nbbo>(), 42);
+        assert!(std::mem::size_of::<MarketMessage>() <= 54);
+        let wall = wall_clock_ns();
+        assert!(wall > 1_600_000_000_000_000_000);
+    }
+}

@@ -1,0 +1,243 @@
+//! Latency histograms and counters, kept per shard and merged into one summary.
+//!
+//! Start-to-end latency follows Wallaroo's definition: from the moment a frame has been fully
+//! read at a source to the moment its output is encoded into a sink buffer, or to the moment a
+//! step filtered it out (so every input message is counted, not only those that produce output).
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+/// Nanoseconds on the engine's monotonic clock (since the first call in this process).
+///
+/// ```
+/// let a = bettong::metrics::now_ns();
+/// assert!(bettong::metrics::now_ns() >= a);
+/// ```
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The highest latency a histogram tracks exactly (60 s); larger values are clamped.
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    // 3 significant figures: 0.1% resolution from 1 ns to 60 s, a fixed ~200 KB per histogram.
+    Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3).expect("valid histogram bounds")
+}
+
+/// One shard's measurements. Only its own shard touches it, so plain cells suffice.
+pub struct ShardMetrics {
+    latency: RefCell<Histogram<u64>>,
+    messages_in: Cell<u64>,
+    messages_out: Cell<u64>,
+    filtered: Cell<u64>,
+    decode_errors: Cell<u64>,
+    frame_errors: Cell<u64>,
+    truncated: Cell<u64>,
+    connections: Cell<u64>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            latency: RefCell::new(new_histogram()),
+            messages_in: Cell::new(0),
+            messages_out: Cell::new(0),
+            filtered: Cell::new(0),
+            decode_errors: Cell::new(0),
+            frame_errors: Cell::new(0),
+            truncated: Cell::new(0),
+            connections: Cell::new(0),
+        }
+    }
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl ShardMetrics {
+    /// A source read and accepted one frame.
+    pub fn message_in(&self) {
+        bump(&self.messages_in);
+    }
+    /// A source accepted a connection.
+    pub fn connection(&self) {
+        bump(&self.connections);
+    }
+    /// A decoder rejected a payload.
+    pub fn decode_error(&self) {
+        bump(&self.decode_errors);
+    }
+    /// A frame header was over `--max-frame`; its connection was closed.
+    pub fn frame_error(&self) {
+        bump(&self.frame_errors);
+    }
+    /// A connection ended in the middle of a frame.
+    pub fn truncated(&self) {
+        bump(&self.truncated);
+    }
+
+    /// An output was encoded into a sink buffer; `ingest_ns` is when its input was read.
+    pub fn output(&self, ingest_ns: u64) {
+        bump(&self.messages_out);
+        self.record(ingest_ns);
+    }
+
+    /// A step dropped a message (no output); it is finished as of now.
+    pub fn filtered(&self, ingest_ns: u64) {
+        bump(&self.filtered);
+        self.record(ingest_ns);
+    }
+
+    fn record(&self, ingest_ns: u64) {
+        let v = now_ns().saturating_sub(ingest_ns).clamp(1, MAX_TRACKED_NS);
+        // `saturating_record` cannot fail for values inside the bounds clamped above.
+        self.latency.borrow_mut().saturating_record(v);
+    }
+
+    /// A copy of the measurements so far, to merge across shards.
+    pub fn snapshot(&self) -> Summary {
+        Summary {
+            latency: self.latency.borrow().clone(),
+            messages_in: self.messages_in.get(),
+            messages_out: self.messages_out.get(),
+            filtered: self.filtered.get(),
+            decode_errors: self.decode_errors.get(),
+            frame_errors: self.frame_errors.get(),
+            truncated: self.truncated.get(),
+            connections: self.connections.get(),
+        }
+    }
+}
+
+/// Measurements merged over shards: what the engine prints when it exits.
+///
+/// ```
+/// let s = bettong::metrics::Summary::default();
+/// assert_eq!(s.messages_in, 0);
+/// assert!(s.to_string().contains("messages in 0"));
+/// ```
+#[derive(Clone)]
+pub struct Summary {
+    /// Start-to-end latency in ns.
+    pub latency: Histogram<u64>,
+    /// Frames accepted at sources.
+    pub messages_in: u64,
+    /// Outputs encoded into sinks.
+    pub messages_out: u64,
+    /// Messages a step dropped without output.
+    pub filtered: u64,
+    /// Payloads a decoder rejected.
+    pub decode_errors: u64,
+    /// Connections closed for a frame over `--max-frame`.
+    pub frame_errors: u64,
+    /// Connections that ended in the middle of a frame.
+    pub truncated: u64,
+    /// Connections accepted.
+    pub connections: u64,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        ShardMetrics::default().snapshot()
+    }
+}
+
+impl Summary {
+    /// Adds another shard's measurements to these.
+    pub fn merge(&mut self, other: &Summary) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.messages_in += other.messages_in;
+        self.messages_out += other.messages_out;
+        self.filtered += other.filtered;
+        self.decode_errors += other.decode_errors;
+        self.frame_errors += other.frame_errors;
+        self.truncated += other.truncated;
+        self.connections += other.connections;
+    }
+
+    /// All errors of every kind.
+    pub fn errors(&self) -> u64 {
+        self.decode_errors + self.frame_errors + self.truncated
+    }
+
+    /// Start-to-end latency at quantile `q` (0.0–1.0) in ns; 0 with no samples.
+    pub fn latency_at(&self, q: f64) -> u64 {
+        if self.latency.is_empty() {
+            0
+        } else {
+            self.latency.value_at_quantile(q)
+        }
+    }
+}
+
+/// Writes a latency in the unit that keeps it readable (`850ns`, `12.3µs`, `4.56ms`).
+pub fn format_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns}ns"),
+        10_000..=9_999_999 => format!("{:.1}µs", ns as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "messages in {}, out {}, filtered {}, connections {}",
+            self.messages_in, self.messages_out, self.filtered, self.connections
+        )?;
+        writeln!(
+            f,
+            "errors: decode {}, oversized frame {}, cut mid-frame {}",
+            self.decode_errors, self.frame_errors, self.truncated
+        )?;
+        write!(
+            f,
+            "start-to-end latency: p50 {} p99 {} p99.9 {} p99.99 {} max {} ({} samples)",
+            format_ns(self.latency_at(0.5)),
+            format_ns(self.latency_at(0.99)),
+            format_ns(self.latency_at(0.999)),
+            format_ns(self.latency_at(0.9999)),
+            format_ns(self.latency.max()),
+            self.latency.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_counts_and_latency() {
+        let a = ShardMetrics::default();
+        let b = ShardMetrics::default();
+        let t = now_ns();
+        a.message_in();
+        a.output(t);
+        b.message_in();
+        b.filtered(t);
+        b.decode_error();
+        let mut s = a.snapshot();
+        s.merge(&b.snapshot());
+        assert_eq!((s.messages_in, s.messages_out, s.filtered), (2, 1, 1));
+        assert_eq!(s.errors(), 1);
+        assert_eq!(s.latency.len(), 2);
+    }
+
+    #[test]
+    fn formats_units() {
+        assert_eq!(format_ns(850), "850ns");
+        assert_eq!(format_ns(12_345), "12.3µs");
+        assert_eq!(format_ns(45_600_000), "45.60ms");
+    }
+}

@@ -1,0 +1,4 @@
+//! Networking: the TCP source and the TCP sink of a shard.
+
+pub(crate) mod sink;
+pub(crate) mod source;

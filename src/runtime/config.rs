@@ -1,0 +1,235 @@
+//! Engine configuration, and the command-line flags every application command shares.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::units::{parse_u64, parse_usize};
+
+/// How an idle shard waits for work.
+///
+/// ```
+/// use bettong::runtime::config::Poll;
+/// assert_eq!("spin:50".parse::<Poll>(), Ok(Poll::SpinFor(std::time::Duration::from_micros(50))));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Sleep in the kernel at once (lowest CPU use; a wake-up costs tens of µs).
+    Park,
+    /// Busy-poll sockets and rings without ever sleeping (lowest latency; burns its cores).
+    Spin,
+    /// Busy-poll for this long after the last work, then sleep.
+    SpinFor(Duration),
+}
+
+impl std::str::FromStr for Poll {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "park" => Ok(Poll::Park),
+            "spin" => Ok(Poll::Spin),
+            _ => match s.strip_prefix("spin:") {
+                Some(us) => Ok(Poll::SpinFor(Duration::from_micros(parse_u64(us)?))),
+                None => Err(format!("`{s}`: expected park, spin or spin:MICROS")),
+            },
+        }
+    }
+}
+
+/// How the engine runs: where shards live, how they wait, where sources listen and sinks
+/// connect. [`EngineArgs`] builds one from the command line; embedders fill it in directly.
+///
+/// ```
+/// use bettong::runtime::config::EngineConfig;
+/// let mut config = EngineConfig::default();
+/// config.cores = vec![0];
+/// config.pin = false;
+/// config.inputs = vec![(None, "127.0.0.1:0".parse().unwrap())];
+/// config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
+/// assert_eq!(config.max_frame, 16_384);
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Source addresses: `(Some(name), addr)`, or `(None, addr)` for a one-source application.
+    pub inputs: Vec<(Option<String>, SocketAddr)>,
+    /// Sink addresses, one per sink in the order the pipeline defines them.
+    pub outputs: Vec<SocketAddr>,
+    /// One shard per listed core.
+    pub cores: Vec<usize>,
+    /// Pin each shard's thread to its core.
+    pub pin: bool,
+    /// The largest frame a source accepts, in bytes.
+    pub max_frame: usize,
+    /// Messages each cross-shard ring holds.
+    pub ring_capacity: usize,
+    /// Bytes a shard buffers per sink before its sources stop reading.
+    pub sink_buffer: usize,
+    /// How an idle shard waits.
+    pub poll: Poll,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            cores: online_cores(),
+            pin: true,
+            max_frame: 16_384,
+            ring_capacity: 4096,
+            sink_buffer: 256 * 1024,
+            poll: Poll::Park,
+        }
+    }
+}
+
+/// The cores this process may run on, in order.
+pub fn online_cores() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => vec![0],
+    }
+}
+
+/// Parses a core list such as `0-3,6`.
+///
+/// ```
+/// assert_eq!(bettong::runtime::config::parse_cores("0-2,5"), Ok(vec![0, 1, 2, 5]));
+/// assert!(bettong::runtime::config::parse_cores("3-1").is_err());
+/// ```
+pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (parse_usize(a)?, parse_usize(b)?);
+                if a > b {
+                    return Err(format!("core range `{part}` runs backwards"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(parse_usize(part)?),
+        }
+    }
+    if cores.is_empty() {
+        return Err("empty core list".to_string());
+    }
+    let mut seen = cores.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != cores.len() {
+        return Err(format!("core list `{text}` names a core twice"));
+    }
+    Ok(cores)
+}
+
+/// Resolves `HOST:PORT` to one socket address.
+///
+/// ```
+/// assert_eq!(bettong::runtime::config::parse_addr("127.0.0.1:7000").unwrap().port(), 7000);
+/// assert!(bettong::runtime::config::parse_addr("no-port").is_err());
+/// ```
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not a HOST:PORT address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+/// Parses `--in`: `NAME@HOST:PORT[,NAME@HOST:PORT...]`, where `NAME@` may be left out.
+///
+/// ```
+/// let ins = bettong::runtime::config::parse_inputs("Orders@127.0.0.1:7000,Nbbo@127.0.0.1:7001").unwrap();
+/// assert_eq!(ins[1].0.as_deref(), Some("Nbbo"));
+/// ```
+pub fn parse_inputs(text: &str) -> Result<Vec<(Option<String>, SocketAddr)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| match part.rsplit_once('@') {
+            Some((name, addr)) => Ok((Some(name.to_string()), parse_addr(addr)?)),
+            None => Ok((None, parse_addr(part)?)),
+        })
+        .collect()
+}
+
+/// The engine flags that every application command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Sources: NAME@HOST:PORT[,NAME@HOST:PORT...] (NAME@ may be left out for a one-source app)
+    #[arg(long = "in", short = 'i', value_name = "NAME@HOST:PORT,...")]
+    pub inputs: String,
+    /// Sink address(es): HOST:PORT[,HOST:PORT...]
+    #[arg(long = "out", short = 'o', value_name = "HOST:PORT")]
+    pub out: String,
+    /// Cores to run shards on, one shard per core (e.g. 0-3,6) [default: all online cores]
+    #[arg(long, value_name = "LIST", value_parser = parse_cores)]
+    pub cores: Option<Vec<usize>>,
+    /// Do not pin shard threads to their cores
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Largest frame a source accepts, in bytes
+    #[arg(long, default_value = "16384", value_parser = parse_usize)]
+    pub max_frame: usize,
+    /// Messages each cross-shard ring holds
+    #[arg(long, default_value = "4096", value_parser = parse_usize)]
+    pub ring_capacity: usize,
+    /// Bytes each shard buffers per sink before its sources stop reading
+    #[arg(long, default_value = "262144", value_parser = parse_usize)]
+    pub sink_buffer: usize,
+    /// How an idle shard waits: park, spin, or spin:MICROS (spin that long, then park)
+    #[arg(long, default_value = "park")]
+    pub poll: Poll,
+}
+
+impl EngineArgs {
+    /// The configuration these flags describe.
+    pub fn to_config(&self) -> Result<EngineConfig, String> {
+        let outputs = self
+            .out
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(parse_addr)
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.ring_capacity == 0 || self.sink_buffer == 0 {
+            return Err("--ring-capacity and --sink-buffer must be above 0".to_string());
+        }
+        Ok(EngineConfig {
+            inputs: parse_inputs(&self.inputs)?,
+            outputs,
+            cores: self.cores.clone().unwrap_or_else(online_cores),
+            pin: !self.no_pin,
+            max_frame: self.max_frame,
+            ring_capacity: self.ring_capacity,
+            sink_buffer: self.sink_buffer,
+            poll: self.poll,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("1"), Ok(vec![1]));
+        assert_eq!(parse_cores("0,1"), Ok(vec![0, 1]));
+        assert!(parse_cores("0,0").is_err());
+        assert!(parse_cores("").is_err());
+    }
+
+    #[test]
+    fn poll_modes() {
+        assert_eq!("park".parse::<Poll>(), Ok(Poll::Park));
+        assert_eq!("spin".parse::<Poll>(), Ok(Poll::Spin));
+        assert!("nap".parse::<Poll>().is_err());
+    }
+
+    #[test]
+    fn inputs_with_and_without_names() {
+        let ins = parse_inputs("127.0.0.1:1").unwrap();
+        assert_eq!(ins, vec![(None, "127.0.0.1:1".parse().unwrap())]);
+        assert!(parse_inputs("A@nowhere").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! One shard: the pieces of the application graph that run on one core, and how they wait.
+//!
+//! An application is turned into a graph of closures on every shard (see `pipeline`): each
+//! stage calls the next one directly, so a message that stays on its shard costs a few indirect
+//! calls. A keyed stage sends messages whose key another shard owns through an [`Outbox`] into
+//! that shard's ring, where the stage's drain task on the owning shard picks them up.
+//!
+//! Backpressure is local and never drops: a ring that is full spills into its outbox's overflow
+//! queue and raises the outbox's [`Gauge`]; a sink buffer over its limit raises its gauge. A
+//! source connection checks the gauges downstream of it after each frame and stops reading its
+//! socket until they fall, which pushes back to the sender through TCP. A drain task checks
+//! only the gauges strictly downstream of its stage, so waits always point downstream and can
+//! never form a cycle.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use crate::codec::DecodeError;
+use crate::metrics::ShardMetrics;
+use crate::net::sink::SinkBuffer;
+use crate::runtime::ring::{self, Consumer, Producer};
+
+/// A boxed future local to a shard.
+pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// The entry point of a stage: takes a message and the time its input frame was read.
+pub(crate) type Emit<T> = Rc<dyn Fn(T, u64)>;
+
+/// A resource that can fill up (a sink buffer, a ring's overflow): `true` while over its limit.
+#[derive(Clone, Default)]
+pub(crate) struct Gauge(Rc<Cell<bool>>);
+
+impl Gauge {
+    pub(crate) fn is_over(&self) -> bool {
+        self.0.get()
+    }
+    pub(crate) fn set(&self, over: bool) {
+        self.0.set(over)
+    }
+}
+
+/// Where a stage sends its outputs, and the gauges of everything that lies downstream.
+#[doc(hidden)]
+pub struct Downstream<T> {
+    pub(crate) emit: Emit<T>,
+    pub(crate) gauges: Rc<[Gauge]>,
+}
+
+impl<T> Clone for Downstream<T> {
+    fn clone(&self) -> Self {
+        Downstream {
+            emit: self.emit.clone(),
+            gauges: self.gauges.clone(),
+        }
+    }
+}
+
+/// Tasks waiting for any gauge of this shard to fall. Gauges fall rarely (a sink write
+/// completed, an overflow emptied), so waking every waiter then is cheap and simple.
+#[derive(Default)]
+pub(crate) struct WaitList(RefCell<Vec<Waker>>);
+
+impl WaitList {
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.0.borrow_mut().push(waker.clone());
+    }
+
+    pub(crate) fn wake_all(&self) {
+        for w in self.0.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Waits until none of `gauges` is over.
+    pub(crate) async fn until_clear(&self, gauges: &[Gauge]) {
+        std::future::poll_fn(|cx| {
+            if gauges.iter().any(Gauge::is_over) {
+                self.0.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// A single-waiter local notification (a flag plus the waker of the task that waits on it).
+#[derive(Default)]
+pub(crate) struct Notify {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    pub(crate) fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The shard-wide services that sources and drain tasks use while running.
+pub(crate) struct ShardCore {
+    pub(crate) index: usize,
+    pub(crate) metrics: Rc<ShardMetrics>,
+    pub(crate) relief: Rc<WaitList>,
+    publishers: Vec<Rc<dyn Publish>>,
+}
+
+impl ShardCore {
+    /// Publishes every outbox's pending ring items: called after each read or drain batch, so a
+    /// batch crosses cores with one store per ring.
+    pub(crate) fn flush(&self) {
+        for p in &self.publishers {
+            p.publish();
+        }
+    }
+
+    /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
+    pub(crate) async fn backpressure(&self, gauges: &[Gauge]) {
+        if gauges.iter().any(Gauge::is_over) {
+            self.flush();
+            self.relief.until_clear(gauges).await;
+        }
+    }
+}
+
+trait Publish {
+    fn publish(&self);
+}
+
+/// A source as seen by one shard: its name and what to do with each frame.
+pub(crate) struct SourceRuntime {
+    pub(crate) name: String,
+    /// Decodes one payload and runs it through the graph.
+    pub(crate) on_frame: Box<dyn Fn(&[u8], u64) -> Result<(), DecodeError>>,
+    pub(crate) gauges: Rc<[Gauge]>,
+}
+
+/// A keyed stage as seen by one shard: its drain task and how to close its outgoing rings.
+pub(crate) struct StageRuntime {
+    pub(crate) id: usize,
+    /// Drains the rings from other shards into the local state; ends when they are closed.
+    pub(crate) drain: Option<Box<dyn FnOnce(Rc<ShardCore>) -> LocalFuture>>,
+    /// Moves overflow into the rings; ends (closing the rings) once `closing` is notified.
+    pub(crate) movers: Vec<LocalFuture>,
+    pub(crate) closing: Vec<Rc<Notify>>,
+}
+
+/// Ring ends waiting for the shard that will own them. Each shard builds its graph on its own
+/// thread; whichever of two shards reaches a ring first creates it and leaves the other end
+/// here. Used only at start-up, so the lock is never on the hot path.
+#[derive(Default)]
+pub(crate) struct RingRegistry(Mutex<HashMap<(usize, usize, usize, bool), Box<dyn Any + Send>>>);
+
+impl RingRegistry {
+    /// Takes this shard's end of the ring for `stage` from shard `from` to shard `to`.
+    fn take<T: Send + 'static>(
+        &self,
+        stage: usize,
+        from: usize,
+        to: usize,
+        producer: bool,
+        capacity: usize,
+    ) -> Box<dyn Any + Send> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(end) = map.remove(&(stage, from, to, producer)) {
+            return end;
+        }
+        let (tx, rx) = ring::channel::<(T, u64)>(capacity);
+        if producer {
+            map.insert((stage, from, to, false), Box::new(rx));
+            Box::new(tx)
+        } else {
+            map.insert((stage, from, to, true), Box::new(tx));
+            Box::new(rx)
+        }
+    }
+}
+
+/// Builds one shard's copy of the application graph.
+pub struct ShardBuilder {
+    pub(crate) index: usize,
+    pub(crate) shards: usize,
+    pub(crate) metrics: Rc<ShardMetrics>,
+    pub(crate) relief: Rc<WaitList>,
+    pub(crate) sources: Vec<SourceRuntime>,
+    pub(crate) stages: Vec<StageRuntime>,
+    pub(crate) sinks: Vec<Rc<SinkBuffer>>,
+    pub(crate) sink_buffer: usize,
+    publishers: Vec<Rc<dyn Publish>>,
+    rings: Arc<RingRegistry>,
+    ring_capacity: usize,
+    next_stage: usize,
+}
+
+impl ShardBuilder {
+    pub(crate) fn new(
+        index: usize,
+        shards: usize,
+        rings: Arc<RingRegistry>,
+        ring_capacity: usize,
+        sink_buffer: usize,
+    ) -> Self {
+        ShardBuilder {
+            index,
+            shards,
+            metrics: Rc::new(ShardMetrics::default()),
+            relief: Rc::new(WaitList::default()),
+            sources: Vec::new(),
+            stages: Vec::new(),
+            sinks: Vec::new(),
+            sink_buffer,
+            publishers: Vec::new(),
+            rings,
+            ring_capacity,
+            next_stage: 0,
+        }
+    }
+
+    /// The services the running shard's tasks share, once the graph is built.
+    pub(crate) fn core(&mut self) -> Rc<ShardCore> {
+        Rc::new(ShardCore {
+            index: self.index,
+            metrics: self.metrics.clone(),
+            relief: self.relief.clone(),
+            publishers: std::mem::take(&mut self.publishers),
+        })
+    }
+
+    /// Adds a keyed stage: `route` gives a message's owning shard, `local` runs it on the shard
+    /// that owns it. Returns the stage's entry point on this shard.
+    pub(crate) fn keyed_stage<T: Send + 'static>(
+        &mut self,
+        route: impl Fn(&T) -> usize + 'static,
+        local: Emit<T>,
+        downstream_gauges: Rc<[Gauge]>,
+    ) -> Downstream<T> {
+        let id = self.next_stage;
+        self.next_stage += 1;
+        if self.shards == 1 {
+            return Downstream {
+                emit: local,
+                gauges: downstream_gauges,
+            };
+        }
+        let mut outboxes: Vec<Option<Rc<Outbox<T>>>> = Vec::with_capacity(self.shards);
+        let mut consumers = Vec::new();
+        let mut stage = StageRuntime {
+            id,
+            drain: None,
+            movers: Vec::new(),
+            closing: Vec::new(),
+        };
+        let mut gauges: Vec<Gauge> = downstream_gauges.to_vec();
+        for other in 0..self.shards {
+            if other == self.index {
+                outboxes.push(None);
+                continue;
+            }
+            let tx = self.rings.take::<T>(id, self.index, other, true, self.ring_capacity);
+            let rx = self
+                .rings
+                .take::<T>(id, other, self.index, false, self.ring_capacity);
+            let (Ok(tx), Ok(rx)) = (
+                tx.downcast::<Producer<(T, u64)>>(),
+                rx.downcast::<Consumer<(T, u64)>>(),
+            ) else {
+                unreachable!("ring registry keys carry their stage's message type");
+            };
+            let outbox = Rc::new(Outbox {
+                producer: RefCell::new(*tx),
+                overflow: RefCell::new(VecDeque::new()),
+                gauge: Gauge::default(),
+                spilled: Notify::default(),
+            });
+            let closing = Rc::new(Notify::default());
+            gauges.push(outbox.gauge.clone());
+            stage
+                .movers
+                .push(Box::pin(outbox.clone().mover(closing.clone(), self.relief.clone())));
+            stage.closing.push(closing);
+            self.publishers.push(outbox.clone());
+            outboxes.push(Some(outbox));
+            consumers.push(*rx);
+        }
+        let me = self.index;
+        let local_for_drain = local.clone();
+        stage.drain = Some(Box::new(move |core: Rc<ShardCore>| {
+            Box::pin(drain(consumers, local_for_drain, downstream_gauges, core)) as LocalFuture
+        }));
+        self.stages.push(stage);
+        let emit: Emit<T> = Rc::new(move |msg: T, ingest: u64| {
+            let dst = route(&msg);
+            match &outboxes[dst] {
+                Some(outbox) => outbox.send((msg, ingest)),
+                None if dst == me => local(msg, ingest),
+                None => unreachable!("route() returned shard {dst} out of range"),
+            }
+        });
+        Downstream {
+            emit,
+            gauges: gauges.into(),
+        }
+    }
+}
+
+/// This shard's sending side of one keyed stage towards one other shard.
+struct Outbox<T> {
+    producer: RefCell<Producer<(T, u64)>>,
+    /// Messages that found the ring full, in order; drained into the ring by `mover`.
+    overflow: RefCell<VecDeque<(T, u64)>>,
+    gauge: Gauge,
+    spilled: Notify,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    fn send(&self, item: (T, u64)) {
+        let mut overflow = self.overflow.borrow_mut();
+        if !overflow.is_empty() {
+            overflow.push_back(item);
+            return;
+        }
+        if let Err(item) = self.producer.borrow_mut().push(item) {
+            overflow.push_back(item);
+            self.gauge.set(true);
+            self.spilled.notify();
+        }
+    }
+
+    /// Moves spilled messages into the ring as the consumer makes room; on `closing`, empties
+    /// the overflow and closes the ring.
+    async fn mover(self: Rc<Self>, closing: Rc<Notify>, relief: Rc<WaitList>) {
+        let closed = Cell::new(false);
+        loop {
+            futures_lite::future::or(self.spilled.notified(), async {
+                closing.notified().await;
+                closed.set(true);
+            })
+            .await;
+            loop {
+                {
+                    let mut overflow = self.overflow.borrow_mut();
+                    let mut producer = self.producer.borrow_mut();
+                    while let Some(item) = overflow.pop_front() {
+                        if let Err(item) = producer.push(item) {
+                            overflow.push_front(item);
+                            break;
+                        }
+                    }
+                    producer.publish();
+                    if overflow.is_empty() {
+                        break;
+                    }
+                }
+                std::future::poll_fn(|cx| self.producer.borrow_mut().poll_space(cx)).await;
+            }
+            if self.gauge.is_over() {
+                self.gauge.set(false);
+                relief.wake_all();
+            }
+            if closed.get() {
+                self.producer.borrow_mut().close();
+                return;
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Publish for Outbox<T> {
+    fn publish(&self) {
+        let mut p = self.producer.borrow_mut();
+        if p.has_pending() {
+            p.publish();
+        }
+    }
+}
+
+/// Runs messages that other shards routed here through the local state, until every other
+/// shard has closed its ring to us.
+async fn drain<T: Send + 'static>(
+    mut consumers: Vec<Consumer<(T, u64)>>,
+    local: Emit<T>,
+    gauges: Rc<[Gauge]>,
+    core: Rc<ShardCore>,
+) {
+    loop {
+        std::future::poll_fn(|cx| {
+            let mut ready = false;
+            for c in consumers.iter_mut() {
+                ready |= c.poll_ready(cx).is_ready();
+            }
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        for c in consumers.iter_mut() {
+            c.drain(|(msg, ingest)| local(msg, ingest));
+        }
+        core.flush();
+        if consumers.iter().all(Consumer::is_finished) {
+            return;
+        }
+        core.backpressure(&gauges).await;
+        glommio::yield_if_needed().await;
+    }
+}
