@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "bettong", version, about = "A thread-per-core stream-processing engine")]
+#[command(
+    name = "bettong",
+    version,
+    about = "A thread-per-core stream-processing engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

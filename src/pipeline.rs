@@ -389,9 +389,9 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
         let f = Arc::new(f);
         let key = self.key;
         self.pipeline.then(move |sb, down: Downstream<U>| {
-            let states: Rc<std::cell::RefCell<HashMap<K::Owned, S, FxBuildHasher>>> =
-                Rc::default();
-            let (f, key_local, metrics, next) = (f.clone(), key.clone(), sb.metrics.clone(), down.emit);
+            let states: Rc<std::cell::RefCell<HashMap<K::Owned, S, FxBuildHasher>>> = Rc::default();
+            let (f, key_local, metrics, next) =
+                (f.clone(), key.clone(), sb.metrics.clone(), down.emit);
             let local: Emit<T> = Rc::new(move |msg: T, ingest| {
                 let outputs = {
                     let mut map = states.borrow_mut();

@@ -52,7 +52,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ns, us, ms, s or m)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ns, us, ms, s or m)"
+            ))
+        }
     };
     Ok(d)
 }

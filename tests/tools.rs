@@ -691,3 +691,34 @@ fn sender_and_receiver_agree_on_a_million_messages() {
     // The embedded form returns the same type the CLI `run` does.
     let _: fn(&ReceiveArgs) -> Result<ReceiveReport, String> = receiver::run;
 }
+
+/// Not a correctness test: prints how fast a blast of small frames goes through the receiver.
+/// Run with `cargo test --release --test tools -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_of_small_frames() {
+    for (mode, extra) in [
+        ("count only", vec!["--no-write"]),
+        ("lines to /dev/null", vec!["--output", "/dev/null"]),
+        (
+            "timestamps to /dev/null",
+            vec!["--timestamps", "--output", "/dev/null"],
+        ),
+    ] {
+        let mut flags = vec!["--framed", "--expect", "20_000_000"];
+        flags.extend(extra);
+        let (addr, running) = start_receiver(&receive_args(&flags));
+        let send = send_args(
+            &addr.to_string(),
+            &["--blast", "--u64", "--messages", "20_000_000"],
+        );
+        let sent = sender::run(&send).expect("send");
+        let received = running.join().expect("receiver thread").expect("receive");
+        assert_eq!(received.messages, 20_000_000);
+        println!(
+            "{mode}: sender {:.1} M msgs/s; receiver {:.1} M msgs/s",
+            sent.rate() / 1e6,
+            received.throughput().unwrap_or(0.0) / 1e6
+        );
+    }
+}

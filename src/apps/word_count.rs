@@ -122,9 +122,10 @@ mod tests {
     fn strips_punctuation_and_skips_empty_words() {
         assert_eq!(split("  --  "), Vec::<String>::new());
         assert_eq!(split("a  b"), ["a", "b"]);
-        assert_eq!(split("Congress shall make no law;\nrespecting"), [
-            "congress", "shall", "make", "no", "law", "respecting"
-        ]);
+        assert_eq!(
+            split("Congress shall make no law;\nrespecting"),
+            ["congress", "shall", "make", "no", "law", "respecting"]
+        );
         assert_eq!(split("ÉTAT-civil."), ["état-civil"]);
     }
 
@@ -132,7 +133,13 @@ mod tests {
     fn encodes_counts() {
         let mut out = Vec::new();
         for count in [0, 7, 10, 18_446_744_073_709_551_615] {
-            encode(&WordCount { word: "w".into(), count }, &mut out);
+            encode(
+                &WordCount {
+                    word: "w".into(),
+                    count,
+                },
+                &mut out,
+            );
         }
         assert_eq!(
             String::from_utf8(out).unwrap(),

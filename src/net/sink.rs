@@ -63,7 +63,12 @@ impl SinkBuffer {
     /// written. Connects (and reconnects after an error) with back-off, so a sink that is not
     /// listening yet, or restarts, only delays output: while it is away the buffer fills to its
     /// limit and backpressure stops the sources.
-    pub(crate) async fn writer(self: Rc<Self>, addr: SocketAddr, shard: usize, relief: Rc<WaitList>) {
+    pub(crate) async fn writer(
+        self: Rc<Self>,
+        addr: SocketAddr,
+        shard: usize,
+        relief: Rc<WaitList>,
+    ) {
         let mut out: Vec<u8> = Vec::with_capacity(self.limit + self.limit / 4);
         let mut conn: Option<TcpStream> = None;
         loop {
@@ -93,7 +98,9 @@ impl SinkBuffer {
                         // The batch is resent whole on the new connection: it holds whole
                         // messages, so the receiver never sees a torn frame (but may see a
                         // message twice if the old peer got part of the batch).
-                        eprintln!("bettong: shard {shard}: sink {addr}: write failed ({e}); reconnecting");
+                        eprintln!(
+                            "bettong: shard {shard}: sink {addr}: write failed ({e}); reconnecting"
+                        );
                         conn = None;
                     }
                 }

@@ -133,9 +133,10 @@ fn spawn_connection(
 /// Reads one connection to its end. A frame over `max_frame` ends the connection (the stream
 /// cannot be resynchronised); a payload the decoder rejects is logged, counted and skipped.
 async fn serve(mut stream: TcpStream, source: &SourceRuntime, core: &ShardCore, max_frame: usize) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown peer".to_string(), |a: SocketAddr| a.to_string());
+    let peer = stream.peer_addr().map_or_else(
+        |_| "unknown peer".to_string(),
+        |a: SocketAddr| a.to_string(),
+    );
     let metrics = &core.metrics;
     let mut frames = FrameReader::new(READ_BUFFER, max_frame);
     let mut errors = 0u64;

@@ -122,6 +122,22 @@ pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
+/// A `--cores` list such as `0-3,6`.
+///
+/// ```
+/// let c: bettong::runtime::config::CoreList = "0-1".parse().unwrap();
+/// assert_eq!(c.0, vec![0, 1]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+impl std::str::FromStr for CoreList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cores(s).map(CoreList)
+    }
+}
+
 /// Resolves `HOST:PORT` to one socket address.
 ///
 /// ```
@@ -162,8 +178,8 @@ pub struct EngineArgs {
     #[arg(long = "out", short = 'o', value_name = "HOST:PORT")]
     pub out: String,
     /// Cores to run shards on, one shard per core (e.g. 0-3,6) [default: all online cores]
-    #[arg(long, value_name = "LIST", value_parser = parse_cores)]
-    pub cores: Option<Vec<usize>>,
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<CoreList>,
     /// Do not pin shard threads to their cores
     #[arg(long)]
     pub no_pin: bool,
@@ -197,7 +213,7 @@ impl EngineArgs {
         Ok(EngineConfig {
             inputs: parse_inputs(&self.inputs)?,
             outputs,
-            cores: self.cores.clone().unwrap_or_else(online_cores),
+            cores: self.cores.clone().map_or_else(online_cores, |c| c.0),
             pin: !self.no_pin,
             max_frame: self.max_frame,
             ring_capacity: self.ring_capacity,

@@ -160,7 +160,17 @@ impl Engine {
             );
             let handle = builder
                 .spawn(move || async move {
-                    run_shard(index, n, &app, &config, shard_listeners, rings, stop, started).await
+                    run_shard(
+                        index,
+                        n,
+                        &app,
+                        &config,
+                        shard_listeners,
+                        rings,
+                        stop,
+                        started,
+                    )
+                    .await
                 })
                 .map_err(|e| format!("cannot start shard {index} on core {core}: {e}"))?;
             shards.push(handle);
@@ -213,7 +223,10 @@ impl Engine {
     }
 }
 
-fn resolve_inputs(app: &Application, config: &EngineConfig) -> Result<Vec<(String, SocketAddr)>, String> {
+fn resolve_inputs(
+    app: &Application,
+    config: &EngineConfig,
+) -> Result<Vec<(String, SocketAddr)>, String> {
     let names = app.source_names();
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
@@ -227,13 +240,20 @@ fn resolve_inputs(app: &Application, config: &EngineConfig) -> Result<Vec<(Strin
     }
     let mut out = Vec::new();
     for name in names {
-        let found = config.inputs.iter().find(|(n, _)| n.as_deref() == Some(name.as_str()));
+        let found = config
+            .inputs
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some(name.as_str()));
         match found {
             Some((_, addr)) => out.push((name.clone(), *addr)),
             None => {
                 return Err(format!(
                     "no address for source {name}: give --in {} (one NAME@HOST:PORT per source)",
-                    names.iter().map(|n| format!("{n}@HOST:PORT")).collect::<Vec<_>>().join(",")
+                    names
+                        .iter()
+                        .map(|n| format!("{n}@HOST:PORT"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ))
             }
         }
@@ -244,8 +264,14 @@ fn resolve_inputs(app: &Application, config: &EngineConfig) -> Result<Vec<(Strin
         .find(|(n, _)| n.as_ref().is_none_or(|n| !names.contains(n)))
     {
         return Err(match n {
-            Some(n) => format!("--in names a source {n} that the application does not have (it has {})", names.join(", ")),
-            None => format!("--in {a}: give the source's name (NAME@HOST:PORT), the application has {} sources", names.len()),
+            Some(n) => format!(
+                "--in names a source {n} that the application does not have (it has {})",
+                names.join(", ")
+            ),
+            None => format!(
+                "--in {a}: give the source's name (NAME@HOST:PORT), the application has {} sources",
+                names.len()
+            ),
         });
     }
     Ok(out)
@@ -274,7 +300,13 @@ async fn run_shard(
     stop: StopHandle,
     started: mpsc::Sender<Result<(), String>>,
 ) -> Summary {
-    let mut sb = ShardBuilder::new(index, shards, rings, config.ring_capacity, config.sink_buffer);
+    let mut sb = ShardBuilder::new(
+        index,
+        shards,
+        rings,
+        config.ring_capacity,
+        config.sink_buffer,
+    );
     app.build(&mut sb);
     if sb.sinks.len() != config.outputs.len() {
         let _ = started.send(Err(format!(
@@ -304,7 +336,10 @@ async fn run_shard(
     let mut running_stages = Vec::new();
     for stage in stages.iter_mut() {
         let movers: Vec<_> = stage.movers.drain(..).map(glommio::spawn_local).collect();
-        let drain = stage.drain.take().map(|d| glommio::spawn_local(d(core.clone())));
+        let drain = stage
+            .drain
+            .take()
+            .map(|d| glommio::spawn_local(d(core.clone())));
         running_stages.push((std::mem::take(&mut stage.closing), movers, drain));
     }
 

@@ -278,7 +278,9 @@ impl ShardBuilder {
                 outboxes.push(None);
                 continue;
             }
-            let tx = self.rings.take::<T>(id, self.index, other, true, self.ring_capacity);
+            let tx = self
+                .rings
+                .take::<T>(id, self.index, other, true, self.ring_capacity);
             let rx = self
                 .rings
                 .take::<T>(id, other, self.index, false, self.ring_capacity);
@@ -296,9 +298,9 @@ impl ShardBuilder {
             });
             let closing = Rc::new(Notify::default());
             gauges.push(outbox.gauge.clone());
-            stage
-                .movers
-                .push(Box::pin(outbox.clone().mover(closing.clone(), self.relief.clone())));
+            stage.movers.push(Box::pin(
+                outbox.clone().mover(closing.clone(), self.relief.clone()),
+            ));
             stage.closing.push(closing);
             self.publishers.push(outbox.clone());
             outboxes.push(Some(outbox));

@@ -458,9 +458,6 @@ impl Receiver {
                 self.shared.failed.fetch_add(1, Ordering::SeqCst);
             }
         }
-        if self.watch_signals {
-            SIGNAL_WAKE_FD.store(-1, Ordering::SeqCst);
-        }
         outcome?;
 
         let mut sink = self.shared.sink();
@@ -535,6 +532,17 @@ impl Receiver {
     }
 }
 
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if self.watch_signals {
+            // The signal handler must never write to a descriptor that may be closed and reused;
+            // unregister ours unless another receiver has taken over since.
+            let fd = self.shared.wake_tx.as_raw_fd();
+            let _ = SIGNAL_WAKE_FD.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Empties the wake-up socket.
 fn drain(mut rx: &UnixStream) {
     let mut buf = [0u8; 64];
@@ -590,7 +598,7 @@ extern "C" fn on_signal(_signal: libc::c_int) {
         let byte = 1u8;
         // SAFETY: write(2) is async-signal-safe; the buffer is one live byte on this stack. The
         // descriptor is the receiver's wake-up socket, which stays open while it is registered
-        // here (the receiver unregisters it before dropping the socket).
+        // here (a receiver unregisters it when dropped, before its socket can close).
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
 }
@@ -890,4 +898,98 @@ fn deliver_raw(data: &[u8], all: bool, expect: Option<u64>, shared: &Shared) -> 
         return Step::Stop;
     }
     Step::Go { consumed: cut }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut w = Vec::new();
+        for p in payloads {
+            w.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            w.extend_from_slice(p);
+        }
+        w
+    }
+
+    #[test]
+    fn scan_finds_whole_frames_and_the_size_of_the_next() {
+        let mut data = wire(&[b"ab", b"", b"cde"]);
+        let whole = data.len();
+        data.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        let scan = scan_frames(&data, 100, u64::MAX);
+        assert_eq!(
+            scan,
+            FrameScan {
+                end: whole,
+                frames: 3,
+                need: Some(13),
+                oversized: None
+            }
+        );
+        assert_eq!(scan_frames(&data, 100, 2).end, 6 + 4);
+        // A partial header is simply incomplete.
+        assert_eq!(scan_frames(&[0, 0], 100, u64::MAX).need, None);
+    }
+
+    #[test]
+    fn scan_stops_at_an_oversized_header() {
+        let mut data = wire(&[b"ok"]);
+        data.extend_from_slice(&1001u32.to_be_bytes());
+        let scan = scan_frames(&data, 1000, u64::MAX);
+        assert_eq!((scan.end, scan.frames, scan.oversized), (6, 1, Some(1001)));
+    }
+
+    #[test]
+    fn frames_are_written_as_lines_or_timestamped_records() {
+        let data = wire(&[b"x", b"yz"]);
+        let mut lines = Vec::new();
+        write_frames(&mut lines, &data, false, 0).unwrap();
+        assert_eq!(lines, b"x\nyz\n");
+        let mut records = Vec::new();
+        write_frames(&mut records, &data, true, 0x0102).unwrap();
+        assert_eq!(
+            records,
+            b"\0\0\0\x01\0\0\0\0\0\0\x01\x02x\0\0\0\x02\0\0\0\0\0\0\x01\x02yz"
+        );
+    }
+
+    #[test]
+    fn lines_are_counted_and_cut() {
+        assert_eq!(count_lines(b"a\nb\n\nc"), 3);
+        assert_eq!(nth_line_end(b"a\nb\n\nc", 2), Some(4));
+        assert_eq!(nth_line_end(b"a\nb", 2), None);
+    }
+
+    #[test]
+    fn report_reads_like_giles() {
+        let report = ReceiveReport {
+            messages: 2_000_000,
+            bytes: 24_000_000,
+            connections: 2,
+            failed_connections: 0,
+            first_message_ns: Some(10),
+            last_message_ns: Some(2_000_000_010),
+            active: Duration::from_secs(2),
+            expected: Some(2_000_000),
+            metrics: true,
+        };
+        let text = report.to_string();
+        assert!(text.contains("Metrics Start: 10\n"), "{text}");
+        assert!(text.contains("Overall Time: 2.000000s"), "{text}");
+        assert!(text.contains("Messages: 2000000"), "{text}");
+        assert!(text.contains("Throughput: 1000k"), "{text}");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_at_bind() {
+        let mut args = ReceiveArgs::new("127.0.0.1:0");
+        args.expect = Some(0);
+        assert!(Receiver::bind(&args).is_err());
+        let mut args = ReceiveArgs::new("127.0.0.1:0");
+        args.timestamps = true;
+        assert!(Receiver::bind(&args).is_err());
+        assert!(Receiver::bind(&ReceiveArgs::new("not an address")).is_err());
+    }
 }
