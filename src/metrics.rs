@@ -40,6 +40,7 @@ pub struct ShardMetrics {
     frame_errors: Cell<u64>,
     truncated: Cell<u64>,
     connections: Cell<u64>,
+    pauses: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -53,6 +54,7 @@ impl Default for ShardMetrics {
             frame_errors: Cell::new(0),
             truncated: Cell::new(0),
             connections: Cell::new(0),
+            pauses: Cell::new(0),
         }
     }
 }
@@ -81,6 +83,11 @@ impl ShardMetrics {
     /// A connection ended in the middle of a frame.
     pub fn truncated(&self) {
         bump(&self.truncated);
+    }
+
+    /// A source or drain stopped reading because a ring or sink buffer downstream was full.
+    pub fn pause(&self) {
+        bump(&self.pauses);
     }
 
     /// An output was encoded into a sink buffer; `ingest_ns` is when its input was read.
@@ -112,6 +119,7 @@ impl ShardMetrics {
             frame_errors: self.frame_errors.get(),
             truncated: self.truncated.get(),
             connections: self.connections.get(),
+            pauses: self.pauses.get(),
         }
     }
 }
@@ -141,6 +149,8 @@ pub struct Summary {
     pub truncated: u64,
     /// Connections accepted.
     pub connections: u64,
+    /// Times a source or drain waited for a full ring or sink buffer (backpressure).
+    pub pauses: u64,
 }
 
 impl Default for Summary {
@@ -161,6 +171,7 @@ impl Summary {
         self.frame_errors += other.frame_errors;
         self.truncated += other.truncated;
         self.connections += other.connections;
+        self.pauses += other.pauses;
     }
 
     /// All errors of every kind.
@@ -192,8 +203,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "messages in {}, out {}, filtered {}, connections {}",
-            self.messages_in, self.messages_out, self.filtered, self.connections
+            "messages in {}, out {}, filtered {}, connections {}, backpressure pauses {}",
+            self.messages_in, self.messages_out, self.filtered, self.connections, self.pauses
         )?;
         writeln!(
             f,

@@ -139,6 +139,7 @@ impl ShardCore {
     /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
     pub(crate) async fn backpressure(&self, gauges: &[Gauge]) {
         if gauges.iter().any(Gauge::is_over) {
+            self.metrics.pause();
             self.flush();
             self.relief.until_clear(gauges).await;
         }

@@ -1,0 +1,251 @@
+//! Test harness: runs the real `bettong` binary, a sink that records what the engine writes,
+//! and framed senders, all over TCP on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before the test fails with a message.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running `bettong` process.
+pub struct Engine {
+    child: Child,
+    /// Each source's name and real address, from the `ready` line.
+    pub sources: Vec<(String, SocketAddr)>,
+    /// The lines printed before `ready`.
+    pub preamble: Vec<String>,
+    stderr_lines: Receiver<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts `bettong ARGS` and waits for its `ready` line.
+    pub fn start(args: &[&str]) -> Engine {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bettong"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bettong");
+        let (tx, rx) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let all = stderr.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                all.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut preamble = Vec::new();
+        let ready = loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                let _ = stderr_thread.join();
+                panic!(
+                    "bettong exited ({status}) before `ready`; stderr:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+            if let Some(rest) = line.trim().strip_prefix("ready ") {
+                break rest.to_string();
+            }
+            preamble.push(line.trim().to_string());
+        };
+        let sources = ready
+            .split_whitespace()
+            .map(|s| {
+                let (name, addr) = s.rsplit_once('@').unwrap();
+                (name.to_string(), addr.parse().unwrap())
+            })
+            .collect();
+        Engine {
+            child,
+            sources,
+            preamble,
+            stderr_lines: rx,
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The address of the source called `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.sources
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no source {name} in {:?}", self.sources))
+            .1
+    }
+
+    /// Waits until stderr has a line containing `needle`.
+    pub fn wait_for_stderr(&self, needle: &str) {
+        let until = Instant::now() + DEADLINE;
+        if self
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            return;
+        }
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no stderr line with {needle:?}; stderr so far:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status and whole stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: sending a signal to our own child process, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_with_deadline(&mut self.child);
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let err = self.stderr.lock().unwrap().join("\n");
+        (status, err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < until, "bettong did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A TCP sink that accepts any number of connections and records each one's bytes.
+pub struct Sink {
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Sleep this long between reads (to exercise backpressure).
+    _acceptor: JoinHandle<()>,
+}
+
+impl Sink {
+    /// Listens on a free port of 127.0.0.1.
+    pub fn bind() -> Sink {
+        Sink::on(TcpListener::bind("127.0.0.1:0").unwrap(), 0)
+    }
+
+    /// Records connections accepted on `listener`; each reader waits `pause_us` between reads.
+    pub fn on(listener: TcpListener, pause_us: u64) -> Sink {
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let readers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (c, r) = (conns.clone(), readers.clone());
+        let acceptor = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let buf = Arc::new(Mutex::new(Vec::new()));
+                c.lock().unwrap().push(buf.clone());
+                r.lock().unwrap().push(std::thread::spawn(move || {
+                    let mut chunk = vec![0u8; 64 * 1024];
+                    loop {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+                        }
+                        if pause_us > 0 {
+                            std::thread::sleep(Duration::from_micros(pause_us));
+                        }
+                    }
+                }));
+            }
+        });
+        Sink {
+            addr,
+            conns,
+            readers,
+            _acceptor: acceptor,
+        }
+    }
+
+    /// The bytes of every connection, once the engine has closed them all.
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        let readers: Vec<_> = self.readers.lock().unwrap().drain(..).collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Total bytes received so far.
+    pub fn bytes(&self) -> usize {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.lock().unwrap().len())
+            .sum()
+    }
+}
+
+/// `[u32 BE len][payload]`.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Connects to `addr`, writes `bytes`, and closes the connection.
+pub fn send(addr: SocketAddr, bytes: &[u8]) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+}
+
+/// The engine's summary counter called `label` (e.g. "messages in", "decode").
+pub fn summary_count(stderr: &str, label: &str) -> u64 {
+    for line in stderr.lines() {
+        for part in line.split([',', ':']) {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix(label) {
+                if let Ok(n) = v.trim().parse() {
+                    return n;
+                }
+            }
+        }
+    }
+    panic!("no `{label}` count in stderr:\n{stderr}")
+}
