@@ -27,6 +27,8 @@
 //! assert_eq!(app.source_names(), ["Keys"]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod apps;
 pub mod codec;
 pub mod metrics;

@@ -4,6 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use bettong::runtime::config::EngineArgs;
+use bettong::tools::gen::{self, GenMarketSpreadArgs};
+use bettong::tools::receiver::{self, ReceiveArgs};
+use bettong::tools::sender::{self, SendArgs};
 use bettong::{Application, Engine, StopHandle};
 use clap::{Parser, Subcommand};
 
@@ -25,12 +28,35 @@ struct Cli {
 enum Command {
     /// Word count: framed UTF-8 text in, `word => count` lines out
     WordCount(EngineArgs),
+    /// Market Spread: fixish orders (Orders) and NBBO updates (Nbbo) in, OrderResults out
+    MarketSpread(EngineArgs),
+    /// Write a data set for an application
+    Gen {
+        #[command(subcommand)]
+        data: GenCommand,
+    },
+    /// Send framed records to TCP targets, paced or as fast as possible (giles sender)
+    Send(SendArgs),
+    /// Listen on a TCP port and count, and optionally write, what arrives (giles receiver)
+    Receive(ReceiveArgs),
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// Market Spread data: initial NBBO, NBBO updates, orders and the expected output count
+    MarketSpread(GenMarketSpreadArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::WordCount(args) => run_app(bettong::apps::word_count::application(), &args),
+        Command::MarketSpread(args) => run_app(bettong::apps::market_spread::application(), &args),
+        Command::Gen {
+            data: GenCommand::MarketSpread(args),
+        } => gen_market_spread(&args),
+        Command::Send(args) => send(&args),
+        Command::Receive(args) => receive(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,6 +65,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a report line to stdout. A closed stdout (`| head`) must not turn a finished run into
+/// a panic, so a failed write is ignored: the exit status still tells how the run went.
+fn print_out(text: &dyn std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// `bettong gen market-spread`: writes the data files and prints what was written.
+fn gen_market_spread(args: &GenMarketSpreadArgs) -> Result<(), String> {
+    let summary = gen::generate(args)?;
+    print_out(&summary);
+    Ok(())
+}
+
+/// `bettong send`: sends, then prints the report on stdout.
+fn send(args: &SendArgs) -> Result<(), String> {
+    let report = sender::run(args)?;
+    print_out(&report);
+    Ok(())
+}
+
+/// `bettong receive`: receives until `--expect` or a signal, then prints the report on stdout,
+/// or on stderr when the received data go to stdout, so that the data stay clean.
+fn receive(args: &ReceiveArgs) -> Result<(), String> {
+    let report = receiver::run(args)?;
+    if args.data_to_stdout() {
+        eprintln!("{report}");
+    } else {
+        print_out(&report);
+    }
+    Ok(())
 }
 
 /// Runs an application until SIGINT or SIGTERM, then stops it cleanly and prints the summary.

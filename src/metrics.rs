@@ -6,7 +6,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -30,8 +31,53 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3).expect("valid histogram bounds")
 }
 
+/// Counters a shard publishes for other threads to read while it runs (progress of a benchmark,
+/// an embedding program's dashboard). Only the owning shard writes them, so an update is a
+/// plain load and store, never a contended read-modify-write.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl LiveCounters {
+    #[inline]
+    fn bump(c: &AtomicU64) {
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// Progress summed over shards: frames accepted and messages finished (output or filtered).
+///
+/// ```
+/// let p = bettong::metrics::Progress::default();
+/// assert_eq!((p.messages_in, p.messages_out, p.finished), (0, 0, 0));
+/// ```
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Frames accepted at sources.
+    pub messages_in: u64,
+    /// Outputs encoded into sink buffers.
+    pub messages_out: u64,
+    /// Outputs encoded plus messages filtered.
+    pub finished: u64,
+}
+
+/// Reads the live counters of every shard.
+pub(crate) fn progress(shards: &[Arc<LiveCounters>]) -> Progress {
+    let mut p = Progress::default();
+    for s in shards {
+        p.messages_in += s.messages_in.load(Ordering::Relaxed);
+        p.messages_out += s.messages_out.load(Ordering::Relaxed);
+        p.finished += s.finished.load(Ordering::Relaxed);
+    }
+    p
+}
+
 /// One shard's measurements. Only its own shard touches it, so plain cells suffice.
 pub struct ShardMetrics {
+    pub(crate) live: Arc<LiveCounters>,
     latency: RefCell<Histogram<u64>>,
     messages_in: Cell<u64>,
     messages_out: Cell<u64>,
@@ -46,6 +92,7 @@ pub struct ShardMetrics {
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
+            live: Arc::default(),
             latency: RefCell::new(new_histogram()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
@@ -67,6 +114,7 @@ impl ShardMetrics {
     /// A source read and accepted one frame.
     pub fn message_in(&self) {
         bump(&self.messages_in);
+        LiveCounters::bump(&self.live.messages_in);
     }
     /// A source accepted a connection.
     pub fn connection(&self) {
@@ -93,6 +141,7 @@ impl ShardMetrics {
     /// An output was encoded into a sink buffer; `ingest_ns` is when its input was read.
     pub fn output(&self, ingest_ns: u64) {
         bump(&self.messages_out);
+        LiveCounters::bump(&self.live.messages_out);
         self.record(ingest_ns);
     }
 
@@ -103,6 +152,7 @@ impl ShardMetrics {
     }
 
     fn record(&self, ingest_ns: u64) {
+        LiveCounters::bump(&self.live.finished);
         let v = now_ns().saturating_sub(ingest_ns).clamp(1, MAX_TRACKED_NS);
         // `saturating_record` cannot fail for values inside the bounds clamped above.
         self.latency.borrow_mut().saturating_record(v);

@@ -3,7 +3,8 @@
 //! Two sources feed one keyed state computation: "Orders" (fixish order messages) and "Nbbo"
 //! (fixish national-best-bid-and-offer updates), both keyed by the 4-byte symbol. Each symbol keeps
 //! its last bid and offer and whether its spread is too wide to trade; an order on such a symbol
-//! produces an [`OrderResult`], every other input produces nothing.
+//! produces an [`OrderResult`], every other input produces nothing. [`application`] is the whole
+//! app, as `bettong market-spread` runs it.
 //!
 //! Every byte layout here is Wallaroo's (`lib/wallaroo_labs/new_fix/fixish_messages.pony` and the
 //! Pony market-spread encoder), so Wallaroo's data files, Giles senders and receivers work
@@ -34,6 +35,9 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytemuck::{Pod, Zeroable};
+
+use crate::codec::DecodeError;
+use crate::pipeline::{Application, Pipeline, TcpSink, TcpSource};
 
 /// Fix type byte of an order message.
 pub const ORDER_TYPE: u8 = 1;
@@ -579,8 +583,15 @@ impl SymbolData {
     /// assert_eq!(out.map(|r| r.timestamp), Some(7));
     /// ```
     pub fn check_order(&self, order: &Order, now_ns: u64) -> Option<OrderResult> {
+        self.check_order_with(order, || now_ns)
+    }
+
+    /// Like [`check_order`](Self::check_order), but asks `now` for the timestamp only when there
+    /// is an output: all but a few orders are accepted, and a clock read on each of them would
+    /// cost more than the check itself.
+    fn check_order_with(&self, order: &Order, now: impl FnOnce() -> u64) -> Option<OrderResult> {
         self.should_reject_trades
-            .then(|| OrderResult::new(order, self.last_bid, self.last_offer, now_ns))
+            .then(|| OrderResult::new(order, self.last_bid, self.last_offer, now()))
     }
 }
 
@@ -600,13 +611,163 @@ impl SymbolData {
 /// assert_eq!((out.bid, out.offer), (30.0, 30.10));
 /// ```
 pub fn check(msg: MarketMessage, state: &mut SymbolData, now_ns: u64) -> Option<OrderResult> {
+    check_with(msg, state, || now_ns)
+}
+
+/// [`check`] with the timestamp read from [`wall_clock_ns`], and only when there is an output:
+/// the state computation [`application`] runs. NBBO updates and accepted orders, nearly all of
+/// the input, never read the clock.
+///
+/// ```
+/// use bettong::apps::market_spread::{check_now, pad_symbol, wall_clock_ns, Order, SymbolData};
+/// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+/// let before = wall_clock_ns();
+/// let out = check_now(order.into(), &mut SymbolData::default()).expect("no NBBO yet: rejected");
+/// assert!(out.timestamp >= before);
+/// ```
+pub fn check_now(msg: MarketMessage, state: &mut SymbolData) -> Option<OrderResult> {
+    check_with(msg, state, wall_clock_ns)
+}
+
+fn check_with(
+    msg: MarketMessage,
+    state: &mut SymbolData,
+    now: impl FnOnce() -> u64,
+) -> Option<OrderResult> {
     match msg {
         MarketMessage::Nbbo(nbbo) => {
             state.update_nbbo(&nbbo);
             None
         }
-        MarketMessage::Order(order) => state.check_order(&order, now_ns),
+        MarketMessage::Order(order) => state.check_order_with(&order, now),
     }
+}
+
+/// Name of the source that takes orders (Wallaroo's name: `--in Orders@HOST:PORT`).
+pub const ORDERS_SOURCE: &str = "Orders";
+/// Name of the source that takes NBBO updates (Wallaroo's name: `--in Nbbo@HOST:PORT`).
+pub const NBBO_SOURCE: &str = "Nbbo";
+/// Name of the application, as [`Application::name`] reports it.
+pub const APP_NAME: &str = "market spread";
+
+/// The decoder of the "Orders" source: a 53-byte order payload, copied out of the frame into a
+/// [`MarketMessage::Order`]. Anything else, an NBBO included, is a [`DecodeError`] that says
+/// which source refused what.
+///
+/// ```
+/// use bettong::apps::market_spread::{decode_order, pad_symbol, MarketMessage, Nbbo, Order};
+/// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+/// assert_eq!(decode_order(order.as_bytes()), Ok(MarketMessage::Order(order)));
+///
+/// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
+/// let err = decode_order(nbbo.as_bytes()).unwrap_err().to_string();
+/// assert!(err.contains("belong on the Nbbo source"), "{err}");
+/// let err = decode_order(&order.as_bytes()[..52]).unwrap_err().to_string();
+/// assert_eq!(err, "Orders source: not an order: order payload must be 53 bytes, got 52");
+/// ```
+pub fn decode_order(payload: &[u8]) -> Result<MarketMessage, DecodeError> {
+    if payload.first() == Some(&NBBO_TYPE) {
+        return Err(DecodeError::new(
+            "Orders source: got an NBBO message (type 2); NBBO updates belong on the Nbbo source",
+        ));
+    }
+    match Order::from_payload(payload) {
+        Ok(order) => Ok(MarketMessage::Order(*order)),
+        Err(e) => Err(refused(ORDERS_SOURCE, "an order", ORDER_TYPE, e)),
+    }
+}
+
+/// The decoder of the "Nbbo" source: a 42-byte NBBO payload, copied out of the frame into a
+/// [`MarketMessage::Nbbo`]. Anything else, an order included, is a [`DecodeError`].
+///
+/// ```
+/// use bettong::apps::market_spread::{decode_nbbo, pad_symbol, MarketMessage, Nbbo, Order};
+/// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
+/// assert_eq!(decode_nbbo(nbbo.as_bytes()), Ok(MarketMessage::Nbbo(nbbo)));
+///
+/// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+/// let err = decode_nbbo(order.as_bytes()).unwrap_err().to_string();
+/// assert!(err.contains("belong on the Orders source"), "{err}");
+/// let err = decode_nbbo(&[9; 42]).unwrap_err().to_string();
+/// assert!(err.starts_with("Nbbo source: not an NBBO: unknown fixish message type 9"), "{err}");
+/// ```
+pub fn decode_nbbo(payload: &[u8]) -> Result<MarketMessage, DecodeError> {
+    if payload.first() == Some(&ORDER_TYPE) {
+        return Err(DecodeError::new(
+            "Nbbo source: got an order (type 1); orders belong on the Orders source",
+        ));
+    }
+    match Nbbo::from_payload(payload) {
+        Ok(nbbo) => Ok(MarketMessage::Nbbo(*nbbo)),
+        Err(e) => Err(refused(NBBO_SOURCE, "an NBBO", NBBO_TYPE, e)),
+    }
+}
+
+/// The message for a payload that a source refuses. An unknown type byte names the one type
+/// this source takes: [`FixishError`]'s own text lists both, which would mislead here.
+fn refused(source: &str, kind: &str, fix_type: u8, e: FixishError) -> DecodeError {
+    match e {
+        FixishError::UnknownType(t) => DecodeError::new(format!(
+            "{source} source: not {kind}: unknown fixish message type {t} (expected {fix_type})"
+        )),
+        e => DecodeError::new(format!("{source} source: not {kind}: {e}")),
+    }
+}
+
+/// The sink's encoder: each [`OrderResult`] as its 59-byte frame.
+///
+/// ```
+/// use bettong::apps::market_spread::{encode, pad_symbol, Order, OrderResult};
+/// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+/// let mut out = Vec::new();
+/// encode(&OrderResult::new(&order, 29.0, 31.0, 5), &mut out);
+/// assert_eq!(out.len(), 59);
+/// ```
+pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
+    result.encode_into(out);
+}
+
+/// The Market Spread application, Wallaroo's 0.5+ topology (reference §2.1): the "Orders" and
+/// "Nbbo" sources merged, keyed by the raw 4-byte symbol, into one state computation over
+/// [`SymbolData`] ([`check_now`]), and a TCP sink of framed [`OrderResult`]s.
+///
+/// Messages of one symbol from one connection reach its state in the order they were sent;
+/// messages from different connections have no order between them, which is why the initial
+/// NBBO must have been processed before orders are sent.
+///
+/// ```
+/// let app = bettong::apps::market_spread::application();
+/// assert_eq!(app.name(), "market spread");
+/// assert_eq!(app.source_names(), ["Orders", "Nbbo"]);
+/// ```
+///
+/// Run it with `bettong market-spread --in Orders@127.0.0.1:7000,Nbbo@127.0.0.1:7001
+/// --out 127.0.0.1:5555`, or embedded:
+///
+/// ```no_run
+/// use bettong::runtime::config::EngineConfig;
+/// use bettong::Engine;
+///
+/// let mut config = EngineConfig::default();
+/// config.inputs = vec![
+///     (Some("Orders".into()), "127.0.0.1:7000".parse().unwrap()),
+///     (Some("Nbbo".into()), "127.0.0.1:7001".parse().unwrap()),
+/// ];
+/// config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
+/// let engine = Engine::start(bettong::apps::market_spread::application(), config)?;
+/// engine.stop_handle().stop();
+/// eprintln!("{}", engine.join()?);
+/// # Ok::<(), String>(())
+/// ```
+pub fn application() -> Application {
+    let orders = Pipeline::source(ORDERS_SOURCE, TcpSource::new(decode_order));
+    let nbbo = Pipeline::source(NBBO_SOURCE, TcpSource::new(decode_nbbo));
+    let pipeline = orders
+        .merge(nbbo)
+        .key_by(symbol_key)
+        .to_state(check_now)
+        .to_sink(TcpSink::new(encode));
+    Application::new(APP_NAME, pipeline)
 }
 
 /// The output of Market Spread: a rejected order with the NBBO it was checked against.
@@ -992,6 +1153,51 @@ mod tests {
         let (bid, offer) = (0.9140625, 0.9609375);
         assert_eq!((offer - bid) / ((bid + offer) / 2.0), 0.05);
         assert!(is_rejected_spread(bid, offer));
+    }
+
+    #[test]
+    fn each_source_takes_only_its_own_kind() {
+        let order = hand_order();
+        let nbbo = hand_nbbo();
+        assert!(matches!(decode_order(&order), Ok(MarketMessage::Order(_))));
+        assert!(matches!(decode_nbbo(&nbbo), Ok(MarketMessage::Nbbo(_))));
+        // The other kind, well formed, is still refused, with a hint where it belongs.
+        let e = decode_order(&nbbo).unwrap_err().to_string();
+        assert!(e.starts_with("Orders source: got an NBBO"), "{e}");
+        let e = decode_nbbo(&order).unwrap_err().to_string();
+        assert!(e.starts_with("Nbbo source: got an order"), "{e}");
+        assert_eq!(
+            decode_order(&[]).unwrap_err().to_string(),
+            "Orders source: not an order: empty fixish payload: no message type byte"
+        );
+        assert_eq!(
+            decode_nbbo(&nbbo[..41]).unwrap_err().to_string(),
+            "Nbbo source: not an NBBO: NBBO payload must be 42 bytes, got 41"
+        );
+        let mut odd = order.clone();
+        odd[0] = 3;
+        assert_eq!(
+            decode_order(&odd).unwrap_err().to_string(),
+            "Orders source: not an order: unknown fixish message type 3 (expected 1)"
+        );
+    }
+
+    #[test]
+    fn check_now_reads_the_clock_only_for_outputs() {
+        let mut state = SymbolData::default();
+        assert!(check_now(nbbo(30.0, 30.01), &mut state).is_none());
+        assert!(check_now(order(), &mut state).is_none());
+        let mut read = false;
+        assert!(check_with(order(), &mut state, || {
+            read = true;
+            0
+        })
+        .is_none());
+        assert!(!read, "an accepted order must not read the clock");
+        assert!(check_now(nbbo(30.0, 30.5), &mut state).is_none());
+        let before = wall_clock_ns();
+        let out = check_now(order(), &mut state).expect("wide spread rejects");
+        assert!(out.timestamp >= before && out.timestamp <= wall_clock_ns());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::metrics::Summary;
+use crate::metrics::{self, LiveCounters, Progress, Summary};
 use crate::net::source::{accept_loop, Connections};
 use crate::pipeline::Application;
 use config::{EngineConfig, Poll};
@@ -88,6 +88,7 @@ pub struct Engine {
     stop: StopHandle,
     sources: Vec<(String, SocketAddr)>,
     cores: Vec<usize>,
+    live: Vec<Arc<LiveCounters>>,
 }
 
 impl Engine {
@@ -133,6 +134,7 @@ impl Engine {
             shards: (0..n).map(|_| AtomicWaker::new()).collect(),
         }));
         let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+        let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
         let mut shards = Vec::with_capacity(n);
         for (index, shard_listeners) in listeners.into_iter().enumerate() {
             let core = config.cores[index];
@@ -151,11 +153,12 @@ impl Engine {
                 Poll::Spin => builder = builder.spin_before_park(Duration::from_secs(365 * 86_400)),
                 Poll::SpinFor(d) => builder = builder.spin_before_park(d),
             }
-            let (app, rings, stop, started, config) = (
+            let (app, rings, stop, started, live, config) = (
                 app.clone(),
                 rings.clone(),
                 stop.clone(),
                 started_tx.clone(),
+                live_tx.clone(),
                 config.clone(),
             );
             let handle = builder
@@ -169,13 +172,14 @@ impl Engine {
                         rings,
                         stop,
                         started,
+                        live,
                     )
                     .await
                 })
                 .map_err(|e| format!("cannot start shard {index} on core {core}: {e}"))?;
             shards.push(handle);
         }
-        drop(started_tx);
+        drop((started_tx, live_tx));
         for _ in 0..n {
             match started_rx.recv() {
                 Ok(Ok(())) => {}
@@ -194,6 +198,7 @@ impl Engine {
             stop,
             sources,
             cores: config.cores,
+            live: live_rx.try_iter().collect(),
         })
     }
 
@@ -205,6 +210,11 @@ impl Engine {
     /// The core each shard runs on, by shard index.
     pub fn cores(&self) -> &[usize] {
         &self.cores
+    }
+
+    /// Frames accepted and messages finished so far, summed over shards (read while running).
+    pub fn progress(&self) -> Progress {
+        metrics::progress(&self.live)
     }
 
     /// A handle that stops the engine from any thread.
@@ -299,6 +309,7 @@ async fn run_shard(
     rings: Arc<RingRegistry>,
     stop: StopHandle,
     started: mpsc::Sender<Result<(), String>>,
+    live: mpsc::Sender<Arc<LiveCounters>>,
 ) -> Summary {
     let mut sb = ShardBuilder::new(
         index,
@@ -307,6 +318,7 @@ async fn run_shard(
         config.ring_capacity,
         config.sink_buffer,
     );
+    let _ = live.send(sb.metrics.live.clone());
     app.build(&mut sb);
     if sb.sinks.len() != config.outputs.len() {
         let _ = started.send(Err(format!(

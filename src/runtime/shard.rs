@@ -150,11 +150,14 @@ trait Publish {
     fn publish(&self);
 }
 
+/// Decodes one frame's payload and runs the message through the graph.
+pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<(), DecodeError>>;
+
 /// A source as seen by one shard: its name and what to do with each frame.
 pub(crate) struct SourceRuntime {
     pub(crate) name: String,
     /// Decodes one payload and runs it through the graph.
-    pub(crate) on_frame: Box<dyn Fn(&[u8], u64) -> Result<(), DecodeError>>,
+    pub(crate) on_frame: FrameHandler,
     pub(crate) gauges: Rc<[Gauge]>,
 }
 
@@ -172,7 +175,10 @@ pub(crate) struct StageRuntime {
 /// thread; whichever of two shards reaches a ring first creates it and leaves the other end
 /// here. Used only at start-up, so the lock is never on the hot path.
 #[derive(Default)]
-pub(crate) struct RingRegistry(Mutex<HashMap<(usize, usize, usize, bool), Box<dyn Any + Send>>>);
+pub(crate) struct RingRegistry(Mutex<HashMap<RingEnd, Box<dyn Any + Send>>>);
+
+/// (stage, from shard, to shard, is the producer end).
+type RingEnd = (usize, usize, usize, bool);
 
 impl RingRegistry {
     /// Takes this shard's end of the ring for `stage` from shard `from` to shard `to`.

@@ -1,5 +1,6 @@
 //! Giles-style load and measurement tools and data generators.
 
+pub mod bench;
 pub mod gen;
 pub mod receiver;
 pub mod sender;

@@ -149,12 +149,14 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// The bytes received on each connection so far.
+type Received = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A TCP sink that accepts any number of connections and records each one's bytes.
 pub struct Sink {
     pub addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Received,
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// Sleep this long between reads (to exercise backpressure).
     _acceptor: JoinHandle<()>,
 }
 
@@ -167,7 +169,7 @@ impl Sink {
     /// Records connections accepted on `listener`; each reader waits `pause_us` between reads.
     pub fn on(listener: TcpListener, pause_us: u64) -> Sink {
         let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Received = Arc::default();
         let readers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (c, r) = (conns.clone(), readers.clone());
         let acceptor = std::thread::spawn(move || {

@@ -1,0 +1,22 @@
+# Convenience recipes; every one is a plain cargo command (see README.md).
+
+# Build the release binary.
+build:
+    cargo build --release
+
+# Run the test suite (the README's test command).
+test:
+    cargo test
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# The main job: a Market Spread run on generated data, with throughput and latency.
+run *ARGS:
+    cargo run --release -- bench market-spread {{ARGS}}
+
+# Criterion micro-benchmarks.
+bench:
+    cargo bench
