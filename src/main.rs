@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use bettong::runtime::config::EngineArgs;
+use bettong::tools::bench::{self, BenchArgs};
 use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::tools::receiver::{self, ReceiveArgs};
 use bettong::tools::sender::{self, SendArgs};
@@ -39,6 +40,20 @@ enum Command {
     Send(SendArgs),
     /// Listen on a TCP port and count, and optionally write, what arrives (giles receiver)
     Receive(ReceiveArgs),
+    /// Run an application end to end on loopback (engine, senders, receiver in one process)
+    /// and report throughput and latency
+    Bench {
+        #[command(subcommand)]
+        app: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Market Spread on generated data: prime the initial NBBO, blast orders and NBBO updates
+    MarketSpread(BenchArgs),
+    /// Word count on the Bill of Rights, one line per message
+    WordCount(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,6 +72,7 @@ fn main() -> ExitCode {
         } => gen_market_spread(&args),
         Command::Send(args) => send(&args),
         Command::Receive(args) => receive(&args),
+        Command::Bench { app } => bench(app),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +118,18 @@ fn receive(args: &ReceiveArgs) -> Result<(), String> {
 }
 
 /// Runs an application until SIGINT or SIGTERM, then stops it cleanly and prints the summary.
+fn bench(app: BenchCommand) -> Result<(), String> {
+    let (report, json) = match app {
+        BenchCommand::MarketSpread(args) => (bench::market_spread(&args)?, args.json),
+        BenchCommand::WordCount(args) => (bench::word_count(&args)?, args.json),
+    };
+    print_out(&report);
+    if let Some(path) = json {
+        print_out(&format!("report written to {}", path.display()));
+    }
+    Ok(())
+}
+
 fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
     let config = args.to_config()?;
     let signals = Signals::block()?;

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod config;
+pub mod doorbell;
 pub mod ring;
 pub mod router;
 #[doc(hidden)]
@@ -32,13 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::metrics::{self, LiveCounters, Progress, Summary};
 use crate::net::source::{accept_loop, Connections};
 use crate::pipeline::Application;
 use config::{EngineConfig, Poll};
+use doorbell::{Doorbell, Waiter};
 use shard::{RingRegistry, ShardBuilder};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
@@ -49,7 +50,7 @@ pub struct StopHandle(Arc<StopSignal>);
 
 struct StopSignal {
     stopped: AtomicBool,
-    shards: Vec<AtomicWaker>,
+    shards: Vec<Arc<Waiter>>,
 }
 
 impl StopHandle {
@@ -57,7 +58,7 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::SeqCst);
         for w in &self.0.shards {
-            w.wake();
+            w.wake_if_parked();
         }
     }
 
@@ -71,8 +72,9 @@ impl StopHandle {
             if self.is_stopping() {
                 return std::task::Poll::Ready(());
             }
-            self.0.shards[shard].register(cx.waker());
+            self.0.shards[shard].park(cx);
             if self.is_stopping() {
+                self.0.shards[shard].unpark();
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
@@ -128,10 +130,14 @@ impl Engine {
         }
 
         let app = Arc::new(app);
-        let rings = Arc::new(RingRegistry::default());
+        let bells = (0..n)
+            .map(|_| Doorbell::new())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot create shard doorbells: {e}"))?;
+        let rings = Arc::new(RingRegistry::new(bells.clone()));
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
-            shards: (0..n).map(|_| AtomicWaker::new()).collect(),
+            shards: bells.iter().map(|b| Waiter::new(Some(b))).collect(),
         }));
         let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
@@ -153,6 +159,7 @@ impl Engine {
                 Poll::Spin => builder = builder.spin_before_park(Duration::from_secs(365 * 86_400)),
                 Poll::SpinFor(d) => builder = builder.spin_before_park(d),
             }
+            let bell = bells[index].clone();
             let (app, rings, stop, started, live, config) = (
                 app.clone(),
                 rings.clone(),
@@ -163,6 +170,7 @@ impl Engine {
             );
             let handle = builder
                 .spawn(move || async move {
+                    glommio::spawn_local(bell.serve()).detach();
                     run_shard(
                         index,
                         n,

@@ -27,50 +27,16 @@ use std::cell::UnsafeCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
+use super::doorbell::{Doorbell, Waiter};
 
 /// Keeps a hot atomic on its own cache line pair so that the producer's and the consumer's
 /// positions do not false-share (128 bytes covers adjacent-line prefetching on x86).
 #[repr(align(128))]
 struct CachePadded<T>(T);
-
-/// One side's parking spot: a flag the other side reads cheaply, and the waker to call.
-struct Waiter {
-    parked: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Waiter {
-    fn new() -> Self {
-        Waiter {
-            parked: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-        }
-    }
-
-    /// Called by the side that just made progress. The SeqCst fence pairs with the one in
-    /// `park`: either the parker sees our progress, or we see its flag.
-    fn wake_if_parked(&self) {
-        fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
-            self.waker.wake();
-        }
-    }
-
-    fn park(&self, cx: &mut Context<'_>) {
-        self.waker.register(cx.waker());
-        self.parked.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-    }
-
-    fn unpark(&self) {
-        self.parked.store(false, Ordering::Relaxed);
-    }
-}
 
 struct Shared<T> {
     /// Next slot the consumer reads; written only by the consumer.
@@ -78,8 +44,8 @@ struct Shared<T> {
     /// Next slot the producer publishes; written only by the producer.
     tail: CachePadded<AtomicUsize>,
     closed: AtomicBool,
-    consumer: Waiter,
-    producer: Waiter,
+    consumer: Arc<Waiter>,
+    producer: Arc<Waiter>,
     mask: usize,
     slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
 }
@@ -112,6 +78,16 @@ impl<T> Drop for Shared<T> {
 /// # drop(rx);
 /// ```
 pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    channel_between(capacity, None, None)
+}
+
+/// Creates a ring between two shards: a parked producer is woken through `producer_bell`
+/// (its shard's doorbell) and a parked consumer through `consumer_bell`.
+pub fn channel_between<T: Send>(
+    capacity: usize,
+    producer_bell: Option<&Arc<Doorbell>>,
+    consumer_bell: Option<&Arc<Doorbell>>,
+) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.max(2).next_power_of_two();
     let slots = (0..cap)
         .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
@@ -121,8 +97,8 @@ pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
         head: CachePadded(AtomicUsize::new(0)),
         tail: CachePadded(AtomicUsize::new(0)),
         closed: AtomicBool::new(false),
-        consumer: Waiter::new(),
-        producer: Waiter::new(),
+        consumer: Waiter::new(consumer_bell),
+        producer: Waiter::new(producer_bell),
         mask: cap - 1,
         slots,
     });

@@ -24,6 +24,7 @@ use std::task::{Poll, Waker};
 use crate::codec::DecodeError;
 use crate::metrics::ShardMetrics;
 use crate::net::sink::SinkBuffer;
+use crate::runtime::doorbell::Doorbell;
 use crate::runtime::ring::{self, Consumer, Producer};
 
 /// A boxed future local to a shard.
@@ -174,13 +175,23 @@ pub(crate) struct StageRuntime {
 /// Ring ends waiting for the shard that will own them. Each shard builds its graph on its own
 /// thread; whichever of two shards reaches a ring first creates it and leaves the other end
 /// here. Used only at start-up, so the lock is never on the hot path.
-#[derive(Default)]
-pub(crate) struct RingRegistry(Mutex<HashMap<RingEnd, Box<dyn Any + Send>>>);
+pub(crate) struct RingRegistry {
+    ends: Mutex<HashMap<RingEnd, Box<dyn Any + Send>>>,
+    bells: Vec<Arc<Doorbell>>,
+}
 
 /// (stage, from shard, to shard, is the producer end).
 type RingEnd = (usize, usize, usize, bool);
 
 impl RingRegistry {
+    /// A registry for shards whose doorbells are `bells`, by shard index.
+    pub(crate) fn new(bells: Vec<Arc<Doorbell>>) -> Self {
+        RingRegistry {
+            ends: Mutex::default(),
+            bells,
+        }
+    }
+
     /// Takes this shard's end of the ring for `stage` from shard `from` to shard `to`.
     fn take<T: Send + 'static>(
         &self,
@@ -190,11 +201,15 @@ impl RingRegistry {
         producer: bool,
         capacity: usize,
     ) -> Box<dyn Any + Send> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.ends.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(end) = map.remove(&(stage, from, to, producer)) {
             return end;
         }
-        let (tx, rx) = ring::channel::<(T, u64)>(capacity);
+        let (tx, rx) = ring::channel_between::<(T, u64)>(
+            capacity,
+            Some(&self.bells[from]),
+            Some(&self.bells[to]),
+        );
         if producer {
             map.insert((stage, from, to, false), Box::new(rx));
             Box::new(tx)

@@ -1,0 +1,187 @@
+//! Waking a task on another shard.
+//!
+//! A glommio task's waker can be called from another thread, but glommio's cross-thread wake-up
+//! checks whether the target executor is going to sleep with relaxed atomics on both sides, so
+//! a wake-up can be missed until the executor's next timer fires (~100 ms; seen as p99.9
+//! outliers in `bench market-spread`). A shard therefore has a doorbell: one end of a
+//! socketpair that the shard reads through its own io_uring, where a completion cannot be lost.
+//! Another thread that must wake a task on the shard marks the task's [`Waiter`] as rung and
+//! writes one byte; the shard's doorbell task reads it and wakes the rung waiters locally.
+//!
+//! The bell is rung only when the waiter has said it is parked, so two busy shards exchange no
+//! wake-ups at all.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
+
+use atomic_waker::AtomicWaker;
+use futures_lite::AsyncReadExt;
+
+/// One shard's doorbell.
+pub struct Doorbell {
+    ring_end: UnixStream,
+    read_end: Mutex<Option<UnixStream>>,
+    waiters: Mutex<Vec<Arc<Waiter>>>,
+}
+
+impl Doorbell {
+    /// A new doorbell; its shard must run [`serve`](Self::serve).
+    pub fn new() -> io::Result<Arc<Doorbell>> {
+        let (ring_end, read_end) = UnixStream::pair()?;
+        // A full socket buffer means a wake-up is already pending: never block the ringer.
+        ring_end.set_nonblocking(true)?;
+        read_end.set_nonblocking(true)?;
+        Ok(Arc::new(Doorbell {
+            ring_end,
+            read_end: Mutex::new(Some(read_end)),
+            waiters: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn ring(&self) {
+        // WouldBlock means unread bytes are waiting, so the shard will look anyway.
+        let _ = (&self.ring_end).write(&[1]);
+    }
+
+    /// Reads the bell on the shard's executor and wakes every rung waiter, until the process
+    /// ends. Must run on the shard whose tasks park on this doorbell's waiters.
+    pub fn serve(self: &Arc<Self>) -> impl Future<Output = ()> + 'static {
+        let bell = self.clone();
+        let read_end = self
+            .read_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        async move {
+            let Some(read_end) = read_end else { return };
+            // SAFETY: into_raw_fd hands over the open socket, which the glommio stream owns
+            // and closes from now on.
+            let mut stream =
+                unsafe { glommio::net::UnixStream::from_raw_fd(read_end.into_raw_fd()) };
+            let mut buf = [0u8; 64];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let waiters = bell.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                        for w in waiters.iter() {
+                            if w.rung.swap(false, Ordering::AcqRel) {
+                                w.waker.wake();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A parking spot for one task: a flag the other side reads cheaply, and how to wake the task.
+///
+/// With a doorbell, the wake-up goes through the waiting shard's doorbell; without one (a task
+/// on an ordinary thread), the waker is called directly.
+pub struct Waiter {
+    parked: AtomicBool,
+    rung: AtomicBool,
+    waker: AtomicWaker,
+    bell: Option<Arc<Doorbell>>,
+}
+
+impl Waiter {
+    /// A waiter whose task runs on the shard that owns `bell` (or anywhere, with `None`).
+    pub fn new(bell: Option<&Arc<Doorbell>>) -> Arc<Waiter> {
+        let w = Arc::new(Waiter {
+            parked: AtomicBool::new(false),
+            rung: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            bell: bell.cloned(),
+        });
+        if let Some(b) = bell {
+            b.waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(w.clone());
+        }
+        w
+    }
+
+    /// Records the task to wake and raises the flag. The caller re-checks its condition after
+    /// this; the SeqCst fence pairs with the one in `wake_if_parked`, so either the caller sees
+    /// the other side's progress or the other side sees the flag.
+    pub fn park(&self, cx: &mut Context<'_>) {
+        self.waker.register(cx.waker());
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Lowers the flag after the re-check found the condition already met.
+    pub fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Called by the other side after making progress: wakes the task if it is parked.
+    #[inline]
+    pub fn wake_if_parked(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            match &self.bell {
+                Some(bell) => {
+                    self.rung.store(true, Ordering::Release);
+                    bell.ring();
+                }
+                None => self.waker.wake(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// A task on a glommio shard parks 2000 times and is woken each time from another thread
+    /// through the doorbell; none of the wake-ups may be lost (the test would hang).
+    #[test]
+    fn wakes_a_parked_task_on_another_thread() {
+        let bell = Doorbell::new().unwrap();
+        let waiter = Waiter::new(Some(&bell));
+        let turn = Arc::new(AtomicU64::new(0));
+        let (w, t) = (waiter.clone(), turn.clone());
+        let shard = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                glommio::spawn_local(bell.serve()).detach();
+                for i in 0..2000u64 {
+                    // Wait for the other thread to move the turn to odd, then hand it back.
+                    std::future::poll_fn(|cx| {
+                        if t.load(Ordering::Acquire) == 2 * i + 1 {
+                            return std::task::Poll::Ready(());
+                        }
+                        w.park(cx);
+                        if t.load(Ordering::Acquire) == 2 * i + 1 {
+                            w.unpark();
+                            std::task::Poll::Ready(())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
+                    t.store(2 * i + 2, Ordering::Release);
+                }
+            })
+            .unwrap();
+        for i in 0..2000u64 {
+            while turn.load(Ordering::Acquire) != 2 * i {
+                std::hint::spin_loop();
+            }
+            turn.store(2 * i + 1, Ordering::Release);
+            waiter.wake_if_parked();
+        }
+        shard.join().unwrap();
+    }
+}
