@@ -31,6 +31,8 @@ enum Command {
     WordCount(EngineArgs),
     /// Market Spread: fixish orders (Orders) and NBBO updates (Nbbo) in, OrderResults out
     MarketSpread(EngineArgs),
+    /// Passthrough: frames (payloads of at most 64 bytes) in, the same frames out
+    Passthrough(EngineArgs),
     /// Write a data set for an application
     Gen {
         #[command(subcommand)]
@@ -54,6 +56,11 @@ enum BenchCommand {
     MarketSpread(BenchArgs),
     /// Word count on the Bill of Rights, one line per message
     WordCount(BenchArgs),
+    /// Passthrough on 54-byte frames (50-byte payloads): the engine with no work on top
+    Passthrough(BenchArgs),
+    /// The engine-free baseline: the passthrough run with a plain-threads relay in the
+    /// engine's place (no shards; latency figures are 0)
+    Relay(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::WordCount(args) => run_app(bettong::apps::word_count::application(), &args),
         Command::MarketSpread(args) => run_app(bettong::apps::market_spread::application(), &args),
+        Command::Passthrough(args) => run_app(bettong::apps::passthrough::application(), &args),
         Command::Gen {
             data: GenCommand::MarketSpread(args),
         } => gen_market_spread(&args),
@@ -122,6 +130,8 @@ fn bench(app: BenchCommand) -> Result<(), String> {
     let (report, json) = match app {
         BenchCommand::MarketSpread(args) => (bench::market_spread(&args)?, args.json),
         BenchCommand::WordCount(args) => (bench::word_count(&args)?, args.json),
+        BenchCommand::Passthrough(args) => (bench::passthrough(&args)?, args.json),
+        BenchCommand::Relay(args) => (bench::relay(&args)?, args.json),
     };
     print_out(&report);
     if let Some(path) = json {

@@ -78,7 +78,10 @@ pub(crate) fn progress(shards: &[Arc<LiveCounters>]) -> Progress {
 /// One shard's measurements. Only its own shard touches it, so plain cells suffice.
 pub struct ShardMetrics {
     pub(crate) live: Arc<LiveCounters>,
+    /// Latency of the current reporting period (see `take_period`).
     latency: RefCell<Histogram<u64>>,
+    /// Latency of the periods already taken.
+    earlier: RefCell<Histogram<u64>>,
     messages_in: Cell<u64>,
     messages_out: Cell<u64>,
     filtered: Cell<u64>,
@@ -94,6 +97,7 @@ impl Default for ShardMetrics {
         ShardMetrics {
             live: Arc::default(),
             latency: RefCell::new(new_histogram()),
+            earlier: RefCell::new(new_histogram()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
             filtered: Cell::new(0),
@@ -158,10 +162,27 @@ impl ShardMetrics {
         self.latency.borrow_mut().saturating_record(v);
     }
 
+    /// Ends the current reporting period: returns its latency histogram and counters (since
+    /// the previous call) and starts a new one. The totals in `snapshot` still cover it.
+    pub fn take_period(&self) -> Period {
+        let mut current = self.latency.borrow_mut();
+        let _ = self.earlier.borrow_mut().add(&*current);
+        let period = Period {
+            latency: current.clone(),
+            messages_in: self.messages_in.get(),
+            messages_out: self.messages_out.get(),
+        };
+        current.reset();
+        period
+    }
+
     /// A copy of the measurements so far, to merge across shards.
     pub fn snapshot(&self) -> Summary {
+        let mut latency = self.earlier.borrow().clone();
+        // Same bounds, so adding cannot fail.
+        let _ = latency.add(&*self.latency.borrow());
         Summary {
-            latency: self.latency.borrow().clone(),
+            latency,
             messages_in: self.messages_in.get(),
             messages_out: self.messages_out.get(),
             filtered: self.filtered.get(),
@@ -237,6 +258,39 @@ impl Summary {
             self.latency.value_at_quantile(q)
         }
     }
+}
+
+/// One shard's measurements over one reporting period.
+#[derive(Clone)]
+pub struct Period {
+    /// Start-to-end latency of the messages finished in the period.
+    pub latency: Histogram<u64>,
+    /// Frames accepted since the engine started (the period's count is the difference).
+    pub messages_in: u64,
+    /// Outputs since the engine started.
+    pub messages_out: u64,
+}
+
+/// Wallaroo's power-of-two bins: `(i, n)` means `n` values had bit length `i`, that is
+/// `2^(i-1) <= v < 2^i` (shown as "≤ 2^i ns"). Only non-empty bins are listed.
+///
+/// ```
+/// let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+/// h.record(3).unwrap();
+/// h.record(1000).unwrap();
+/// assert_eq!(bettong::metrics::power_of_two_bins(&h), vec![(2, 1), (10, 1)]);
+/// ```
+pub fn power_of_two_bins(h: &Histogram<u64>) -> Vec<(u32, u64)> {
+    let mut bins = [0u64; 65];
+    for v in h.iter_recorded() {
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        bins[(64 - value.leading_zeros()) as usize] += v.count_at_value();
+    }
+    bins.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (i as u32, *n))
+        .collect()
 }
 
 /// Writes a latency in the unit that keeps it readable (`850ns`, `12.3µs`, `4.56ms`).

@@ -1,9 +1,10 @@
 //! Engine configuration, and the command-line flags every application command shares.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::units::{parse_u64, parse_usize};
+use crate::units::{parse_duration, parse_u64, parse_usize};
 
 /// How an idle shard waits for work.
 ///
@@ -65,6 +66,10 @@ pub struct EngineConfig {
     pub sink_buffer: usize,
     /// How an idle shard waits.
     pub poll: Poll,
+    /// Print live metrics on stderr this often (`None`: only the summary at exit).
+    pub metrics_interval: Option<Duration>,
+    /// Also append each period's metrics as a JSON line to this file.
+    pub metrics_json: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +83,8 @@ impl Default for EngineConfig {
             ring_capacity: 4096,
             sink_buffer: 256 * 1024,
             poll: Poll::Park,
+            metrics_interval: None,
+            metrics_json: None,
         }
     }
 }
@@ -195,6 +202,13 @@ pub struct EngineArgs {
     /// How an idle shard waits: park, spin, or spin:MICROS (spin that long, then park)
     #[arg(long, default_value = "park")]
     pub poll: Poll,
+    /// Print msgs/s and start-to-end latency on stderr this often (e.g. 2s, 500ms; 0 = off)
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
+    /// Append each interval's metrics (with per-computation and power-of-two latency bins) as
+    /// JSON lines to FILE
+    #[arg(long, value_name = "FILE")]
+    pub metrics_json: Option<PathBuf>,
 }
 
 impl EngineArgs {
@@ -219,6 +233,8 @@ impl EngineArgs {
             ring_capacity: self.ring_capacity,
             sink_buffer: self.sink_buffer,
             poll: self.poll,
+            metrics_interval: (!self.metrics_interval.is_zero()).then_some(self.metrics_interval),
+            metrics_json: self.metrics_json.clone(),
         })
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod doorbell;
+mod reporter;
 pub mod ring;
 pub mod router;
 #[doc(hidden)]
@@ -40,6 +41,7 @@ use crate::net::source::{accept_loop, Connections};
 use crate::pipeline::Application;
 use config::{EngineConfig, Poll};
 use doorbell::{Doorbell, Waiter};
+use reporter::{Reporter, ShardPeriod};
 use shard::{RingRegistry, ShardBuilder};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
@@ -91,6 +93,7 @@ pub struct Engine {
     sources: Vec<(String, SocketAddr)>,
     cores: Vec<usize>,
     live: Vec<Arc<LiveCounters>>,
+    reporter: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -141,6 +144,13 @@ impl Engine {
         }));
         let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
+        let (period_tx, period_rx) = mpsc::channel::<ShardPeriod>();
+        let reporter = match config.metrics_interval {
+            Some(interval) => {
+                Some(Reporter::new(n, interval, config.metrics_json.as_ref())?.spawn(period_rx))
+            }
+            None => None,
+        };
         let mut shards = Vec::with_capacity(n);
         for (index, shard_listeners) in listeners.into_iter().enumerate() {
             let core = config.cores[index];
@@ -160,34 +170,27 @@ impl Engine {
                 Poll::SpinFor(d) => builder = builder.spin_before_park(d),
             }
             let bell = bells[index].clone();
-            let (app, rings, stop, started, live, config) = (
-                app.clone(),
-                rings.clone(),
-                stop.clone(),
-                started_tx.clone(),
-                live_tx.clone(),
-                config.clone(),
-            );
+            let plan = ShardPlan {
+                index,
+                shards: n,
+                app: app.clone(),
+                config: config.clone(),
+                listeners: shard_listeners,
+                rings: rings.clone(),
+                stop: stop.clone(),
+                started: started_tx.clone(),
+                live: live_tx.clone(),
+                periods: period_tx.clone(),
+            };
             let handle = builder
                 .spawn(move || async move {
                     glommio::spawn_local(bell.serve()).detach();
-                    run_shard(
-                        index,
-                        n,
-                        &app,
-                        &config,
-                        shard_listeners,
-                        rings,
-                        stop,
-                        started,
-                        live,
-                    )
-                    .await
+                    run_shard(plan).await
                 })
                 .map_err(|e| format!("cannot start shard {index} on core {core}: {e}"))?;
             shards.push(handle);
         }
-        drop((started_tx, live_tx));
+        drop((started_tx, live_tx, period_tx));
         for _ in 0..n {
             match started_rx.recv() {
                 Ok(Ok(())) => {}
@@ -207,6 +210,7 @@ impl Engine {
             sources,
             cores: config.cores,
             live: live_rx.try_iter().collect(),
+            reporter,
         })
     }
 
@@ -236,6 +240,10 @@ impl Engine {
         for (i, h) in self.shards.into_iter().enumerate() {
             let s = h.join().map_err(|e| format!("shard {i} failed: {e}"))?;
             total.merge(&s);
+        }
+        if let Some(r) = self.reporter {
+            // Ends once every shard has dropped its sender, which joining them guarantees.
+            let _ = r.join();
         }
         Ok(total)
     }
@@ -306,19 +314,34 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Everything one shard does, from building its graph to its final measurements.
-#[allow(clippy::too_many_arguments)]
-async fn run_shard(
+/// What a shard needs from start-up, moved onto its thread.
+struct ShardPlan {
     index: usize,
     shards: usize,
-    app: &Application,
-    config: &EngineConfig,
+    app: Arc<Application>,
+    config: EngineConfig,
     listeners: Vec<(String, std::net::TcpListener)>,
     rings: Arc<RingRegistry>,
     stop: StopHandle,
     started: mpsc::Sender<Result<(), String>>,
     live: mpsc::Sender<Arc<LiveCounters>>,
-) -> Summary {
+    periods: mpsc::Sender<ShardPeriod>,
+}
+
+/// Everything one shard does, from building its graph to its final measurements.
+async fn run_shard(plan: ShardPlan) -> Summary {
+    let ShardPlan {
+        index,
+        shards,
+        app,
+        config,
+        listeners,
+        rings,
+        stop,
+        started,
+        live,
+        periods,
+    } = plan;
     let mut sb = ShardBuilder::new(
         index,
         shards,
@@ -334,9 +357,24 @@ async fn run_shard(
             sb.sinks.len(),
             config.outputs.len()
         )));
+        let _ = periods.send(ShardPeriod::Done);
         return sb.metrics.snapshot();
     }
-    let core = sb.core();
+    let spin = match config.poll {
+        Poll::Park => Duration::ZERO,
+        Poll::Spin => Duration::MAX,
+        Poll::SpinFor(d) => d,
+    };
+    let core = sb.core(spin);
+    if let Some(interval) = config.metrics_interval {
+        glommio::spawn_local(reporter::shard_periods(
+            index,
+            interval,
+            core.metrics.clone(),
+            periods.clone(),
+        ))
+        .detach();
+    }
     let relief = sb.relief.clone();
 
     let sinks: Vec<_> = sb
@@ -409,5 +447,6 @@ async fn run_shard(
         buffer.finish();
         task.await;
     }
+    let _ = periods.send(ShardPeriod::Done);
     core.metrics.snapshot()
 }

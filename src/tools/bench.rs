@@ -1,19 +1,27 @@
 //! `bettong bench APP`: an all-in-one end-to-end run on loopback. It starts the engine, a
-//! receiver as its sink and blasting senders as its sources in one process, checks that the
-//! output count is exactly what the input implies, and reports input throughput with the
-//! engine's own start-to-end latency percentiles.
+//! receiver as its sink and senders as its sources in one process, checks that the output count
+//! is exactly what the input implies, and reports input throughput with the engine's own
+//! start-to-end latency percentiles.
+//!
+//! Senders blast (send as fast as the sockets take) unless `--rate` asks for a paced run, which
+//! is how latency is measured at a known load; see [`pacing`].
+//!
+//! `bench relay` runs the same sender and receiver code around the engine-free
+//! [`Relay`](crate::tools::relay::Relay) instead of the engine, and reports the same JSON object:
+//! it is the baseline that `bench passthrough` (and the `perf/` harness) is compared with.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::apps::word_count;
+use crate::apps::{passthrough, word_count};
 use crate::metrics::{format_ns, Summary};
 use crate::pipeline::Application;
 use crate::runtime::config::{online_cores, CoreList, EngineConfig, Poll};
 use crate::runtime::Engine;
 use crate::tools::receiver::{ReceiveArgs, ReceiveReport, Receiver};
+use crate::tools::relay::Relay;
 use crate::tools::sender::{self, SendArgs};
 use crate::units::{parse_u64, parse_usize};
 
@@ -21,9 +29,18 @@ use crate::units::{parse_u64, parse_usize};
 pub const SAMPLE_TEXT: &str = include_str!("../apps/bill_of_rights.txt");
 
 /// Flags shared by every `bench` command.
+///
+/// ```
+/// use bettong::tools::bench::BenchArgs;
+/// let mut args = BenchArgs::new(100_000);
+/// args.shards = Some(1);
+/// args.rate = Some(50_000); // paced: 5 messages every 100 µs
+/// # let _ = args;
+/// ```
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Number of shards, on the first N online cores [default: all online cores]
+    /// Number of shards, on the first N online cores [default: all online cores]. `bench relay`
+    /// has no shards: it takes only 0 or 1 here
     #[arg(long, value_parser = parse_usize, conflicts_with = "cores")]
     pub shards: Option<usize>,
     /// Cores to run shards on (e.g. 0-1)
@@ -35,9 +52,18 @@ pub struct BenchArgs {
     /// How an idle shard waits: park, spin or spin:MICROS
     #[arg(long, default_value = "park")]
     pub poll: Poll,
-    /// Input messages to blast (not counting priming)
+    /// Input messages to send (not counting priming)
     #[arg(long, default_value = "1000000", value_parser = parse_u64)]
     pub messages: u64,
+    /// Paced run: offer this many input messages per second in all, as batches of
+    /// max(1, rate/10000) messages every 100 µs, split over the input streams in proportion
+    /// to their messages; msgs/s then reports the achieved rate [default: blast]
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_u64)]
+    pub rate: Option<u64>,
+    /// Sender connections per input stream, batches going round-robin over them [default: one
+    /// per shard for passthrough, 1 otherwise]
+    #[arg(long, value_name = "N", value_parser = parse_usize)]
+    pub connections: Option<usize>,
     /// Also write the report as one JSON object to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -52,8 +78,24 @@ impl BenchArgs {
             no_pin: false,
             poll: Poll::Park,
             messages,
+            rate: None,
+            connections: None,
             json: None,
         }
+    }
+
+    /// The shards the engine will run, as `engine_config` will pick them.
+    fn shard_count(&self) -> usize {
+        match (&self.cores, self.shards) {
+            (Some(c), _) => c.0.len(),
+            (None, Some(n)) => n,
+            (None, None) => online_cores().len(),
+        }
+    }
+
+    /// Sender connections per input stream, `default` unless `--connections` says otherwise.
+    fn connections_or(&self, default: usize) -> usize {
+        self.connections.unwrap_or(default).max(1)
     }
 
     fn engine_config(
@@ -93,33 +135,52 @@ impl BenchArgs {
 /// What one benchmark run measured.
 #[derive(Clone)]
 pub struct BenchReport {
-    /// The application benchmarked.
+    /// The application benchmarked ("relay" for the engine-free baseline).
     pub app: String,
-    /// Shards the engine ran.
+    /// Shards the engine ran; 0 for the relay, which has no engine.
     pub shards: usize,
-    /// Frames the engine accepted (priming included).
+    /// Frames the engine (or the relay) accepted, priming included.
     pub messages_in: u64,
-    /// Outputs the engine wrote.
+    /// Outputs the engine wrote (frames the relay forwarded).
     pub messages_out: u64,
     /// Outputs the input implies.
     pub expected_out: u64,
-    /// From the first blasted message until every message was finished and every output
+    /// From the first sent message until every message was finished and every output
     /// received.
     pub seconds: f64,
-    /// Blasted messages per second over `seconds`.
+    /// Sent messages per second over `seconds`: the achieved rate of a paced run.
     pub msgs_per_sec: f64,
-    /// The engine's measurements.
+    /// The rate `--rate` offered, for a paced run; `None` for a blast.
+    pub offered_rate: Option<u64>,
+    /// The engine's measurements. For the relay only the counts are filled in: there is no
+    /// per-message clock without the engine, so the latency histogram is empty and every
+    /// latency figure reads 0.
     pub summary: Summary,
 }
 
 impl BenchReport {
-    /// The report as one JSON object.
+    /// The report as one JSON object, the same for every app (the relay included):
+    /// `app`, `shards`, `messages_in`, `messages_out`, `expected_out`, `seconds`,
+    /// `msgs_per_sec`, `rate` (offered msgs/s, or null for a blast), `errors`, and
+    /// `latency_ns` with `p50`, `p99`, `p99_9`, `p99_99`, `max` (all 0 for the relay).
+    ///
+    /// ```
+    /// use bettong::tools::bench::BenchReport;
+    /// let r = BenchReport {
+    ///     app: "relay".into(), shards: 0, messages_in: 5, messages_out: 5, expected_out: 5,
+    ///     seconds: 0.5, msgs_per_sec: 10.0, offered_rate: None, summary: Default::default(),
+    /// };
+    /// assert!(r.to_json().contains("\"rate\":null,\"errors\":0,\"latency_ns\":{\"p50\":0,"));
+    /// ```
     pub fn to_json(&self) -> String {
         let s = &self.summary;
+        let rate = self
+            .offered_rate
+            .map_or_else(|| "null".to_string(), |r| r.to_string());
         format!(
             concat!(
                 "{{\"app\":\"{}\",\"shards\":{},\"messages_in\":{},\"messages_out\":{},",
-                "\"expected_out\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},",
+                "\"expected_out\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"rate\":{},",
                 "\"errors\":{},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},",
                 "\"p99_99\":{},\"max\":{}}}}}"
             ),
@@ -130,6 +191,7 @@ impl BenchReport {
             self.expected_out,
             self.seconds,
             self.msgs_per_sec,
+            rate,
             s.errors(),
             s.latency_at(0.5),
             s.latency_at(0.99),
@@ -143,17 +205,28 @@ impl BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = &self.summary;
-        writeln!(f, "{} on {} shard(s)", self.app, self.shards)?;
-        writeln!(
+        if self.shards == 0 {
+            writeln!(f, "{} (no engine)", self.app)?;
+        } else {
+            writeln!(f, "{} on {} shard(s)", self.app, self.shards)?;
+        }
+        write!(
             f,
             "input:   {} messages in {:.3} s = {:.0} msgs/s",
             self.messages_in, self.seconds, self.msgs_per_sec
         )?;
+        match self.offered_rate {
+            Some(r) => writeln!(f, " (paced; offered {r} msgs/s)")?,
+            None => writeln!(f, " (blast)")?,
+        }
         writeln!(
             f,
             "output:  {} messages (expected {})",
             self.messages_out, self.expected_out
         )?;
+        if s.latency.is_empty() {
+            return write!(f, "latency: not measured (no engine, no per-message clock)");
+        }
         write!(
             f,
             "latency (start-to-end, in engine): p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
@@ -166,6 +239,29 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+/// How a paced run of `rate` messages per second is sent: `(batch size, interval in ns)`.
+///
+/// Batches of `max(1, rate / 10_000)` messages, one every `batch × 10⁹ / rate` ns, which is
+/// 100 µs whenever the rate is 10 000 msgs/s or more. 100 µs is well below the latencies a
+/// paced run looks at (so a batch is a small burst, not a queue of its own making) and still
+/// coarse enough that the sender's timer, not its sleeping, sets the pace. The cost: between
+/// deadlines this short the sender spins rather than sleeps, so every paced stream keeps one
+/// core busy — on a small machine that competes with the shards, and the results should be
+/// read with it in mind.
+///
+/// ```
+/// use bettong::tools::bench::pacing;
+/// assert_eq!(pacing(1_000_000), (100, 100_000));
+/// assert_eq!(pacing(15_000), (1, 66_666));
+/// assert_eq!(pacing(10), (1, 100_000_000));
+/// ```
+pub fn pacing(rate: u64) -> (usize, u64) {
+    let rate = rate.max(1);
+    let batch = (rate / 10_000).max(1);
+    let interval = (u128::from(batch) * 1_000_000_000 / u128::from(rate)) as u64;
+    (batch as usize, interval.max(1))
+}
+
 /// One stream of input: what the sender sends to which source.
 pub(crate) struct Feed {
     pub(crate) source: &'static str,
@@ -173,6 +269,8 @@ pub(crate) struct Feed {
     /// `Some(n)`: binary records of n bytes; `None`: text lines.
     pub(crate) record: Option<usize>,
     pub(crate) messages: u64,
+    /// Connections the sender spreads this stream over.
+    pub(crate) connections: usize,
 }
 
 /// A scratch folder removed when dropped.
@@ -196,18 +294,91 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `app` with a receiver as its sink: sends `prime` and waits until the engine has
-/// finished it, then blasts `feeds` concurrently and waits until every message is finished and
-/// `expected_out` outputs have arrived.
+/// What a benchmark runs between its senders and its receiver.
+pub(crate) enum Target {
+    /// The engine running this application.
+    Engine(Application),
+    /// The engine-free relay; every feed goes to its one listening address.
+    Relay,
+}
+
+/// A started [`Target`].
+enum Running {
+    Engine(Engine),
+    Relay(Relay),
+}
+
+impl Running {
+    fn addr_of(&self, source: &str) -> Result<String, String> {
+        match self {
+            Running::Engine(engine) => engine
+                .sources()
+                .iter()
+                .find(|(n, _)| n == source)
+                .map(|(_, a)| a.to_string())
+                .ok_or_else(|| format!("engine has no source {source}")),
+            Running::Relay(relay) => Ok(relay.local_addr().to_string()),
+        }
+    }
+
+    /// Messages finished (output or filtered) and outputs written so far.
+    fn progress(&self) -> (u64, u64) {
+        match self {
+            Running::Engine(engine) => {
+                let p = engine.progress();
+                (p.finished, p.messages_out)
+            }
+            Running::Relay(relay) => {
+                let n = relay.forwarded();
+                (n, n)
+            }
+        }
+    }
+
+    /// Stops cleanly and returns the measurements.
+    fn finish(self) -> Result<Summary, String> {
+        match self {
+            Running::Engine(engine) => {
+                engine.stop_handle().stop();
+                engine.join()
+            }
+            Running::Relay(relay) => {
+                relay.stop();
+                let r = relay.join()?;
+                let mut s = Summary::default();
+                s.messages_in = r.frames_in;
+                s.messages_out = r.frames_out;
+                s.connections = r.connections;
+                // The relay's errors (a connection cut mid-frame, an oversized header, a failed
+                // socket) land in the `errors` figure of the report.
+                s.frame_errors = r.errors;
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// Runs `target` with a receiver as its sink: sends `prime` and waits until it is finished,
+/// then sends `feeds` concurrently (blasting, or paced by `--rate`) and waits until every
+/// message is finished and `expected_out` outputs have arrived.
 pub(crate) fn run(
-    app: Application,
+    target: Target,
     args: &BenchArgs,
     receive: ReceiveArgs,
     prime: Option<Feed>,
     feeds: Vec<Feed>,
     expected_out: u64,
 ) -> Result<(BenchReport, ReceiveReport), String> {
-    let name = app.name().to_string();
+    if args.rate == Some(0) {
+        return Err("--rate must be at least 1 message per second".to_string());
+    }
+    if args.connections == Some(0) {
+        return Err("--connections must be at least 1".to_string());
+    }
+    let name = match &target {
+        Target::Engine(app) => app.name().to_string(),
+        Target::Relay => "relay".to_string(),
+    };
     let sources: Vec<&str> = feeds.iter().chain(&prime).map(|f| f.source).collect();
     let mut sources_unique = sources.clone();
     sources_unique.sort_unstable();
@@ -217,51 +388,42 @@ pub(crate) fn run(
         ..receive
     })?;
     let receiver_stop = receiver.stop_handle();
-    let config = args.engine_config(receiver.local_addr(), &sources_unique)?;
-    let shards = config.cores.len();
-    let receiving = std::thread::spawn(move || receiver.run());
-    let engine = Engine::start(app, config)?;
-    let addr_of = |source: &str| {
-        engine
-            .sources()
-            .iter()
-            .find(|(n, _)| n == source)
-            .map(|(_, a)| a.to_string())
-            .ok_or_else(|| format!("engine has no source {source}"))
+    let receiver_addr = receiver.local_addr();
+    let (running, shards) = match target {
+        Target::Engine(app) => {
+            let config = args.engine_config(receiver_addr, &sources_unique)?;
+            let shards = config.cores.len();
+            (Running::Engine(Engine::start(app, config)?), shards)
+        }
+        Target::Relay => {
+            if args.shards.is_some_and(|n| n > 1) || args.cores.is_some() {
+                return Err(
+                    "bench relay has no shards: --shards takes only 0 or 1 and --cores none \
+                     (use --connections for more input connections)"
+                        .to_string(),
+                );
+            }
+            (Running::Relay(Relay::start(receiver_addr)?), 0)
+        }
     };
-
-    let mut primed = 0;
-    if let Some(p) = &prime {
-        sender::run(&send_args(&addr_of(p.source)?, p, false))?;
-        primed = p.messages;
-        wait_until(|| engine.progress().finished >= primed, "priming")?;
-    }
-    let total: u64 = primed + feeds.iter().map(|f| f.messages).sum::<u64>();
-    let started = Instant::now();
-    let senders: Vec<_> = feeds
-        .iter()
-        .map(|f| {
-            let a = send_args(&addr_of(f.source)?, f, true);
-            Ok(std::thread::spawn(move || sender::run(&a)))
-        })
-        .collect::<Result<_, String>>()?;
-    for s in senders {
-        s.join().map_err(|_| "a sender panicked".to_string())??;
-    }
-    wait_until(|| engine.progress().finished >= total, "processing")?;
-    // Every output is now in a sink buffer; when the count is right, the receiver will get
-    // them all, so the clock stops when it has.
-    if engine.progress().messages_out == expected_out && expected_out > 0 {
-        wait_until(|| receiving.is_finished(), "receiving")?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    engine.stop_handle().stop();
-    let summary = engine.join()?;
+    let receiving = std::thread::spawn(move || receiver.run());
+    let measured = measure(
+        &running,
+        args,
+        prime.as_ref(),
+        &feeds,
+        expected_out,
+        &receiving,
+    );
+    // Stop everything whatever happened, so that an error does not leave threads running.
+    let summary = running.finish();
     receiver_stop.stop();
     let received = receiving
         .join()
-        .map_err(|_| "the receiver panicked".to_string())??;
-    let blasted = total - primed;
+        .map_err(|_| "the receiver panicked".to_string())?;
+    let (seconds, blasted) = measured?;
+    let summary = summary?;
+    let received = received?;
     let report = BenchReport {
         app: name,
         shards,
@@ -270,6 +432,7 @@ pub(crate) fn run(
         expected_out,
         seconds,
         msgs_per_sec: blasted as f64 / seconds,
+        offered_rate: args.rate,
         summary,
     };
     if let Some(path) = &args.json {
@@ -278,23 +441,93 @@ pub(crate) fn run(
     }
     if report.messages_out != expected_out {
         return Err(format!(
-            "{report}\nOUTPUT MISMATCH: the engine wrote {} outputs, the input implies {expected_out}",
+            "{report}\nOUTPUT MISMATCH: {} wrote {} outputs, the input implies {expected_out}",
+            if shards == 0 {
+                "the relay"
+            } else {
+                "the engine"
+            },
             report.messages_out
         ));
     }
     Ok((report, received))
 }
 
-fn send_args(host: &str, feed: &Feed, blast: bool) -> SendArgs {
-    let mut a = SendArgs::new(host, feed.messages);
+/// The measured part of [`run`]: priming, then the timed sending and draining. Returns the
+/// seconds from the first timed message until the end, and the messages sent in that time.
+fn measure<T>(
+    running: &Running,
+    args: &BenchArgs,
+    prime: Option<&Feed>,
+    feeds: &[Feed],
+    expected_out: u64,
+    receiving: &std::thread::JoinHandle<T>,
+) -> Result<(f64, u64), String> {
+    let mut primed = 0;
+    if let Some(p) = prime {
+        sender::run(&send_args(&running.addr_of(p.source)?, p, Sending::Prime))?;
+        primed = p.messages;
+        wait_until(|| running.progress().0 >= primed, "priming")?;
+    }
+    let sent: u64 = feeds.iter().map(|f| f.messages).sum();
+    let total = primed + sent;
+    let senders: Vec<_> = feeds
+        .iter()
+        .map(|f| {
+            let how = match args.rate {
+                // Each stream gets its share of the rate, so all end together.
+                Some(rate) => Sending::Paced(
+                    (u128::from(rate) * u128::from(f.messages) / u128::from(sent.max(1))).max(1)
+                        as u64,
+                ),
+                None => Sending::Blast,
+            };
+            Ok(send_args(&running.addr_of(f.source)?, f, how))
+        })
+        .collect::<Result<_, String>>()?;
+    let started = Instant::now();
+    let senders: Vec<_> = senders
+        .into_iter()
+        .map(|a| std::thread::spawn(move || sender::run(&a)))
+        .collect();
+    // Join every sender before looking at any result, so none is left running.
+    let results: Vec<_> = senders.into_iter().map(|s| s.join()).collect();
+    for r in results {
+        r.map_err(|_| "a sender panicked".to_string())??;
+    }
+    wait_until(|| running.progress().0 >= total, "processing")?;
+    // Every output is now in a sink buffer; when the count is right, the receiver will get
+    // them all, so the clock stops when it has.
+    if running.progress().1 == expected_out && expected_out > 0 {
+        wait_until(|| receiving.is_finished(), "receiving")?;
+    }
+    Ok((started.elapsed().as_secs_f64(), sent))
+}
+
+/// How a feed is sent.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// Priming: everything in one quick batch, before the clock starts.
+    Prime,
+    /// As fast as the sockets take.
+    Blast,
+    /// Paced at this many messages per second (see [`pacing`]).
+    Paced(u64),
+}
+
+fn send_args(host: &str, feed: &Feed, how: Sending) -> SendArgs {
+    let hosts = vec![host; feed.connections.max(1)].join(",");
+    let mut a = SendArgs::new(&hosts, feed.messages);
     a.file = vec![feed.file.clone()];
     a.no_write = true;
     a.repeat = true;
-    a.blast = blast;
-    if !blast {
-        // Priming goes in one quick paced batch.
-        a.batch_size = feed.messages.max(1) as usize;
-        a.interval = 1_000_000;
+    match how {
+        Sending::Prime => {
+            a.batch_size = feed.messages.max(1) as usize;
+            a.interval = 1_000_000;
+        }
+        Sending::Blast => a.blast = true,
+        Sending::Paced(rate) => (a.batch_size, a.interval) = pacing(rate),
     }
     if let Some(size) = feed.record {
         a.binary = true;
@@ -315,7 +548,7 @@ fn wait_until(done: impl Fn() -> bool, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `bench word-count`: blasts the sample text, one line per message, and prints the final
+/// `bench word-count`: sends the sample text, one line per message, and prints the final
 /// count of the most frequent words.
 pub fn word_count(args: &BenchArgs) -> Result<BenchReport, String> {
     let dir = TempDir::new("bench-wc")?;
@@ -337,9 +570,10 @@ pub fn word_count(args: &BenchArgs) -> Result<BenchReport, String> {
         file: text,
         record: None,
         messages: args.messages,
+        connections: args.connections_or(1),
     };
     let (report, _) = run(
-        word_count::application(),
+        Target::Engine(word_count::application()),
         args,
         receive,
         None,
@@ -372,8 +606,9 @@ fn print_top_words(path: &Path, top: usize) -> Result<(), String> {
 }
 
 /// `bench market-spread`: generates Wallaroo-like data (350 symbols, 15 of them rejected),
-/// primes the initial NBBO and waits until it is applied, then blasts orders and NBBO updates
-/// (half of `--messages` each) on two connections, and checks the OrderResult count.
+/// primes the initial NBBO and waits until it is applied, then sends orders and NBBO updates
+/// (half of `--messages` each) on two connections (or two groups of `--connections`), and
+/// checks the OrderResult count.
 pub fn market_spread(args: &BenchArgs) -> Result<BenchReport, String> {
     use crate::apps::market_spread::{NBBO_SOURCE, ORDERS_SOURCE};
     use crate::tools::gen::{self, GenMarketSpreadArgs};
@@ -391,6 +626,7 @@ pub fn market_spread(args: &BenchArgs) -> Result<BenchReport, String> {
         file: file(gen::INITIAL_NBBO_FILE),
         record: Some(46),
         messages: data.symbols as u64,
+        connections: 1,
     };
     let feeds = vec![
         Feed {
@@ -398,21 +634,111 @@ pub fn market_spread(args: &BenchArgs) -> Result<BenchReport, String> {
             file: file(gen::ORDERS_FILE),
             record: Some(57),
             messages: data.orders,
+            connections: args.connections_or(1),
         },
         Feed {
             source: NBBO_SOURCE,
             file: file(gen::NBBO_FILE),
             record: Some(46),
             messages: data.nbbo,
+            connections: args.connections_or(1),
         },
     ];
     let (report, _) = run(
-        crate::apps::market_spread::application(),
+        Target::Engine(crate::apps::market_spread::application()),
         args,
         receive,
         Some(prime),
         feeds,
         data.expected_out,
+    )?;
+    Ok(report)
+}
+
+/// Payload bytes of each `bench passthrough` / `bench relay` record.
+pub const FRAME_PAYLOAD: usize = 50;
+
+/// Distinct records in the generated file (the sender repeats them).
+const FRAME_RECORDS: usize = 4096;
+
+/// Writes [`FRAME_RECORDS`] fixed-size records `[u32 BE 50][50-byte payload]` (54 bytes each)
+/// to `path`. Each payload starts with its index and is filled with bytes that vary with it, so
+/// a mix-up between records would show in a byte-for-byte comparison.
+fn write_frames_file(path: &Path) -> Result<(), String> {
+    let mut data = Vec::with_capacity(FRAME_RECORDS * (4 + FRAME_PAYLOAD));
+    for i in 0..FRAME_RECORDS as u64 {
+        data.extend_from_slice(&(FRAME_PAYLOAD as u32).to_be_bytes());
+        data.extend_from_slice(&i.to_be_bytes());
+        let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for _ in 8..FRAME_PAYLOAD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.push(x as u8);
+        }
+    }
+    std::fs::write(path, data).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The one feed of `bench passthrough` and `bench relay`: `--messages` records of
+/// 4 + [`FRAME_PAYLOAD`] bytes, from a file generated into `dir`.
+fn frames_feed(dir: &TempDir, connections: usize, messages: u64) -> Result<Feed, String> {
+    let file = dir.0.join("frames.bin");
+    write_frames_file(&file)?;
+    Ok(Feed {
+        source: passthrough::SOURCE,
+        file,
+        record: Some(4 + FRAME_PAYLOAD),
+        messages,
+        connections,
+    })
+}
+
+fn frames_receiver() -> ReceiveArgs {
+    let mut receive = ReceiveArgs::new("127.0.0.1:0");
+    receive.framed = true;
+    receive.no_write = true;
+    receive
+}
+
+/// `bench passthrough`: sends `--messages` 54-byte frames (50-byte payload) to the passthrough
+/// application and checks that as many come out. The sender uses one connection per shard
+/// unless `--connections` says otherwise. The kernel spreads connections over the shards'
+/// listeners by a hash of their addresses, so with few connections per shard the split can be
+/// uneven from run to run; more connections even it out.
+pub fn passthrough(args: &BenchArgs) -> Result<BenchReport, String> {
+    let dir = TempDir::new("bench-pt")?;
+    let connections = args.connections_or(args.shard_count());
+    let feed = frames_feed(&dir, connections, args.messages)?;
+    let (report, _) = run(
+        Target::Engine(passthrough::application()),
+        args,
+        frames_receiver(),
+        None,
+        vec![feed],
+        args.messages,
+    )?;
+    Ok(report)
+}
+
+/// `bench relay`: the engine-free baseline of `bench passthrough`. The same records, sender
+/// and receiver, with a [`Relay`] (plain threads and blocking sockets, one thread and one
+/// outgoing connection per input connection) in the engine's place.
+///
+/// There are no shards: `--shards` takes only 0 or 1 (the report says 0), `--cores` is refused,
+/// and `--no-pin` and `--poll` change nothing. The sender uses one connection unless
+/// `--connections` says otherwise. The relay has no per-message clock, so the report's latency
+/// figures are all 0.
+pub fn relay(args: &BenchArgs) -> Result<BenchReport, String> {
+    let dir = TempDir::new("bench-relay")?;
+    let feed = frames_feed(&dir, args.connections_or(1), args.messages)?;
+    let (report, _) = run(
+        Target::Relay,
+        args,
+        frames_receiver(),
+        None,
+        vec![feed],
+        args.messages,
     )?;
     Ok(report)
 }

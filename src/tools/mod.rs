@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod gen;
 pub mod receiver;
+pub mod relay;
 pub mod sender;

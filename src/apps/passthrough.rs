@@ -1,0 +1,143 @@
+//! Passthrough: every frame that comes in goes out again, unchanged. It measures what the
+//! engine itself costs (sockets, framing, the shard loop, sink batching) with no application
+//! work on top, and is what `bench passthrough` compares with the engine-free `bench relay`.
+//!
+//! The source "Frames" takes `[u32 BE len][payload]` frames of at most [`MAX_PAYLOAD`] bytes;
+//! the decoder copies each payload into a [`Frame`], a small fixed-size value (no heap
+//! allocation per message); there is no `key_by`, so a frame stays on the shard whose
+//! connection it arrived on; the sink writes it back as `[u32 BE len][payload]`.
+//!
+//! ```
+//! use bettong::apps::passthrough::{decode, encode};
+//! let frame = decode(b"hello").unwrap();
+//! let mut out = Vec::new();
+//! encode(&frame, &mut out);
+//! assert_eq!(out, b"\0\0\0\x05hello");
+//! ```
+
+use std::fmt;
+
+use crate::codec::{write_frame, DecodeError};
+use crate::pipeline::{Application, Pipeline, TcpSink, TcpSource};
+
+/// The application's only source.
+pub const SOURCE: &str = "Frames";
+
+/// The longest payload a [`Frame`] carries. Small records are what a per-message engine cost
+/// shows up on; larger ones would measure memory bandwidth instead.
+pub const MAX_PAYLOAD: usize = 64;
+
+/// One frame's payload, held inline: a passthrough message costs a 65-byte copy, never an
+/// allocation.
+///
+/// ```
+/// use bettong::apps::passthrough::Frame;
+/// let f = Frame::new(b"abc").unwrap();
+/// assert_eq!(f.payload(), b"abc");
+/// assert!(Frame::new(&[0u8; 65]).is_err());
+/// ```
+#[derive(Clone, Copy)]
+pub struct Frame {
+    len: u8,
+    bytes: [u8; MAX_PAYLOAD],
+}
+
+impl Frame {
+    /// Copies `payload` into a frame; fails when it is longer than [`MAX_PAYLOAD`].
+    pub fn new(payload: &[u8]) -> Result<Frame, DecodeError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(DecodeError::new(
+                "passthrough carries frames of at most 64 bytes",
+            ));
+        }
+        let mut bytes = [0u8; MAX_PAYLOAD];
+        bytes[..payload.len()].copy_from_slice(payload);
+        Ok(Frame {
+            // Fits: checked against MAX_PAYLOAD (64) above.
+            len: payload.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl PartialEq for Frame {
+    /// Frames are equal when their payloads are (the unused tail of the buffer is not part of
+    /// the value).
+    fn eq(&self, other: &Frame) -> bool {
+        self.payload() == other.payload()
+    }
+}
+
+impl Eq for Frame {}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({:?})", self.payload())
+    }
+}
+
+/// Decodes a payload into a [`Frame`].
+///
+/// ```
+/// use bettong::apps::passthrough::decode;
+/// assert_eq!(decode(b"").unwrap().payload(), b"");
+/// let err = decode(&[7u8; 100]).unwrap_err();
+/// assert_eq!(err.to_string(), "passthrough carries frames of at most 64 bytes");
+/// ```
+pub fn decode(payload: &[u8]) -> Result<Frame, DecodeError> {
+    Frame::new(payload)
+}
+
+/// Writes the frame back as `[u32 BE len][payload]`, exactly as it arrived.
+///
+/// ```
+/// use bettong::apps::passthrough::{encode, Frame};
+/// let mut out = Vec::new();
+/// encode(&Frame::new(b"hi").unwrap(), &mut out);
+/// assert_eq!(out, [0, 0, 0, 2, b'h', b'i']);
+/// ```
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    write_frame(out, frame.payload());
+}
+
+/// The passthrough application: source "Frames" straight to the sink.
+///
+/// ```
+/// let app = bettong::apps::passthrough::application();
+/// assert_eq!(app.source_names(), ["Frames"]);
+/// ```
+pub fn application() -> Application {
+    let pipeline = Pipeline::source(SOURCE, TcpSource::new(decode)).to_sink(TcpSink::new(encode));
+    Application::new("passthrough", pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_length_up_to_the_limit() {
+        for len in 0..=MAX_PAYLOAD {
+            let payload: Vec<u8> = (0..len as u8).collect();
+            let mut out = Vec::new();
+            encode(&decode(&payload).unwrap(), &mut out);
+            assert_eq!(&out[..4], (len as u32).to_be_bytes());
+            assert_eq!(&out[4..], payload);
+        }
+        assert!(decode(&[0u8; MAX_PAYLOAD + 1]).is_err());
+    }
+
+    #[test]
+    fn equality_ignores_the_unused_tail() {
+        let a = Frame::new(b"ab").unwrap();
+        let mut b = Frame::new(b"abz").unwrap();
+        b.len = 2;
+        assert_eq!(a, b);
+        assert_ne!(a, Frame::new(b"a").unwrap());
+    }
+}
