@@ -1,0 +1,118 @@
+//! Shard threads run where `--cores` says: read each thread's allowed CPUs from /proc.
+
+mod common;
+
+use common::{Engine, Sink};
+
+/// (thread name, Cpus_allowed_list) for every thread of `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out.sort();
+    out
+}
+
+/// Each shard's name with its threads' allowed CPUs. Glommio gives every executor a helper
+/// thread for blocking work, which inherits the shard's name and placement, so a name can
+/// appear twice: every thread of a shard must have the shard's CPUs.
+fn shard_threads(pid: u32) -> Vec<(String, String)> {
+    let mut shards: Vec<(String, String)> = threads(pid)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("bettong-shard-"))
+        .collect();
+    shards.dedup();
+    let mut names: Vec<&String> = shards.iter().map(|(n, _)| n).collect();
+    names.dedup();
+    assert_eq!(names.len(), shards.len(), "threads of one shard disagree: {shards:?}");
+    shards
+}
+
+fn allowed_cpus_of_this_process() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn two_cores() -> bool {
+    core_affinity::get_core_ids().is_some_and(|c| c.len() >= 2)
+}
+
+fn start(cores: &[&str]) -> (Engine, Sink) {
+    let sink = Sink::bind();
+    let out = sink.addr.to_string();
+    let mut args = vec!["word-count", "--in", "127.0.0.1:0", "--out", &out];
+    args.extend_from_slice(cores);
+    (Engine::start(&args), sink)
+}
+
+#[test]
+fn one_shard_pinned_to_core_1() {
+    if !two_cores() {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    let (engine, _sink) = start(&["--cores", "1"]);
+    assert_eq!(engine.preamble, ["shard 0 core 1"]);
+    assert_eq!(
+        shard_threads(engine.pid()),
+        [("bettong-shard-0".to_string(), "1".to_string())]
+    );
+    assert!(engine.stop().0.success());
+}
+
+#[test]
+fn two_shards_pinned_to_cores_0_and_1() {
+    if !two_cores() {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    let (engine, _sink) = start(&["--cores", "0,1"]);
+    assert_eq!(engine.preamble, ["shard 0 core 0", "shard 1 core 1"]);
+    assert_eq!(
+        shard_threads(engine.pid()),
+        [
+            ("bettong-shard-0".to_string(), "0".to_string()),
+            ("bettong-shard-1".to_string(), "1".to_string())
+        ]
+    );
+    assert!(engine.stop().0.success());
+}
+
+#[test]
+fn no_pin_leaves_threads_unrestricted() {
+    let (engine, _sink) = start(&["--cores", "0,1", "--no-pin"]);
+    assert_eq!(engine.preamble, ["shard 0 unpinned", "shard 1 unpinned"]);
+    let all = allowed_cpus_of_this_process();
+    let shards = shard_threads(engine.pid());
+    let names: Vec<&str> = shards.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["bettong-shard-0", "bettong-shard-1"]);
+    for (name, cpus) in shards {
+        assert_eq!(cpus, all, "{name} is restricted");
+    }
+    assert!(engine.stop().0.success());
+}
+
+#[test]
+fn a_core_that_does_not_exist_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bettong"))
+        .args(["word-count", "--in", "127.0.0.1:0", "--out", "127.0.0.1:9", "--cores", "4096"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core 4096 is not available"), "{err}");
+}
