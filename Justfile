@@ -20,3 +20,8 @@ run *ARGS:
 # Criterion micro-benchmarks.
 bench:
     cargo bench
+
+# The end-to-end performance harness: every benchmark 5 times (PERF_RUNS), medians against the
+# relay baseline; results in perf/results/ (see perf/run.sh for the settings).
+perf:
+    bash perf/run.sh

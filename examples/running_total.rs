@@ -54,9 +54,11 @@ fn application() -> Application {
             balance.total += d.amount;
             Some((d.account, balance.total))
         })
-        .to_sink(TcpSink::new(|(account, total): &(String, i64), out: &mut Vec<u8>| {
-            out.extend_from_slice(format!("{account} {total}\n").as_bytes());
-        }));
+        .to_sink(TcpSink::new(
+            |(account, total): &(String, i64), out: &mut Vec<u8>| {
+                out.extend_from_slice(format!("{account} {total}\n").as_bytes());
+            },
+        ));
     Application::new("running total", pipeline)
 }
 

@@ -31,6 +31,7 @@
 
 pub mod apps;
 pub mod codec;
+pub mod in_process;
 pub mod metrics;
 pub(crate) mod net;
 pub mod pipeline;
@@ -39,6 +40,9 @@ pub mod tools;
 pub mod units;
 
 pub use codec::{DecodeError, Decoder, Encoder};
-pub use pipeline::{Application, Complete, KeyedPipeline, Pipeline, Source, TcpSink, TcpSource};
+pub use in_process::{CallbackSink, InProcessSource, Outputs, PolledSink, Pusher};
+pub use pipeline::{
+    Application, Complete, KeyedPipeline, Pipeline, Sink, Source, TcpSink, TcpSource,
+};
 pub use runtime::router::Key;
 pub use runtime::{Engine, StopHandle};

@@ -55,7 +55,14 @@ type Build<T> = Arc<dyn Fn(&mut ShardBuilder, Downstream<T>) + Send + Sync>;
 /// ```
 pub struct Pipeline<T> {
     build: Build<T>,
-    sources: Vec<String>,
+    sources: Vec<SourceName>,
+}
+
+/// A source's name, and whether it listens on TCP (and so needs an `--in` address).
+#[derive(Clone)]
+struct SourceName {
+    name: String,
+    tcp: bool,
 }
 
 impl<T> Clone for Pipeline<T> {
@@ -76,6 +83,11 @@ pub trait Source: Send + Sync + 'static {
     /// Installs the source on one shard, feeding `down`.
     #[doc(hidden)]
     fn install(&self, name: &str, shard: &mut ShardBuilder, down: Downstream<Self::Out>);
+    /// Whether the source listens on TCP, and so needs an address from `--in`.
+    #[doc(hidden)]
+    fn is_tcp(&self) -> bool {
+        false
+    }
 }
 
 /// A TCP source: a listener (one per shard, same port) taking `[u32 BE len][payload]` frames,
@@ -103,6 +115,10 @@ impl<D: Decoder> TcpSource<D> {
 
 impl<D: Decoder> Source for TcpSource<D> {
     type Out = D::Out;
+
+    fn is_tcp(&self) -> bool {
+        true
+    }
 
     fn install(&self, name: &str, shard: &mut ShardBuilder, down: Downstream<D::Out>) {
         let decoder = self.decoder.clone();
@@ -152,9 +168,13 @@ impl<T: Send + 'static> Pipeline<T> {
     /// ```
     pub fn source<S: Source<Out = T>>(name: &str, source: S) -> Pipeline<T> {
         let name_owned = name.to_string();
+        let tcp = source.is_tcp();
         Pipeline {
             build: Arc::new(move |sb, down| source.install(&name_owned, sb, down)),
-            sources: vec![name.to_string()],
+            sources: vec![SourceName {
+                name: name.to_string(),
+                tcp,
+            }],
         }
     }
 
@@ -290,7 +310,8 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    /// Ends the pipeline at a TCP sink.
+    /// Ends the pipeline at a sink: a TCP sink (its address comes from `--out`), or an
+    /// in-process sink when bettong is embedded.
     ///
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource, TcpSink};
@@ -298,24 +319,38 @@ impl<T: Send + 'static> Pipeline<T> {
     /// let done = p.to_sink(TcpSink::new(|n: &u64, out: &mut Vec<u8>| out.extend_from_slice(&n.to_be_bytes())));
     /// # let _ = done;
     /// ```
-    pub fn to_sink<E: Encoder<T>>(self, sink: TcpSink<E>) -> Complete {
+    pub fn to_sink<S: Sink<T>>(self, sink: S) -> Complete {
         let upstream = self.build;
-        let encoder = sink.encoder;
         Complete {
             build: Arc::new(move |sb| {
-                let buffer = Rc::new(SinkBuffer::new(sb.sink_buffer));
-                sb.sinks.push(buffer.clone());
-                let encoder = encoder.clone();
-                let metrics = sb.metrics.clone();
-                let gauges = Rc::from([buffer.gauge.clone()]);
-                let emit: Emit<T> = Rc::new(move |msg: T, ingest| {
-                    buffer.append(|out| encoder.encode(&msg, out));
-                    metrics.output(ingest);
-                });
-                upstream(sb, Downstream { emit, gauges });
+                let down = sink.install(sb);
+                upstream(sb, down)
             }),
             sources: self.sources,
         }
+    }
+}
+
+/// Where a pipeline's outputs go: [`TcpSink`], or an in-process sink
+/// ([`crate::in_process::CallbackSink`], [`crate::in_process::PolledSink`]).
+pub trait Sink<T>: Send + Sync + 'static {
+    /// Installs the sink on one shard and returns its entry point.
+    #[doc(hidden)]
+    fn install(&self, shard: &mut ShardBuilder) -> Downstream<T>;
+}
+
+impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
+    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
+        let buffer = Rc::new(SinkBuffer::new(sb.sink_buffer));
+        sb.sinks.push(buffer.clone());
+        let encoder = self.encoder.clone();
+        let metrics = sb.metrics.clone();
+        let gauges = Rc::from([buffer.gauge.clone()]);
+        let emit: Emit<T> = Rc::new(move |msg: T, ingest| {
+            buffer.append(|out| encoder.encode(&msg, out));
+            metrics.output(ingest);
+        });
+        Downstream { emit, gauges }
     }
 }
 
@@ -420,7 +455,7 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
 /// A pipeline that ends at a sink, ready to become an [`Application`].
 pub struct Complete {
     build: Arc<dyn Fn(&mut ShardBuilder) + Send + Sync>,
-    sources: Vec<String>,
+    sources: Vec<SourceName>,
 }
 
 /// A named application: what the engine runs.
@@ -454,8 +489,22 @@ impl Application {
     }
 
     /// The names of its sources, in the order they were defined.
-    pub fn source_names(&self) -> &[String] {
-        &self.pipeline.sources
+    pub fn source_names(&self) -> Vec<String> {
+        self.pipeline
+            .sources
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// The names of its TCP sources (those that need an `--in` address).
+    pub fn tcp_source_names(&self) -> Vec<String> {
+        self.pipeline
+            .sources
+            .iter()
+            .filter(|s| s.tcp)
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Builds the graph on one shard.

@@ -33,7 +33,11 @@ fn shard_threads(pid: u32) -> Vec<(String, String)> {
     shards.dedup();
     let mut names: Vec<&String> = shards.iter().map(|(n, _)| n).collect();
     names.dedup();
-    assert_eq!(names.len(), shards.len(), "threads of one shard disagree: {shards:?}");
+    assert_eq!(
+        names.len(),
+        shards.len(),
+        "threads of one shard disagree: {shards:?}"
+    );
     shards
 }
 
@@ -109,7 +113,15 @@ fn no_pin_leaves_threads_unrestricted() {
 #[test]
 fn a_core_that_does_not_exist_is_a_clear_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bettong"))
-        .args(["word-count", "--in", "127.0.0.1:0", "--out", "127.0.0.1:9", "--cores", "4096"])
+        .args([
+            "word-count",
+            "--in",
+            "127.0.0.1:0",
+            "--out",
+            "127.0.0.1:9",
+            "--cores",
+            "4096",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

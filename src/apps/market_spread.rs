@@ -762,12 +762,28 @@ pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
 pub fn application() -> Application {
     let orders = Pipeline::source(ORDERS_SOURCE, TcpSource::new(decode_order));
     let nbbo = Pipeline::source(NBBO_SOURCE, TcpSource::new(decode_nbbo));
-    let pipeline = orders
-        .merge(nbbo)
-        .key_by(symbol_key)
-        .to_state(check_now)
-        .to_sink(TcpSink::new(encode));
+    let pipeline = spread_check(orders.merge(nbbo)).to_sink(TcpSink::new(encode));
     Application::new(APP_NAME, pipeline)
+}
+
+/// The heart of Market Spread, for any stream of market messages: key by symbol, check each
+/// message against the symbol's state. [`application`] feeds it from TCP; an embedding host
+/// feeds it from an [`InProcessSource`](crate::InProcessSource) (see
+/// `examples/embedded_spread_check.rs`).
+///
+/// ```
+/// use bettong::apps::market_spread::{spread_check, symbol_key, MarketMessage, OrderResult};
+/// use bettong::{Application, InProcessSource, Pipeline, PolledSink};
+/// let market = InProcessSource::new(symbol_key);
+/// let (sink, _results) = PolledSink::<OrderResult>::new(1024);
+/// let app = Application::new(
+///     "embedded spread check",
+///     spread_check(Pipeline::source("Market", market.clone())).to_sink(sink),
+/// );
+/// # let _ = app;
+/// ```
+pub fn spread_check(market: Pipeline<MarketMessage>) -> Pipeline<OrderResult> {
+    market.key_by(symbol_key).to_state(check_now)
 }
 
 /// The output of Market Spread: a rejected order with the NBBO it was checked against.

@@ -36,7 +36,7 @@ impl Connections {
         self.changed.wake_all();
     }
 
-    async fn until_stopping(&self) {
+    pub(crate) async fn until_stopping(&self) {
         std::future::poll_fn(|cx| {
             if self.stopping.get() {
                 std::task::Poll::Ready(())
@@ -46,6 +46,11 @@ impl Connections {
             }
         })
         .await
+    }
+
+    /// Registers a waker to be woken when `stop` is called (for tasks that poll for it).
+    pub(crate) fn on_stop(&self, waker: &std::task::Waker) {
+        self.changed.register(waker);
     }
 
     /// Waits until every connection has been read to its end.

@@ -113,9 +113,6 @@ impl Engine {
             }
         }
         let addrs = resolve_inputs(&app, &config)?;
-        if config.outputs.is_empty() {
-            return Err("the application needs a sink address (--out)".to_string());
-        }
         // Every shard gets its own listener on each source's port (SO_REUSEPORT), bound here so
         // that port 0 resolves to one real port that all shards share.
         let mut sources = Vec::new();
@@ -234,14 +231,21 @@ impl Engine {
         self.stop.clone()
     }
 
+    /// Stops the engine cleanly (everything in flight is processed and every sink flushed)
+    /// and returns the merged measurements.
+    pub fn stop(self) -> Result<Summary, String> {
+        self.stop.stop();
+        self.join()
+    }
+
     /// Waits for every shard to finish (after a stop) and returns the merged measurements.
-    pub fn join(self) -> Result<Summary, String> {
+    pub fn join(mut self) -> Result<Summary, String> {
         let mut total = Summary::default();
-        for (i, h) in self.shards.into_iter().enumerate() {
+        for (i, h) in std::mem::take(&mut self.shards).into_iter().enumerate() {
             let s = h.join().map_err(|e| format!("shard {i} failed: {e}"))?;
             total.merge(&s);
         }
-        if let Some(r) = self.reporter {
+        if let Some(r) = self.reporter.take() {
             // Ends once every shard has dropped its sender, which joining them guarantees.
             let _ = r.join();
         }
@@ -249,15 +253,36 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// An engine dropped without [`Engine::stop`] or [`Engine::join`] stops cleanly all the
+    /// same: in-flight messages are processed and sinks flushed before the drop returns.
+    fn drop(&mut self) {
+        if self.shards.is_empty() {
+            return;
+        }
+        self.stop.stop();
+        for h in std::mem::take(&mut self.shards) {
+            let _ = h.join();
+        }
+        if let Some(r) = self.reporter.take() {
+            let _ = r.join();
+        }
+    }
+}
+
 fn resolve_inputs(
     app: &Application,
     config: &EngineConfig,
 ) -> Result<Vec<(String, SocketAddr)>, String> {
-    let names = app.source_names();
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
+    let all = app.source_names();
+    for (i, n) in all.iter().enumerate() {
+        if all[..i].contains(n) {
             return Err(format!("the application has two sources named {n}"));
         }
+    }
+    let names = &app.tcp_source_names()[..];
+    if names.is_empty() && config.inputs.is_empty() {
+        return Ok(Vec::new());
     }
     if let [(None, addr)] = config.inputs.as_slice() {
         if let [only] = names {
@@ -402,6 +427,20 @@ async fn run_shard(plan: ShardPlan) -> Summary {
     }
 
     let conns = Rc::new(Connections::default());
+    let local_tasks: Vec<_> = std::mem::take(&mut sb.local_tasks)
+        .into_iter()
+        .map(|t| glommio::spawn_local(t(core.clone(), conns.clone())))
+        .collect();
+    let sink_tasks: Vec<_> = std::mem::take(&mut sb.sink_tasks)
+        .into_iter()
+        .map(|t| {
+            let finish = Rc::new(shard::Notify::default());
+            (
+                finish.clone(),
+                glommio::spawn_local(t(core.clone(), conns.clone(), finish)),
+            )
+        })
+        .collect();
     let mut accepts = Vec::new();
     let mut sources = std::mem::take(&mut sb.sources);
     for (name, listener) in listeners {
@@ -431,6 +470,9 @@ async fn run_shard(plan: ShardPlan) -> Summary {
         a.await;
     }
     conns.until_all_closed().await;
+    for t in local_tasks {
+        t.await;
+    }
     core.flush();
     for (closing, movers, drain) in running_stages {
         for c in &closing {
@@ -445,6 +487,10 @@ async fn run_shard(plan: ShardPlan) -> Summary {
     }
     for (buffer, task) in sinks {
         buffer.finish();
+        task.await;
+    }
+    for (finish, task) in sink_tasks {
+        finish.notify();
         task.await;
     }
     let _ = periods.send(ShardPeriod::Done);

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::codec::DecodeError;
 use crate::metrics::ShardMetrics;
 use crate::net::sink::SinkBuffer;
+use crate::net::source::Connections;
 use crate::runtime::doorbell::Doorbell;
 use crate::runtime::ring::{self, Consumer, Producer};
 
@@ -69,8 +70,13 @@ impl<T> Clone for Downstream<T> {
 pub(crate) struct WaitList(RefCell<Vec<Waker>>);
 
 impl WaitList {
+    /// Adds a task to wake. A task that polls again before being woken is kept once, so the
+    /// list stays as long as the number of distinct waiting tasks.
     pub(crate) fn register(&self, waker: &Waker) {
-        self.0.borrow_mut().push(waker.clone());
+        let mut list = self.0.borrow_mut();
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
+        }
     }
 
     pub(crate) fn wake_all(&self) {
@@ -83,7 +89,7 @@ impl WaitList {
     pub(crate) async fn until_clear(&self, gauges: &[Gauge]) {
         std::future::poll_fn(|cx| {
             if gauges.iter().any(Gauge::is_over) {
-                self.0.borrow_mut().push(cx.waker().clone());
+                self.register(cx.waker());
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -157,6 +163,14 @@ trait Publish {
 
 /// Decodes one frame's payload and runs the message through the graph.
 pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<(), DecodeError>>;
+
+/// Starts a shard-local task, given the shard's services and its stop latch.
+pub(crate) type LocalTask = Box<dyn FnOnce(Rc<ShardCore>, Rc<Connections>) -> LocalFuture>;
+
+/// Starts an in-process sink's task, given the shard's services, its stop latch and the
+/// signal that everything upstream of the sink is done.
+pub(crate) type SinkTask =
+    Box<dyn FnOnce(Rc<ShardCore>, Rc<Connections>, Rc<Notify>) -> LocalFuture>;
 
 /// A source as seen by one shard: its name and what to do with each frame.
 pub(crate) struct SourceRuntime {
@@ -234,6 +248,11 @@ pub struct ShardBuilder {
     pub(crate) stages: Vec<StageRuntime>,
     pub(crate) sinks: Vec<Rc<SinkBuffer>>,
     pub(crate) sink_buffer: usize,
+    /// Tasks of in-process sources and sinks, started with the shard and awaited (in order)
+    /// when it stops, before the keyed stages close.
+    pub(crate) local_tasks: Vec<LocalTask>,
+    /// Tasks of in-process sinks: told to finish (and awaited) after the keyed stages close.
+    pub(crate) sink_tasks: Vec<SinkTask>,
     publishers: Vec<Rc<dyn Publish>>,
     rings: Arc<RingRegistry>,
     ring_capacity: usize,
@@ -257,11 +276,18 @@ impl ShardBuilder {
             stages: Vec::new(),
             sinks: Vec::new(),
             sink_buffer,
+            local_tasks: Vec::new(),
+            sink_tasks: Vec::new(),
             publishers: Vec::new(),
             rings,
             ring_capacity,
             next_stage: 0,
         }
+    }
+
+    /// This shard's doorbell, for rings whose other end is on a host thread.
+    pub(crate) fn bell(&self) -> Arc<Doorbell> {
+        self.rings.bells[self.index].clone()
     }
 
     /// The services the running shard's tasks share, once the graph is built.

@@ -345,14 +345,15 @@ impl Running {
             Running::Relay(relay) => {
                 relay.stop();
                 let r = relay.join()?;
-                let mut s = Summary::default();
-                s.messages_in = r.frames_in;
-                s.messages_out = r.frames_out;
-                s.connections = r.connections;
                 // The relay's errors (a connection cut mid-frame, an oversized header, a failed
                 // socket) land in the `errors` figure of the report.
-                s.frame_errors = r.errors;
-                Ok(s)
+                Ok(Summary {
+                    messages_in: r.frames_in,
+                    messages_out: r.frames_out,
+                    connections: r.connections,
+                    frame_errors: r.errors,
+                    ..Summary::default()
+                })
             }
         }
     }

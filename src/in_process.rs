@@ -1,0 +1,604 @@
+//! Embedding bettong: in-process sources and sinks, so a host program feeds the engine and
+//! reads its outputs without sockets.
+//!
+//! - [`InProcessSource`]: the host gets a [`Pusher`] per thread. A push goes straight to the
+//!   shard that owns the message's key, over an SPSC ring: no lock, no allocation. A full ring
+//!   makes [`Pusher::push`] wait ([`Pusher::try_push`] hands the message back); nothing is
+//!   dropped.
+//! - [`CallbackSink`]: a function run on the shard that produced the output, right when it is
+//!   produced. Choose it for the lowest latency, when the function is quick and thread-safe
+//!   (publish to your own lock-free structure, update an atomic, signal a thread).
+//! - [`PolledSink`]: outputs wait in a ring per shard until the host drains them from its own
+//!   thread with [`Outputs::poll`]. Choose it when the host wants outputs on one thread of its
+//!   own, in batches, or does slow work with them; a host that falls behind applies
+//!   backpressure up to the sources.
+//!
+//! ```
+//! use bettong::runtime::config::EngineConfig;
+//! use bettong::{Application, Engine, InProcessSource, Pipeline, PolledSink};
+//!
+//! #[derive(Default)]
+//! struct Sum(u64);
+//!
+//! let numbers = InProcessSource::new(|n: &u64| n);
+//! let (sink, mut outputs) = PolledSink::new(1024);
+//! let app = Application::new(
+//!     "sums",
+//!     Pipeline::source("Numbers", numbers.clone())
+//!         .key_by(|n: &u64| n)
+//!         .to_state(|n: u64, sum: &mut Sum| {
+//!             sum.0 += n;
+//!             Some(sum.0)
+//!         })
+//!         .to_sink(sink),
+//! );
+//! let config = EngineConfig { cores: vec![0], pin: false, ..EngineConfig::default() };
+//! let engine = Engine::start(app, config).unwrap();
+//! let mut pusher = numbers.pusher().unwrap();
+//! for n in [5, 5, 7] {
+//!     pusher.push(n);
+//! }
+//! drop(pusher);
+//! let summary = engine.stop().unwrap();
+//! let mut got = Vec::new();
+//! outputs.poll(|sum| got.push(sum));
+//! got.sort();
+//! assert_eq!(got, vec![5, 7, 10]);
+//! assert_eq!(summary.messages_out, 3);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Instant;
+
+use crate::metrics::now_ns;
+use crate::net::source::Connections;
+use crate::pipeline::{Sink, Source};
+use crate::runtime::doorbell::{Doorbell, Waiter};
+use crate::runtime::ring::{self, Consumer, Producer};
+use crate::runtime::router::{shard_for, Key};
+use crate::runtime::shard::{
+    Downstream, Emit, Gauge, LocalFuture, Notify, ShardBuilder, ShardCore,
+};
+
+/// Messages a pusher's ring to each shard holds.
+const PUSH_RING: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An in-process source of messages of type `T`. Clone it: one clone goes into the pipeline,
+/// the host keeps another to make [`Pusher`]s once the engine runs.
+pub struct InProcessSource<T> {
+    hub: Arc<Hub<T>>,
+}
+
+impl<T> Clone for InProcessSource<T> {
+    fn clone(&self) -> Self {
+        InProcessSource {
+            hub: self.hub.clone(),
+        }
+    }
+}
+
+type Route<T> = Arc<dyn Fn(&T, usize) -> usize + Send + Sync>;
+
+/// What the host side and the shards of one in-process source share.
+struct Hub<T> {
+    route: Route<T>,
+    shards: Mutex<Vec<Option<ShardSide<T>>>>,
+}
+
+/// A pusher's ring into one shard, with the pusher's close handshake.
+type PushRing<T> = (Consumer<(T, u64)>, Arc<PushState>);
+
+/// One shard's end of an in-process source.
+struct ShardSide<T> {
+    bell: Arc<Doorbell>,
+    /// Raised when a new pusher's ring is waiting in `incoming`.
+    waiter: Arc<Waiter>,
+    incoming: Vec<PushRing<T>>,
+}
+
+/// A pusher's close handshake with the shards (see [`Pusher::push`]).
+#[derive(Default)]
+struct PushState {
+    closed: AtomicBool,
+    pushing: AtomicBool,
+}
+
+impl<T: Send + 'static> InProcessSource<T> {
+    /// A source whose messages are routed by `key`: give it the key of the first `key_by`
+    /// downstream, and each message lands directly on the shard that owns its state.
+    ///
+    /// ```
+    /// let orders = bettong::InProcessSource::new(|o: &(String, u32)| o.0.as_str());
+    /// # let _ = orders;
+    /// ```
+    pub fn new<K, F>(key: F) -> Self
+    where
+        K: Key + ?Sized + 'static,
+        F: Fn(&T) -> &K + Send + Sync + 'static,
+    {
+        InProcessSource {
+            hub: Arc::new(Hub {
+                route: Arc::new(move |msg, shards| shard_for(key(msg).stable_hash(), shards)),
+                shards: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A new pusher for one host thread. Fails until the engine has started.
+    pub fn pusher(&self) -> Result<Pusher<T>, String> {
+        let mut shards = lock(&self.hub.shards);
+        if shards.is_empty() || shards.iter().any(Option::is_none) {
+            return Err("the engine running this source has not started".to_string());
+        }
+        let state = Arc::new(PushState::default());
+        let mut rings = Vec::with_capacity(shards.len());
+        for side in shards.iter_mut().flatten() {
+            let (tx, rx) = ring::channel_between(PUSH_RING, None, Some(&side.bell));
+            side.incoming.push((rx, state.clone()));
+            side.waiter.wake_if_parked();
+            rings.push(tx);
+        }
+        Ok(Pusher {
+            rings,
+            route: self.hub.route.clone(),
+            state,
+        })
+    }
+}
+
+impl<T: Send + 'static> Source for InProcessSource<T> {
+    type Out = T;
+
+    fn install(&self, name: &str, sb: &mut ShardBuilder, down: Downstream<T>) {
+        let bell = sb.bell();
+        let waiter = Waiter::new(Some(&bell));
+        {
+            let mut shards = lock(&self.hub.shards);
+            if shards.len() < sb.shards {
+                shards.resize_with(sb.shards, || None);
+            }
+            shards[sb.index] = Some(ShardSide {
+                bell,
+                waiter: waiter.clone(),
+                incoming: Vec::new(),
+            });
+        }
+        let hub = self.hub.clone();
+        let name = name.to_string();
+        let index = sb.index;
+        sb.local_tasks.push(Box::new(move |core, stop| {
+            Box::pin(serve(hub, index, name, waiter, down, core, stop)) as LocalFuture
+        }));
+    }
+}
+
+/// A host thread's handle on an in-process source. `Send`, not `Clone`: each host thread makes
+/// its own with [`InProcessSource::pusher`], so every ring keeps a single producer.
+pub struct Pusher<T> {
+    rings: Vec<Producer<(T, u64)>>,
+    route: Route<T>,
+    state: Arc<PushState>,
+}
+
+/// Why a push did not take the message; the message comes back with it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The owning shard's ring is full (only from [`Pusher::try_push`]).
+    Full(T),
+    /// The engine is stopping or stopped.
+    Stopped(T),
+}
+
+impl<T: Send + 'static> Pusher<T> {
+    /// Pushes `msg` to the shard that owns its key, waiting while that shard's ring is full.
+    /// Returns the message if the engine has stopped.
+    pub fn push(&mut self, msg: T) -> Result<(), PushError<T>> {
+        let mut msg = msg;
+        loop {
+            match self.try_push(msg) {
+                Err(PushError::Full(m)) => {
+                    msg = m;
+                    let shard = (self.route)(&msg, self.rings.len());
+                    wait_for_space(&mut self.rings[shard]);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Pushes `msg` if the owning shard's ring has room, or hands it back.
+    pub fn try_push(&mut self, msg: T) -> Result<(), PushError<T>> {
+        // The shard closes a pusher by raising `closed` and then waiting until `pushing` is
+        // down; the SeqCst pair makes sure that either we see `closed`, or the shard sees us
+        // pushing and drains this message before it finishes.
+        self.state.pushing.store(true, Ordering::SeqCst);
+        if self.state.closed.load(Ordering::SeqCst) {
+            self.state.pushing.store(false, Ordering::Release);
+            return Err(PushError::Stopped(msg));
+        }
+        let shard = (self.route)(&msg, self.rings.len());
+        let ring = &mut self.rings[shard];
+        let result = match ring.push((msg, now_ns())) {
+            Ok(()) => {
+                ring.publish();
+                Ok(())
+            }
+            Err((msg, _)) => Err(PushError::Full(msg)),
+        };
+        self.state.pushing.store(false, Ordering::Release);
+        result
+    }
+}
+
+impl<T> Drop for Pusher<T> {
+    fn drop(&mut self) {
+        // Dropping the producers closes the rings; the shards finish what was pushed.
+        self.state.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Waits on a host thread for room in a ring: spins briefly (the shard usually drains within
+/// microseconds), then blocks until the shard wakes us.
+fn wait_for_space<T: Send>(ring: &mut Producer<T>) {
+    let spin_until = Instant::now() + std::time::Duration::from_micros(50);
+    while Instant::now() < spin_until {
+        if std::future::poll_fn(|cx| Poll::Ready(ring.poll_space(cx).is_ready()))
+            .now_or_never_ready()
+        {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    futures_lite::future::block_on(std::future::poll_fn(|cx| ring.poll_space(cx)));
+}
+
+/// Polls a future once with a no-op waker.
+trait NowOrNever {
+    fn now_or_never_ready(self) -> bool;
+}
+
+impl<F: std::future::Future<Output = bool>> NowOrNever for F {
+    fn now_or_never_ready(self) -> bool {
+        let mut fut = std::pin::pin!(self);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(fut.as_mut().poll(&mut cx), Poll::Ready(true))
+    }
+}
+
+/// The shard side of an in-process source: drains every pusher's ring into the graph.
+async fn serve<T: Send + 'static>(
+    hub: Arc<Hub<T>>,
+    index: usize,
+    name: String,
+    waiter: Arc<Waiter>,
+    down: Downstream<T>,
+    core: Rc<ShardCore>,
+    stop: Rc<Connections>,
+) {
+    let mut rings: Vec<PushRing<T>> = Vec::new();
+    let emit = &down.emit;
+    let metrics = core.metrics.clone();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if let Some(side) = lock(&hub.shards)[index].as_mut() {
+            rings.append(&mut side.incoming);
+        }
+        let mut n = 0;
+        for (ring, _) in rings.iter_mut() {
+            n += ring.drain(|(msg, ingest)| {
+                metrics.message_in();
+                emit(msg, ingest)
+            });
+        }
+        if n > 0 {
+            idle_since = None;
+            core.flush();
+            core.backpressure(&down.gauges).await;
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        rings.retain(|(ring, _)| !ring.is_finished());
+        if stop.stopping.get() {
+            break;
+        }
+        let idle = *idle_since.get_or_insert_with(Instant::now);
+        if idle.elapsed() < core.spin {
+            glommio::executor().yield_now().await;
+            continue;
+        }
+        std::future::poll_fn(|cx| {
+            stop.on_stop(cx.waker());
+            waiter.park(cx);
+            let mut ready = stop.stopping.get()
+                || lock(&hub.shards)[index]
+                    .as_ref()
+                    .is_some_and(|s| !s.incoming.is_empty());
+            for (ring, _) in rings.iter_mut() {
+                ready |= ring.poll_ready(cx).is_ready();
+            }
+            if ready {
+                waiter.unpark();
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+    // Stopping: close every pusher, then drain until none is in the middle of a push, so a
+    // message is either in a ring we drain here or handed back to the host as Stopped.
+    if let Some(side) = lock(&hub.shards)[index].as_mut() {
+        rings.append(&mut side.incoming);
+    }
+    for (_, state) in &rings {
+        state.closed.store(true, Ordering::SeqCst);
+    }
+    for (ring, state) in rings.iter_mut() {
+        loop {
+            let busy = state.pushing.load(Ordering::SeqCst);
+            ring.drain(|(msg, ingest)| {
+                metrics.message_in();
+                emit(msg, ingest)
+            });
+            if !busy {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    core.flush();
+    let _ = name;
+}
+
+/// An in-process sink that calls a function on the shard that produced each output.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let s = seen.clone();
+/// let sink = bettong::CallbackSink::new(move |_: &u64| {
+///     s.fetch_add(1, Ordering::Relaxed);
+/// });
+/// # let _ = sink;
+/// ```
+pub struct CallbackSink<F> {
+    f: Arc<F>,
+}
+
+impl<F> CallbackSink<F> {
+    /// A sink that runs `f` on every output, on the shard that produced it.
+    pub fn new(f: F) -> Self {
+        CallbackSink { f: Arc::new(f) }
+    }
+}
+
+impl<T: Send + 'static, F: Fn(&T) + Send + Sync + 'static> Sink<T> for CallbackSink<F> {
+    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
+        let f = self.f.clone();
+        let metrics = sb.metrics.clone();
+        Downstream {
+            emit: Rc::new(move |msg: T, ingest| {
+                f(&msg);
+                metrics.output(ingest);
+            }),
+            gauges: Rc::from([]),
+        }
+    }
+}
+
+/// An in-process sink whose outputs the host drains from its own thread through [`Outputs`].
+pub struct PolledSink<T> {
+    capacity: usize,
+    rings: Arc<Mutex<Vec<Consumer<T>>>>,
+    leftovers: Arc<Mutex<VecDeque<T>>>,
+}
+
+/// The host's end of a [`PolledSink`]: one ring per shard, drained by [`poll`](Self::poll).
+pub struct Outputs<T> {
+    rings: Vec<Consumer<T>>,
+    incoming: Arc<Mutex<Vec<Consumer<T>>>>,
+    /// Outputs that did not fit a full ring when the engine stopped (a stop never waits for
+    /// the host to poll).
+    leftovers: Arc<Mutex<VecDeque<T>>>,
+}
+
+impl<T: Send + 'static> PolledSink<T> {
+    /// A sink whose per-shard rings hold `capacity` outputs, and the host's handle on them.
+    ///
+    /// ```
+    /// let (sink, outputs) = bettong::PolledSink::<u64>::new(1024);
+    /// # let _ = (sink, outputs);
+    /// ```
+    pub fn new(capacity: usize) -> (PolledSink<T>, Outputs<T>) {
+        let rings = Arc::new(Mutex::new(Vec::new()));
+        let leftovers = Arc::new(Mutex::new(VecDeque::new()));
+        (
+            PolledSink {
+                capacity,
+                rings: rings.clone(),
+                leftovers: leftovers.clone(),
+            },
+            Outputs {
+                rings: Vec::new(),
+                incoming: rings,
+                leftovers,
+            },
+        )
+    }
+}
+
+impl<T: Send + 'static> Outputs<T> {
+    /// Hands every output waiting in the rings to `f` (per shard in order) and returns how
+    /// many there were. Never blocks.
+    pub fn poll(&mut self, mut f: impl FnMut(T)) -> usize {
+        {
+            let mut incoming = lock(&self.incoming);
+            if !incoming.is_empty() {
+                self.rings.append(&mut incoming);
+            }
+        }
+        let mut n: usize = self.rings.iter_mut().map(|r| r.drain(&mut f)).sum();
+        if !self.rings.is_empty() && self.rings.iter().all(Consumer::is_finished) {
+            // A ring is closed only after its shard has put its leftovers here.
+            let mut left = lock(&self.leftovers);
+            n += left.len();
+            left.drain(..).for_each(&mut f);
+        }
+        n
+    }
+
+    /// True once the engine has stopped and every output has been polled.
+    pub fn is_finished(&self) -> bool {
+        !self.rings.is_empty()
+            && lock(&self.incoming).is_empty()
+            && self.rings.iter().all(Consumer::is_finished)
+            && lock(&self.leftovers).is_empty()
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for PolledSink<T> {
+    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
+        let (tx, rx) = ring::channel_between::<T>(self.capacity, Some(&sb.bell()), None);
+        lock(&self.rings).push(rx);
+        let out = Rc::new(OutRing {
+            ring: RefCell::new(tx),
+            overflow: RefCell::new(VecDeque::new()),
+            gauge: Gauge::default(),
+            spilled: Notify::default(),
+            stopping: std::cell::Cell::new(false),
+            leftovers: self.leftovers.clone(),
+        });
+        let metrics = sb.metrics.clone();
+        let gauges: Rc<[Gauge]> = Rc::from([out.gauge.clone()]);
+        let o = out.clone();
+        sb.sink_tasks.push(Box::new(move |core, stop, finish| {
+            Box::pin(o.mover(core, stop, finish)) as LocalFuture
+        }));
+        let emit: Emit<T> = Rc::new(move |msg: T, ingest| {
+            out.send(msg);
+            metrics.output(ingest);
+        });
+        Downstream { emit, gauges }
+    }
+}
+
+/// A shard's side of a polled sink: the ring to the host, and overflow while it is full.
+struct OutRing<T> {
+    ring: RefCell<Producer<T>>,
+    overflow: RefCell<VecDeque<T>>,
+    gauge: Gauge,
+    spilled: Notify,
+    /// Once the shard stops, a full ring no longer holds the sources back: stopping must not
+    /// depend on the host polling.
+    stopping: std::cell::Cell<bool>,
+    leftovers: Arc<Mutex<VecDeque<T>>>,
+}
+
+impl<T: Send + 'static> OutRing<T> {
+    fn send(&self, msg: T) {
+        let mut overflow = self.overflow.borrow_mut();
+        if !overflow.is_empty() {
+            overflow.push_back(msg);
+            return;
+        }
+        let mut ring = self.ring.borrow_mut();
+        match ring.push(msg) {
+            // Outputs are published one by one: the host may be waiting for exactly this one.
+            Ok(()) => ring.publish(),
+            Err(msg) => {
+                overflow.push_back(msg);
+                if !self.stopping.get() {
+                    self.gauge.set(true);
+                }
+                self.spilled.notify();
+            }
+        }
+    }
+
+    /// Moves spilled outputs into the ring as the host drains it. Once the shard stops, it
+    /// lifts backpressure; once `finish` says everything upstream is done, it hands what does
+    /// not fit the ring to the host's leftovers and closes the ring.
+    async fn mover(self: Rc<Self>, core: Rc<ShardCore>, stop: Rc<Connections>, finish: Rc<Notify>) {
+        #[derive(PartialEq)]
+        enum Event {
+            Spilled,
+            Stopping,
+            Finish,
+        }
+        let mut stop_seen = false;
+        loop {
+            let spilled = async {
+                self.spilled.notified().await;
+                Event::Spilled
+            };
+            let stopping = async {
+                if stop_seen {
+                    std::future::pending::<()>().await;
+                }
+                stop.until_stopping().await;
+                Event::Stopping
+            };
+            let finishing = async {
+                finish.notified().await;
+                Event::Finish
+            };
+            let event =
+                futures_lite::future::or(spilled, futures_lite::future::or(stopping, finishing))
+                    .await;
+            if event == Event::Stopping {
+                stop_seen = true;
+                self.stopping.set(true);
+            }
+            if event == Event::Finish {
+                let mut overflow = self.overflow.borrow_mut();
+                let mut ring = self.ring.borrow_mut();
+                while let Some(m) = overflow.pop_front() {
+                    if let Err(m) = ring.push(m) {
+                        overflow.push_front(m);
+                        break;
+                    }
+                }
+                lock(&self.leftovers).extend(overflow.drain(..));
+                ring.close();
+                return;
+            }
+            loop {
+                {
+                    let mut overflow = self.overflow.borrow_mut();
+                    let mut ring = self.ring.borrow_mut();
+                    while let Some(m) = overflow.pop_front() {
+                        if let Err(m) = ring.push(m) {
+                            overflow.push_front(m);
+                            break;
+                        }
+                    }
+                    ring.publish();
+                    if overflow.is_empty() || self.stopping.get() {
+                        break;
+                    }
+                }
+                let space = std::future::poll_fn(|cx| self.ring.borrow_mut().poll_space(cx));
+                let stopping = async {
+                    stop.until_stopping().await;
+                    self.stopping.set(true);
+                };
+                futures_lite::future::or(space, stopping).await;
+                stop_seen |= self.stopping.get();
+            }
+            if self.gauge.is_over() {
+                self.gauge.set(false);
+                core.relief.wake_all();
+            }
+        }
+    }
+}

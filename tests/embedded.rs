@@ -1,0 +1,303 @@
+//! Embedding: in-process sources and sinks, lifecycle, and Market Spread in-process giving the
+//! same results as over TCP.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bettong::apps::market_spread::{
+    self, decode, spread_check, symbol_key, MarketMessage, OrderResult,
+};
+use bettong::in_process::PushError;
+use bettong::runtime::config::EngineConfig;
+use bettong::tools::gen::{self, GenMarketSpreadArgs};
+use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline, PolledSink};
+
+fn config(shards: usize) -> EngineConfig {
+    EngineConfig {
+        cores: (0..shards).collect(),
+        pin: false,
+        ..EngineConfig::default()
+    }
+}
+
+fn wait_finished(engine: &Engine, n: u64) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while engine.progress().finished < n {
+        assert!(Instant::now() < until, "engine did not finish {n} messages");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Every field but the timestamp, with floats as bits so results can go in a set.
+type ResultKey = (u8, u32, [u8; 6], [u8; 4], u64, u64, u64, u64);
+
+fn key(r: &OrderResult) -> ResultKey {
+    (
+        r.side,
+        r.account,
+        r.order_id,
+        r.symbol,
+        r.qty.to_bits(),
+        r.price.to_bits(),
+        r.bid.to_bits(),
+        r.offer.to_bits(),
+    )
+}
+
+/// Cuts a file of framed records into payloads.
+fn records(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        out.push(&rest[4..4 + len]);
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+struct Data {
+    initial: Vec<u8>,
+    nbbo: Vec<u8>,
+    orders: Vec<u8>,
+    symbols: u64,
+    expected: u64,
+}
+
+fn market_data() -> Data {
+    let dir = std::env::temp_dir().join(format!("bettong-embedded-{}", std::process::id()));
+    let mut g = GenMarketSpreadArgs::new(&dir);
+    g.symbols = 100;
+    g.rejected = 6;
+    g.orders = 30_000;
+    g.nbbo = 30_000;
+    g.rejected_orders = Some(300);
+    let s = gen::generate(&g).unwrap();
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    let data = Data {
+        initial: read(gen::INITIAL_NBBO_FILE),
+        nbbo: read(gen::NBBO_FILE),
+        orders: read(gen::ORDERS_FILE),
+        symbols: s.symbols as u64,
+        expected: s.expected_out,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    data
+}
+
+fn over_tcp(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(shards);
+    cfg.inputs = vec![
+        (Some("Orders".into()), "127.0.0.1:0".parse().unwrap()),
+        (Some("Nbbo".into()), "127.0.0.1:0".parse().unwrap()),
+    ];
+    cfg.outputs = vec![sink.local_addr().unwrap()];
+    // A shard connects to the sink only once it has output, so accept until the engine has
+    // stopped (by then every connection it made is in the accept queue).
+    let stopped = Arc::new(AtomicBool::new(false));
+    let done = stopped.clone();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut readers = Vec::new();
+        sink.set_nonblocking(true).unwrap();
+        loop {
+            match sink.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    readers.push(std::thread::spawn(move || {
+                        let mut v = Vec::new();
+                        c.read_to_end(&mut v).unwrap();
+                        v
+                    }));
+                }
+                Err(_) if done.load(Ordering::SeqCst) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        for r in readers {
+            all.extend(r.join().unwrap());
+        }
+        all
+    });
+    let engine = Engine::start(market_spread::application(), cfg).unwrap();
+    let addr = |n: &str| engine.sources().iter().find(|(s, _)| s == n).unwrap().1;
+    TcpStream::connect(addr("Nbbo"))
+        .unwrap()
+        .write_all(&data.initial)
+        .unwrap();
+    wait_finished(&engine, data.symbols);
+    let (o, n) = (addr("Orders"), addr("Nbbo"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            TcpStream::connect(o)
+                .unwrap()
+                .write_all(&data.orders)
+                .unwrap()
+        });
+        s.spawn(|| {
+            TcpStream::connect(n)
+                .unwrap()
+                .write_all(&data.nbbo)
+                .unwrap()
+        });
+    });
+    let summary = engine.stop().unwrap();
+    stopped.store(true, Ordering::SeqCst);
+    assert_eq!(summary.messages_out, data.expected);
+    let bytes = reader.join().unwrap();
+    records(&bytes)
+        .into_iter()
+        .map(|p| key(&OrderResult::decode(p).unwrap()))
+        .collect()
+}
+
+fn in_process(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
+    let market = InProcessSource::new(symbol_key);
+    let (sink, mut results) = PolledSink::<OrderResult>::new(256);
+    let app = Application::new(
+        "embedded spread check",
+        spread_check(Pipeline::source("Market", market.clone())).to_sink(sink),
+    );
+    let engine = Engine::start(app, config(shards)).unwrap();
+    let mut pusher = market.pusher().unwrap();
+    for r in records(&data.initial) {
+        pusher.push(decode(r).unwrap()).unwrap();
+    }
+    wait_finished(&engine, data.symbols);
+    let mut got = BTreeSet::new();
+    std::thread::scope(|s| {
+        for file in [&data.orders, &data.nbbo] {
+            let mut p = market.pusher().unwrap();
+            s.spawn(move || {
+                for r in records(file) {
+                    let msg: MarketMessage = decode(r).unwrap();
+                    p.push(msg).unwrap();
+                }
+            });
+        }
+        // The host drains outputs while the pushers run (the rings are small, so a host that
+        // did not would hold the engine back, never lose outputs).
+        let until = Instant::now() + Duration::from_secs(60);
+        while (got.len() as u64) < data.expected {
+            results.poll(|r| {
+                got.insert(key(&r));
+            });
+            assert!(Instant::now() < until, "outputs did not arrive");
+        }
+    });
+    drop(pusher);
+    let summary = engine.stop().unwrap();
+    results.poll(|r| {
+        got.insert(key(&r));
+    });
+    assert!(results.is_finished());
+    assert_eq!(summary.messages_out, data.expected);
+    assert_eq!(summary.messages_in, data.symbols + 60_000);
+    got
+}
+
+#[test]
+fn embedded_market_spread_matches_tcp() {
+    let data = market_data();
+    for shards in [1, 2] {
+        let tcp = over_tcp(&data, shards);
+        let embedded = in_process(&data, shards);
+        assert_eq!(tcp.len() as u64, data.expected);
+        assert_eq!(embedded, tcp, "{shards} shard(s)");
+    }
+}
+
+/// Two host threads push (thread, key, seq) into 2 shards; the state checks each thread's
+/// sequence per key arrives in order; every message comes out once, across a stop.
+#[test]
+fn two_host_threads_keep_per_key_order_and_lose_nothing() {
+    const PER_THREAD: u64 = 50_000;
+    const KEYS: u64 = 37;
+    #[derive(Default)]
+    struct Last([u64; 2]);
+    let source = InProcessSource::new(|m: &(usize, u64, u64)| &m.1);
+    let (sink, mut outputs) = PolledSink::new(64);
+    let app = Application::new(
+        "order check",
+        Pipeline::source("Seq", source.clone())
+            .key_by(|m: &(usize, u64, u64)| &m.1)
+            .to_state(|(t, k, seq): (usize, u64, u64), last: &mut Last| {
+                let in_order = seq == last.0[t] + 1;
+                last.0[t] = seq;
+                Some((t, k, seq, in_order))
+            })
+            .to_sink(sink),
+    );
+    let engine = Engine::start(app, config(2)).unwrap();
+    let mut seen = vec![vec![0u64; KEYS as usize]; 2];
+    let mut count = 0u64;
+    std::thread::scope(|s| {
+        let pushers: Vec<_> = (0..2usize)
+            .map(|t| {
+                let mut p = source.pusher().unwrap();
+                s.spawn(move || {
+                    let mut next = [0u64; KEYS as usize];
+                    for i in 0..PER_THREAD {
+                        let k = (i * 7 + t as u64) % KEYS;
+                        next[k as usize] += 1;
+                        p.push((t, k, next[k as usize])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // The host drains while pushing: its small rings would otherwise hold the engine,
+        // and so the pushers, back (backpressure, never loss).
+        while pushers.iter().any(|p| !p.is_finished()) {
+            count += outputs.poll(|(t, k, seq, in_order): (usize, u64, u64, bool)| {
+                assert!(in_order, "thread {t} key {k}: {seq} out of order");
+                seen[t][k as usize] += 1;
+            }) as u64;
+        }
+    });
+    let summary = engine.stop().unwrap();
+    count += outputs.poll(|(t, k, _, in_order): (usize, u64, u64, bool)| {
+        assert!(in_order);
+        seen[t][k as usize] += 1;
+    }) as u64;
+    assert_eq!(count, 2 * PER_THREAD);
+    assert_eq!(summary.messages_out, 2 * PER_THREAD);
+    for per_key in &seen {
+        assert_eq!(per_key.iter().sum::<u64>(), PER_THREAD);
+    }
+}
+
+/// Dropping the engine without stopping it still processes everything pushed; a push after
+/// the stop hands the message back.
+#[test]
+fn drop_stops_cleanly_and_late_pushes_come_back() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = seen.clone();
+    let source = InProcessSource::new(|n: &u64| n);
+    let app = Application::new(
+        "count",
+        Pipeline::source("N", source.clone())
+            .to(|n: u64| Some(n))
+            .to_sink(CallbackSink::new(move |_: &u64| {
+                s.fetch_add(1, Ordering::Relaxed);
+            })),
+    );
+    let engine = Engine::start(app, config(2)).unwrap();
+    let mut p = source.pusher().unwrap();
+    for n in 0..10_000u64 {
+        p.push(n).unwrap();
+    }
+    drop(engine);
+    assert_eq!(seen.load(Ordering::Relaxed), 10_000);
+    assert_eq!(p.push(7), Err(PushError::Stopped(7)));
+}
+
+#[test]
+fn pusher_before_start_is_an_error() {
+    let source = InProcessSource::new(|n: &u64| n);
+    assert!(source.pusher().is_err());
+}
