@@ -155,11 +155,7 @@ fn main() -> Result<(), String> {
     }
 
     let start = Instant::now();
-    let gap_ns = if args.rate == 0 {
-        0
-    } else {
-        1_000_000_000 / args.rate
-    };
+    let gap_ns = 1_000_000_000u64.checked_div(args.rate).unwrap_or(0);
     for (i, m) in stream.iter().enumerate() {
         if gap_ns > 0 {
             let due = Duration::from_nanos(gap_ns * i as u64);
