@@ -100,6 +100,8 @@ impl Engine {
     /// Binds every source's listeners, starts one shard per configured core and returns once
     /// every shard is accepting connections.
     pub fn start(app: Application, config: EngineConfig) -> Result<Engine, String> {
+        // Calibrate the clock now rather than on a shard's first message.
+        let _ = metrics::now_ns();
         let n = config.cores.len();
         if n == 0 {
             return Err("no cores to run on".to_string());
