@@ -103,6 +103,78 @@ pub fn write_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Where the whole frames at the start of a buffer end; the result of [`scan_frames`].
+///
+/// ```
+/// use bettong::codec::{scan_frames, write_frame, FrameScan};
+/// let mut buf = Vec::new();
+/// write_frame(&mut buf, b"abc");
+/// assert_eq!(
+///     scan_frames(&buf, 16, u64::MAX),
+///     FrameScan { end: 7, frames: 1, need: None, oversized: None }
+/// );
+/// ```
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FrameScan {
+    /// Bytes taken by the whole frames, headers included: `buf[..end]` can be forwarded as is.
+    pub end: usize,
+    /// How many whole frames `buf[..end]` holds.
+    pub frames: u64,
+    /// Total size (header included) of the next, incomplete frame, once its whole header has
+    /// arrived, so a caller can grow its buffer for a frame larger than it. `None` when the
+    /// scan stopped for another reason (end of data inside a header, `limit`, or an oversized
+    /// header).
+    pub need: Option<usize>,
+    /// The length announced by a header over `max_frame` that follows the whole frames. The
+    /// stream cannot be resynchronised after it, so callers close the connection (after
+    /// delivering `buf[..end]` if they wish).
+    pub oversized: Option<usize>,
+}
+
+/// Walks the `[u32 BE len][payload]` frames at the start of `buf`, counting at most `limit`
+/// whole frames, without copying or allocating.
+///
+/// This is for callers that handle frames in bulk (forward or write `buf[..end]` with one
+/// syscall) rather than one payload at a time as [`FrameReader`] does. The scan stops at the
+/// first of: `limit` frames, a header announcing more than `max_frame` bytes (reported in
+/// [`FrameScan::oversized`]), an incomplete frame (its size in [`FrameScan::need`] when the
+/// header is complete), or the end of `buf`. Any bytes are accepted: a peer cannot make it
+/// panic.
+///
+/// ```
+/// use bettong::codec::{scan_frames, write_frame};
+/// let mut buf = Vec::new();
+/// write_frame(&mut buf, b"ab");
+/// write_frame(&mut buf, b"");
+/// buf.extend_from_slice(&[0, 0, 0, 5, b'x']); // the start of a 5-byte frame
+/// let scan = scan_frames(&buf, 1024, u64::MAX);
+/// assert_eq!((scan.end, scan.frames, scan.need), (10, 2, Some(9)));
+/// assert_eq!(scan_frames(&buf, 1024, 1).end, 6);
+/// assert_eq!(scan_frames(&buf, 4, u64::MAX).oversized, Some(5));
+/// ```
+pub fn scan_frames(buf: &[u8], max_frame: usize, limit: u64) -> FrameScan {
+    let mut scan = FrameScan::default();
+    while scan.frames < limit {
+        let rest = &buf[scan.end..];
+        let Some(&[a, b, c, d]) = rest.get(..4) else {
+            break;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > max_frame {
+            scan.oversized = Some(len);
+            break;
+        }
+        // Compared as `rest - 4 < len` (not `4 + len`) so no length can overflow.
+        if rest.len() - 4 < len {
+            scan.need = Some(len.saturating_add(4));
+            break;
+        }
+        scan.end += 4 + len;
+        scan.frames += 1;
+    }
+    scan
+}
+
 /// A frame header announced more bytes than the source accepts (`--max-frame`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameTooLarge {
@@ -207,6 +279,64 @@ mod tests {
         let s = r.spare();
         s[..bytes.len()].copy_from_slice(bytes);
         r.filled(bytes.len());
+    }
+
+    fn framed(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            write_frame(&mut out, p);
+        }
+        out
+    }
+
+    #[test]
+    fn scan_finds_whole_frames_and_the_size_of_the_next() {
+        let mut data = framed(&[b"ab", b"", b"cde"]);
+        let whole = data.len();
+        data.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        let scan = scan_frames(&data, 100, u64::MAX);
+        assert_eq!(
+            scan,
+            FrameScan {
+                end: whole,
+                frames: 3,
+                need: Some(13),
+                oversized: None
+            }
+        );
+        assert_eq!(scan_frames(&data, 100, 2).end, 6 + 4);
+        // A partial header is simply incomplete.
+        assert_eq!(scan_frames(&[0, 0], 100, u64::MAX).need, None);
+        assert_eq!(scan_frames(&data[..whole + 2], 100, u64::MAX).need, None);
+        assert_eq!(scan_frames(&[], 100, u64::MAX).frames, 0);
+    }
+
+    #[test]
+    fn scan_stops_at_an_oversized_header() {
+        let mut data = framed(&[b"ok"]);
+        data.extend_from_slice(&1001u32.to_be_bytes());
+        let scan = scan_frames(&data, 1000, u64::MAX);
+        assert_eq!((scan.end, scan.frames, scan.oversized), (6, 1, Some(1001)));
+    }
+
+    #[test]
+    fn scan_flags_a_header_just_over_a_large_limit() {
+        // The relay's limit (16 MiB): the header right above it is refused, not waited for.
+        const MAX: usize = 16 * 1024 * 1024;
+        let mut data = framed(&[b"ok"]);
+        data.extend_from_slice(&(MAX as u32 + 1).to_be_bytes());
+        let scan = scan_frames(&data, MAX, u64::MAX);
+        assert_eq!((scan.end, scan.frames), (6, 1));
+        assert_eq!(scan.oversized, Some(MAX + 1));
+        assert_eq!(scan.need, None);
+    }
+
+    #[test]
+    fn scan_of_a_frame_at_the_limit_asks_for_its_size() {
+        let mut data = 10u32.to_be_bytes().to_vec();
+        data.push(1);
+        assert_eq!(scan_frames(&data, 10, u64::MAX).need, Some(14));
+        assert_eq!(scan_frames(&data, 10, 0), FrameScan::default());
     }
 
     #[test]

@@ -85,9 +85,10 @@ fn frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// One `[u32 BE len][payload]` frame, built by the codec the engine itself uses.
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
+    let mut f = Vec::with_capacity(4 + payload.len());
+    bettong::codec::write_frame(&mut f, payload);
     f
 }
 

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::codec::scan_frames;
 use crate::units::{parse_u64, parse_usize};
 
 /// Largest frame accepted when `--max-frame` is not given (16 MiB).
@@ -640,44 +641,6 @@ enum Step {
     Stop,
 }
 
-/// Complete frames at the start of `data`, at most `limit` of them. The scan stops at a header
-/// above `max_frame` and records the length it announced.
-fn scan_frames(data: &[u8], max_frame: usize, limit: u64) -> FrameScan {
-    let mut scan = FrameScan {
-        end: 0,
-        frames: 0,
-        need: None,
-        oversized: None,
-    };
-    while scan.frames < limit && data.len() - scan.end >= 4 {
-        let len = be_u32(&data[scan.end..]) as usize;
-        if len > max_frame {
-            scan.oversized = Some(len);
-            break;
-        }
-        if data.len() - scan.end - 4 < len {
-            scan.need = Some(4 + len);
-            break;
-        }
-        scan.end += 4 + len;
-        scan.frames += 1;
-    }
-    scan
-}
-
-/// The result of [`scan_frames`].
-#[derive(Debug, PartialEq)]
-struct FrameScan {
-    /// Where the complete frames end.
-    end: usize,
-    /// How many complete frames there are.
-    frames: u64,
-    /// Total size of the next, incomplete frame when its header has arrived.
-    need: Option<usize>,
-    /// The length announced by an oversized header that follows the complete frames.
-    oversized: Option<usize>,
-}
-
 /// Writes the frames in `data` (whole frames only) in the chosen output format.
 fn write_frames(
     out: &mut impl Write,
@@ -903,47 +866,13 @@ fn deliver_raw(data: &[u8], all: bool, expect: Option<u64>, shared: &Shared) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn wire(payloads: &[&[u8]]) -> Vec<u8> {
-        let mut w = Vec::new();
-        for p in payloads {
-            w.extend_from_slice(&(p.len() as u32).to_be_bytes());
-            w.extend_from_slice(p);
-        }
-        w
-    }
-
-    #[test]
-    fn scan_finds_whole_frames_and_the_size_of_the_next() {
-        let mut data = wire(&[b"ab", b"", b"cde"]);
-        let whole = data.len();
-        data.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
-        let scan = scan_frames(&data, 100, u64::MAX);
-        assert_eq!(
-            scan,
-            FrameScan {
-                end: whole,
-                frames: 3,
-                need: Some(13),
-                oversized: None
-            }
-        );
-        assert_eq!(scan_frames(&data, 100, 2).end, 6 + 4);
-        // A partial header is simply incomplete.
-        assert_eq!(scan_frames(&[0, 0], 100, u64::MAX).need, None);
-    }
-
-    #[test]
-    fn scan_stops_at_an_oversized_header() {
-        let mut data = wire(&[b"ok"]);
-        data.extend_from_slice(&1001u32.to_be_bytes());
-        let scan = scan_frames(&data, 1000, u64::MAX);
-        assert_eq!((scan.end, scan.frames, scan.oversized), (6, 1, Some(1001)));
-    }
+    use crate::codec::write_frame;
 
     #[test]
     fn frames_are_written_as_lines_or_timestamped_records() {
-        let data = wire(&[b"x", b"yz"]);
+        let mut data = Vec::new();
+        write_frame(&mut data, b"x");
+        write_frame(&mut data, b"yz");
         let mut lines = Vec::new();
         write_frames(&mut lines, &data, false, 0).unwrap();
         assert_eq!(lines, b"x\nyz\n");

@@ -41,6 +41,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::codec::scan_frames;
+
 /// Bytes asked of the kernel per read: the engine source's read size, so the two compare.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -263,7 +265,7 @@ fn forward(input: &mut TcpStream, output: &mut TcpStream, shared: &Shared) -> Re
             };
         }
         end += n;
-        let scan = whole_frames(&buf[..end]);
+        let scan = scan_frames(&buf[..end], MAX_FRAME, u64::MAX);
         if let Some(len) = scan.oversized {
             return Err(format!(
                 "frame header says {len} bytes, more than the relay's limit of {MAX_FRAME}"
@@ -283,84 +285,5 @@ fn forward(input: &mut TcpStream, output: &mut TcpStream, shared: &Shared) -> Re
             // One frame larger than the buffer (within MAX_FRAME): grow for it, once.
             buf.resize(need, 0);
         }
-    }
-}
-
-/// Where the whole frames at the start of a buffer end.
-#[derive(Debug, PartialEq, Eq)]
-struct Scan {
-    /// Bytes of whole frames.
-    end: usize,
-    /// How many whole frames.
-    frames: u64,
-    /// Total size of the next, incomplete frame, once its header is there.
-    need: Option<usize>,
-    /// The length announced by a header over [`MAX_FRAME`].
-    oversized: Option<usize>,
-}
-
-/// Walks the `[u32 BE len]` headers of `data`.
-fn whole_frames(data: &[u8]) -> Scan {
-    let mut scan = Scan {
-        end: 0,
-        frames: 0,
-        need: None,
-        oversized: None,
-    };
-    while let Some(header) = data.get(scan.end..scan.end + 4) {
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len > MAX_FRAME {
-            scan.oversized = Some(len);
-            break;
-        }
-        let frame = 4 + len;
-        if data.len() - scan.end < frame {
-            scan.need = Some(frame);
-            break;
-        }
-        scan.end += frame;
-        scan.frames += 1;
-    }
-    scan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wire(payloads: &[&[u8]]) -> Vec<u8> {
-        let mut w = Vec::new();
-        for p in payloads {
-            w.extend_from_slice(&(p.len() as u32).to_be_bytes());
-            w.extend_from_slice(p);
-        }
-        w
-    }
-
-    #[test]
-    fn finds_whole_frames_and_the_size_of_the_next() {
-        let mut data = wire(&[b"ab", b"", b"cde"]);
-        let whole = data.len();
-        data.extend_from_slice(&[0, 0, 0, 9, 1]);
-        assert_eq!(
-            whole_frames(&data),
-            Scan {
-                end: whole,
-                frames: 3,
-                need: Some(13),
-                oversized: None
-            }
-        );
-        assert_eq!(whole_frames(&data[..whole + 2]).need, None);
-        assert_eq!(whole_frames(&[]).frames, 0);
-    }
-
-    #[test]
-    fn stops_at_an_oversized_header() {
-        let mut data = wire(&[b"ok"]);
-        data.extend_from_slice(&(MAX_FRAME as u32 + 1).to_be_bytes());
-        let scan = whole_frames(&data);
-        assert_eq!((scan.end, scan.frames), (6, 1));
-        assert_eq!(scan.oversized, Some(MAX_FRAME + 1));
     }
 }

@@ -226,8 +226,8 @@ impl Sink {
 
 /// `[u32 BE len][payload]`.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
+    let mut f = Vec::with_capacity(4 + payload.len());
+    bettong::codec::write_frame(&mut f, payload);
     f
 }
 
