@@ -287,7 +287,6 @@ async fn serve<T: Send + 'static>(
     let mut rings: Vec<PushRing<T>> = Vec::new();
     let emit = &down.emit;
     let metrics = core.metrics.clone();
-    let mut idle_since: Option<Instant> = None;
     loop {
         if let Some(side) = lock(&hub.shards)[index].as_mut() {
             rings.append(&mut side.incoming);
@@ -300,7 +299,6 @@ async fn serve<T: Send + 'static>(
             });
         }
         if n > 0 {
-            idle_since = None;
             core.flush();
             core.backpressure(&down.gauges).await;
             glommio::yield_if_needed().await;
@@ -309,11 +307,6 @@ async fn serve<T: Send + 'static>(
         rings.retain(|(ring, _)| !ring.is_finished());
         if stop.stopping.get() {
             break;
-        }
-        let idle = *idle_since.get_or_insert_with(Instant::now);
-        if idle.elapsed() < core.spin {
-            glommio::executor().yield_now().await;
-            continue;
         }
         std::future::poll_fn(|cx| {
             stop.on_stop(cx.waker());

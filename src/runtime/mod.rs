@@ -387,12 +387,7 @@ async fn run_shard(plan: ShardPlan) -> Summary {
         let _ = periods.send(ShardPeriod::Done);
         return sb.metrics.snapshot();
     }
-    let spin = match config.poll {
-        Poll::Park => Duration::ZERO,
-        Poll::Spin => Duration::MAX,
-        Poll::SpinFor(d) => d,
-    };
-    let core = sb.core(spin);
+    let core = sb.core();
     if let Some(interval) = config.metrics_interval {
         glommio::spawn_local(reporter::shard_periods(
             index,

@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
 use crate::codec::DecodeError;
 use crate::metrics::ShardMetrics;
@@ -130,9 +129,6 @@ impl Notify {
 /// The shard-wide services that sources and drain tasks use while running.
 pub(crate) struct ShardCore {
     pub(crate) index: usize,
-    /// How long a drain task keeps polling its rings after the last message before it parks
-    /// (`--poll`): zero parks at once, `Duration::MAX` never parks.
-    pub(crate) spin: Duration,
     pub(crate) metrics: Rc<ShardMetrics>,
     pub(crate) relief: Rc<WaitList>,
     publishers: Vec<Rc<dyn Publish>>,
@@ -291,10 +287,9 @@ impl ShardBuilder {
     }
 
     /// The services the running shard's tasks share, once the graph is built.
-    pub(crate) fn core(&mut self, spin: Duration) -> Rc<ShardCore> {
+    pub(crate) fn core(&mut self) -> Rc<ShardCore> {
         Rc::new(ShardCore {
             index: self.index,
-            spin,
             metrics: self.metrics.clone(),
             relief: self.relief.clone(),
             publishers: std::mem::take(&mut self.publishers),
@@ -459,7 +454,6 @@ async fn drain<T: Send + 'static>(
     gauges: Rc<[Gauge]>,
     core: Rc<ShardCore>,
 ) {
-    let mut idle_since: Option<Instant> = None;
     loop {
         let mut drained = 0;
         for c in consumers.iter_mut() {
@@ -469,13 +463,10 @@ async fn drain<T: Send + 'static>(
             if consumers.iter().all(Consumer::is_finished) {
                 return;
             }
-            // Busy-polling the rings costs a few ns per look; parking costs a cross-core
-            // wake-up (tens of µs) for the next message. `--poll` picks the trade.
-            let idle = *idle_since.get_or_insert_with(Instant::now);
-            if idle.elapsed() < core.spin {
-                glommio::executor().yield_now().await;
-                continue;
-            }
+            // Park until a producer publishes. With `--poll spin` the executor itself keeps
+            // polling its io_uring instead of sleeping, so the doorbell's wake-up is picked up
+            // at once. (Spinning here, in the task, would keep glommio from polling I/O at all
+            // until its preemption timer fires.)
             std::future::poll_fn(|cx| {
                 let mut ready = false;
                 for c in consumers.iter_mut() {
@@ -490,11 +481,7 @@ async fn drain<T: Send + 'static>(
             .await;
             continue;
         }
-        idle_since = None;
         core.flush();
-        if consumers.iter().all(Consumer::is_finished) {
-            return;
-        }
         core.backpressure(&gauges).await;
         glommio::yield_if_needed().await;
     }
