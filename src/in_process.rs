@@ -47,7 +47,6 @@
 //! assert_eq!(summary.messages_out, 3);
 //! ```
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,7 +61,7 @@ use crate::runtime::doorbell::{Doorbell, Waiter};
 use crate::runtime::ring::{self, Consumer, Producer};
 use crate::runtime::router::{shard_for, Key};
 use crate::runtime::shard::{
-    Downstream, Emit, Gauge, LocalFuture, Notify, ShardBuilder, ShardCore,
+    Downstream, Emit, Gauge, LocalFuture, Notify, ShardBuilder, ShardCore, Spill,
 };
 
 /// Messages a pusher's ring to each shard holds.
@@ -464,15 +463,12 @@ impl<T: Send + 'static> Sink<T> for PolledSink<T> {
         let (tx, rx) = ring::channel_between::<T>(self.capacity, Some(&sb.bell()), None);
         lock(&self.rings).push(rx);
         let out = Rc::new(OutRing {
-            ring: RefCell::new(tx),
-            overflow: RefCell::new(VecDeque::new()),
-            gauge: Gauge::default(),
-            spilled: Notify::default(),
+            spill: Spill::new(tx),
             stopping: std::cell::Cell::new(false),
             leftovers: self.leftovers.clone(),
         });
         let metrics = sb.metrics.clone();
-        let gauges: Rc<[Gauge]> = Rc::from([out.gauge.clone()]);
+        let gauges: Rc<[Gauge]> = Rc::from([out.spill.gauge.clone()]);
         let o = out.clone();
         sb.sink_tasks.push(Box::new(move |core, stop, finish| {
             Box::pin(o.mover(core, stop, finish)) as LocalFuture
@@ -487,10 +483,7 @@ impl<T: Send + 'static> Sink<T> for PolledSink<T> {
 
 /// A shard's side of a polled sink: the ring to the host, and overflow while it is full.
 struct OutRing<T> {
-    ring: RefCell<Producer<T>>,
-    overflow: RefCell<VecDeque<T>>,
-    gauge: Gauge,
-    spilled: Notify,
+    spill: Spill<T>,
     /// Once the shard stops, a full ring no longer holds the sources back: stopping must not
     /// depend on the host polling.
     stopping: std::cell::Cell<bool>,
@@ -498,100 +491,45 @@ struct OutRing<T> {
 }
 
 impl<T: Send + 'static> OutRing<T> {
+    /// Outputs are published one by one: the host may be waiting for exactly this one.
     fn send(&self, msg: T) {
-        let mut overflow = self.overflow.borrow_mut();
-        if !overflow.is_empty() {
-            overflow.push_back(msg);
-            return;
-        }
-        let mut ring = self.ring.borrow_mut();
-        match ring.push(msg) {
-            // Outputs are published one by one: the host may be waiting for exactly this one.
-            Ok(()) => ring.publish(),
-            Err(msg) => {
-                overflow.push_back(msg);
-                if !self.stopping.get() {
-                    self.gauge.set(true);
-                }
-                self.spilled.notify();
-            }
-        }
+        self.spill.send(msg, true, !self.stopping.get());
     }
 
     /// Moves spilled outputs into the ring as the host drains it. Once the shard stops, it
     /// lifts backpressure; once `finish` says everything upstream is done, it hands what does
     /// not fit the ring to the host's leftovers and closes the ring.
     async fn mover(self: Rc<Self>, core: Rc<ShardCore>, stop: Rc<Connections>, finish: Rc<Notify>) {
-        #[derive(PartialEq)]
-        enum Event {
-            Spilled,
-            Stopping,
-            Finish,
-        }
-        let mut stop_seen = false;
+        let stop_seen = std::cell::Cell::new(false);
+        let notice_stop = || async {
+            stop.until_stopping().await;
+            stop_seen.set(true);
+            self.stopping.set(true);
+        };
         loop {
-            let spilled = async {
-                self.spilled.notified().await;
-                Event::Spilled
-            };
+            let finished = std::cell::Cell::new(false);
+            let spilled = self.spill.spilled();
             let stopping = async {
-                if stop_seen {
+                if stop_seen.get() {
                     std::future::pending::<()>().await;
                 }
-                stop.until_stopping().await;
-                Event::Stopping
+                notice_stop().await;
             };
             let finishing = async {
                 finish.notified().await;
-                Event::Finish
+                finished.set(true);
             };
-            let event =
-                futures_lite::future::or(spilled, futures_lite::future::or(stopping, finishing))
-                    .await;
-            if event == Event::Stopping {
-                stop_seen = true;
-                self.stopping.set(true);
-            }
-            if event == Event::Finish {
-                let mut overflow = self.overflow.borrow_mut();
-                let mut ring = self.ring.borrow_mut();
-                while let Some(m) = overflow.pop_front() {
-                    if let Err(m) = ring.push(m) {
-                        overflow.push_front(m);
-                        break;
-                    }
-                }
-                lock(&self.leftovers).extend(overflow.drain(..));
-                ring.close();
+            futures_lite::future::or(spilled, futures_lite::future::or(stopping, finishing)).await;
+            if finished.get() {
+                self.spill.move_overflow();
+                lock(&self.leftovers).extend(self.spill.take_overflow());
+                self.spill.close();
                 return;
             }
-            loop {
-                {
-                    let mut overflow = self.overflow.borrow_mut();
-                    let mut ring = self.ring.borrow_mut();
-                    while let Some(m) = overflow.pop_front() {
-                        if let Err(m) = ring.push(m) {
-                            overflow.push_front(m);
-                            break;
-                        }
-                    }
-                    ring.publish();
-                    if overflow.is_empty() || self.stopping.get() {
-                        break;
-                    }
-                }
-                let space = std::future::poll_fn(|cx| self.ring.borrow_mut().poll_space(cx));
-                let stopping = async {
-                    stop.until_stopping().await;
-                    self.stopping.set(true);
-                };
-                futures_lite::future::or(space, stopping).await;
-                stop_seen |= self.stopping.get();
+            while !self.spill.move_overflow() && !stop_seen.get() {
+                futures_lite::future::or(self.spill.space(), notice_stop()).await;
             }
-            if self.gauge.is_over() {
-                self.gauge.set(false);
-                core.relief.wake_all();
-            }
+            self.spill.relieve(&core.relief);
         }
     }
 }

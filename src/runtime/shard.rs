@@ -339,13 +339,10 @@ impl ShardBuilder {
                 unreachable!("ring registry keys carry their stage's message type");
             };
             let outbox = Rc::new(Outbox {
-                producer: RefCell::new(*tx),
-                overflow: RefCell::new(VecDeque::new()),
-                gauge: Gauge::default(),
-                spilled: Notify::default(),
+                spill: Spill::new(*tx),
             });
             let closing = Rc::new(Notify::default());
-            gauges.push(outbox.gauge.clone());
+            gauges.push(outbox.spill.gauge.clone());
             stage.movers.push(Box::pin(
                 outbox.clone().mover(closing.clone(), self.relief.clone()),
             ));
@@ -375,27 +372,103 @@ impl ShardBuilder {
     }
 }
 
-/// This shard's sending side of one keyed stage towards one other shard.
-struct Outbox<T> {
-    producer: RefCell<Producer<(T, u64)>>,
-    /// Messages that found the ring full, in order; drained into the ring by `mover`.
-    overflow: RefCell<VecDeque<(T, u64)>>,
-    gauge: Gauge,
+/// A ring's producer end with an overflow queue: what a shard uses to send into a ring without
+/// ever blocking or dropping. A message that finds the ring full waits, in order, in the overflow
+/// queue and raises the gauge, so the sources upstream stop reading; the owner's mover task moves
+/// the overflow into the ring as the consumer makes room.
+pub(crate) struct Spill<T> {
+    ring: RefCell<Producer<T>>,
+    overflow: RefCell<VecDeque<T>>,
+    pub(crate) gauge: Gauge,
     spilled: Notify,
 }
 
-impl<T: Send + 'static> Outbox<T> {
-    fn send(&self, item: (T, u64)) {
+impl<T: Send + 'static> Spill<T> {
+    pub(crate) fn new(ring: Producer<T>) -> Self {
+        Spill {
+            ring: RefCell::new(ring),
+            overflow: RefCell::new(VecDeque::new()),
+            gauge: Gauge::default(),
+            spilled: Notify::default(),
+        }
+    }
+
+    /// Pushes `item` (publishing it at once if `publish`), or queues it behind the ones already
+    /// waiting; raises the gauge on the first spill when `backpressure` is wanted.
+    #[inline]
+    pub(crate) fn send(&self, item: T, publish: bool, backpressure: bool) {
         let mut overflow = self.overflow.borrow_mut();
         if !overflow.is_empty() {
             overflow.push_back(item);
             return;
         }
-        if let Err(item) = self.producer.borrow_mut().push(item) {
-            overflow.push_back(item);
-            self.gauge.set(true);
-            self.spilled.notify();
+        let mut ring = self.ring.borrow_mut();
+        match ring.push(item) {
+            Ok(()) if publish => ring.publish(),
+            Ok(()) => {}
+            Err(item) => {
+                overflow.push_back(item);
+                if backpressure {
+                    self.gauge.set(true);
+                }
+                self.spilled.notify();
+            }
         }
+    }
+
+    /// Waits until something has spilled.
+    pub(crate) async fn spilled(&self) {
+        self.spilled.notified().await
+    }
+
+    /// Moves what fits from the overflow into the ring and publishes; true when the overflow is
+    /// empty.
+    pub(crate) fn move_overflow(&self) -> bool {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut ring = self.ring.borrow_mut();
+        while let Some(item) = overflow.pop_front() {
+            if let Err(item) = ring.push(item) {
+                overflow.push_front(item);
+                break;
+            }
+        }
+        ring.publish();
+        overflow.is_empty()
+    }
+
+    /// Waits until the ring has room.
+    pub(crate) async fn space(&self) {
+        std::future::poll_fn(|cx| self.ring.borrow_mut().poll_space(cx)).await
+    }
+
+    /// Lowers the gauge (after the overflow emptied) and wakes whoever waited on it.
+    pub(crate) fn relieve(&self, relief: &WaitList) {
+        if self.gauge.is_over() {
+            self.gauge.set(false);
+            relief.wake_all();
+        }
+    }
+
+    /// Takes whatever is still queued (for a ring whose consumer will not make room).
+    pub(crate) fn take_overflow(&self) -> VecDeque<T> {
+        std::mem::take(&mut *self.overflow.borrow_mut())
+    }
+
+    /// Publishes what is pending and tells the consumer no more will come.
+    pub(crate) fn close(&self) {
+        self.ring.borrow_mut().close();
+    }
+}
+
+/// This shard's sending side of one keyed stage towards one other shard.
+struct Outbox<T> {
+    spill: Spill<(T, u64)>,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    /// Queues one message; it is published with the rest of its batch by `ShardCore::flush`.
+    fn send(&self, item: (T, u64)) {
+        self.spill.send(item, false, true);
     }
 
     /// Moves spilled messages into the ring as the consumer makes room; on `closing`, empties
@@ -403,34 +476,17 @@ impl<T: Send + 'static> Outbox<T> {
     async fn mover(self: Rc<Self>, closing: Rc<Notify>, relief: Rc<WaitList>) {
         let closed = Cell::new(false);
         loop {
-            futures_lite::future::or(self.spilled.notified(), async {
+            futures_lite::future::or(self.spill.spilled(), async {
                 closing.notified().await;
                 closed.set(true);
             })
             .await;
-            loop {
-                {
-                    let mut overflow = self.overflow.borrow_mut();
-                    let mut producer = self.producer.borrow_mut();
-                    while let Some(item) = overflow.pop_front() {
-                        if let Err(item) = producer.push(item) {
-                            overflow.push_front(item);
-                            break;
-                        }
-                    }
-                    producer.publish();
-                    if overflow.is_empty() {
-                        break;
-                    }
-                }
-                std::future::poll_fn(|cx| self.producer.borrow_mut().poll_space(cx)).await;
+            while !self.spill.move_overflow() {
+                self.spill.space().await;
             }
-            if self.gauge.is_over() {
-                self.gauge.set(false);
-                relief.wake_all();
-            }
+            self.spill.relieve(&relief);
             if closed.get() {
-                self.producer.borrow_mut().close();
+                self.spill.close();
                 return;
             }
         }
@@ -439,7 +495,7 @@ impl<T: Send + 'static> Outbox<T> {
 
 impl<T: Send + 'static> Publish for Outbox<T> {
     fn publish(&self) {
-        let mut p = self.producer.borrow_mut();
+        let mut p = self.spill.ring.borrow_mut();
         if p.has_pending() {
             p.publish();
         }
