@@ -100,6 +100,51 @@ pub struct ShardMetrics {
     truncated: Cell<u64>,
     connections: Cell<u64>,
     pauses: Cell<u64>,
+    /// Time per computation (sampled), by registration order, for the current period.
+    computations: RefCell<Vec<(String, Histogram<u64>)>>,
+}
+
+/// One in this many messages has each computation timed: two clock reads per computation on
+/// every message would cost more than most computations themselves.
+const COMPUTATION_SAMPLE: u32 = 16;
+
+/// Times one computation of the pipeline on a sample of its messages.
+pub(crate) struct ComputationTimer {
+    index: usize,
+    metrics: std::rc::Rc<ShardMetrics>,
+    count: Cell<u32>,
+}
+
+impl ComputationTimer {
+    /// Registers the computation `name` with the shard's metrics.
+    pub(crate) fn new(metrics: std::rc::Rc<ShardMetrics>, name: &str) -> Self {
+        let mut list = metrics.computations.borrow_mut();
+        let index = list.len();
+        list.push((name.to_string(), new_histogram()));
+        drop(list);
+        ComputationTimer {
+            index,
+            metrics,
+            count: Cell::new(0),
+        }
+    }
+
+    /// Runs `f`, timing it one time in `COMPUTATION_SAMPLE`.
+    #[inline]
+    pub(crate) fn time<R>(&self, f: impl FnOnce() -> R) -> R {
+        let n = self.count.get().wrapping_add(1);
+        self.count.set(n);
+        if n % COMPUTATION_SAMPLE != 0 {
+            return f();
+        }
+        let start = now_ns();
+        let r = f();
+        let took = (now_ns() - start).clamp(1, MAX_TRACKED_NS);
+        if let Some((_, h)) = self.metrics.computations.borrow_mut().get_mut(self.index) {
+            h.saturating_record(took);
+        }
+        r
+    }
 }
 
 impl Default for ShardMetrics {
@@ -116,6 +161,7 @@ impl Default for ShardMetrics {
             truncated: Cell::new(0),
             connections: Cell::new(0),
             pauses: Cell::new(0),
+            computations: RefCell::new(Vec::new()),
         }
     }
 }
@@ -177,12 +223,17 @@ impl ShardMetrics {
     pub fn take_period(&self) -> Period {
         let mut current = self.latency.borrow_mut();
         let _ = self.earlier.borrow_mut().add(&*current);
+        let mut computations = self.computations.borrow_mut();
         let period = Period {
             latency: current.clone(),
             messages_in: self.messages_in.get(),
             messages_out: self.messages_out.get(),
+            computations: computations.clone(),
         };
         current.reset();
+        for (_, h) in computations.iter_mut() {
+            h.reset();
+        }
         period
     }
 
@@ -279,6 +330,8 @@ pub struct Period {
     pub messages_in: u64,
     /// Outputs since the engine started.
     pub messages_out: u64,
+    /// Time per computation in the period (one message in 16 timed), in pipeline order.
+    pub computations: Vec<(String, Histogram<u64>)>,
 }
 
 /// Wallaroo's power-of-two bins: `(i, n)` means `n` values had bit length `i`, that is

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 
 use crate::codec::{Decoder, Encoder};
+use crate::metrics::ComputationTimer;
 use crate::net::sink::SinkBuffer;
 use crate::runtime::router::{shard_for, Key};
 use crate::runtime::shard::{Downstream, Emit, ShardBuilder, SourceRuntime};
@@ -56,6 +57,8 @@ type Build<T> = Arc<dyn Fn(&mut ShardBuilder, Downstream<T>) + Send + Sync>;
 pub struct Pipeline<T> {
     build: Build<T>,
     sources: Vec<SourceName>,
+    /// Computations so far, to name the next one (`to #2`) in `--metrics-json`.
+    computations: usize,
 }
 
 /// A source's name, and whether it listens on TCP (and so needs an `--in` address).
@@ -70,6 +73,7 @@ impl<T> Clone for Pipeline<T> {
         Pipeline {
             build: self.build.clone(),
             sources: self.sources.clone(),
+            computations: self.computations,
         }
     }
 }
@@ -175,20 +179,30 @@ impl<T: Send + 'static> Pipeline<T> {
                 name: name.to_string(),
                 tcp,
             }],
+            computations: 0,
         }
     }
 
+    /// Adds a computation called `kind` (numbered in pipeline order for the metrics); `stage`
+    /// builds it on a shard, given its downstream, its timer and the shard.
     fn then<U: Send + 'static>(
         self,
-        stage: impl Fn(&mut ShardBuilder, Downstream<U>) -> Downstream<T> + Send + Sync + 'static,
+        kind: &str,
+        stage: impl Fn(&mut ShardBuilder, Downstream<U>, ComputationTimer) -> Downstream<T>
+            + Send
+            + Sync
+            + 'static,
     ) -> Pipeline<U> {
         let upstream = self.build;
+        let name = format!("{kind} #{}", self.computations + 1);
         Pipeline {
             build: Arc::new(move |sb, down| {
-                let entry = stage(sb, down);
+                let timer = ComputationTimer::new(sb.metrics.clone(), &name);
+                let entry = stage(sb, down, timer);
                 upstream(sb, entry)
             }),
             sources: self.sources,
+            computations: self.computations + 1,
         }
     }
 
@@ -206,12 +220,12 @@ impl<T: Send + 'static> Pipeline<T> {
         F: Fn(T) -> Option<U> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        self.then(move |sb, down: Downstream<U>| {
+        self.then("to", move |sb, down: Downstream<U>, timer| {
             let f = f.clone();
             let metrics = sb.metrics.clone();
             let next = down.emit;
             Downstream {
-                emit: Rc::new(move |msg, ingest| match f(msg) {
+                emit: Rc::new(move |msg, ingest| match timer.time(|| f(msg)) {
                     Some(out) => next(out, ingest),
                     None => metrics.filtered(ingest),
                 }),
@@ -237,12 +251,14 @@ impl<T: Send + 'static> Pipeline<T> {
         F: Fn(T) -> I + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        self.then(move |sb, down: Downstream<U>| {
+        self.then("to_many", move |sb, down: Downstream<U>, timer| {
             let f = f.clone();
             let metrics = sb.metrics.clone();
             let next = down.emit;
             Downstream {
-                emit: Rc::new(move |msg, ingest| emit_all(f(msg), &next, &metrics, ingest)),
+                emit: Rc::new(move |msg, ingest| {
+                    emit_all(timer.time(|| f(msg)), &next, &metrics, ingest)
+                }),
                 gauges: down.gauges,
             }
         })
@@ -307,6 +323,7 @@ impl<T: Send + 'static> Pipeline<T> {
                 b(sb, down);
             }),
             sources,
+            computations: self.computations + other.computations,
         }
     }
 
@@ -423,32 +440,34 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
     {
         let f = Arc::new(f);
         let key = self.key;
-        self.pipeline.then(move |sb, down: Downstream<U>| {
-            let states: Rc<std::cell::RefCell<HashMap<K::Owned, S, FxBuildHasher>>> = Rc::default();
-            let (f, key_local, metrics, next) =
-                (f.clone(), key.clone(), sb.metrics.clone(), down.emit);
-            let local: Emit<T> = Rc::new(move |msg: T, ingest| {
-                let outputs = {
-                    let mut map = states.borrow_mut();
-                    let k = key_local(&msg);
-                    match map.get_mut(k) {
-                        Some(state) => f(msg, state),
-                        None => {
-                            let state = map.entry(k.to_owned()).or_default();
-                            f(msg, state)
+        self.pipeline
+            .then("to_state", move |sb, down: Downstream<U>, timer| {
+                let states: Rc<std::cell::RefCell<HashMap<K::Owned, S, FxBuildHasher>>> =
+                    Rc::default();
+                let (f, key_local, metrics, next) =
+                    (f.clone(), key.clone(), sb.metrics.clone(), down.emit);
+                let local: Emit<T> = Rc::new(move |msg: T, ingest| {
+                    let outputs = {
+                        let mut map = states.borrow_mut();
+                        let k = key_local(&msg);
+                        match map.get_mut(k) {
+                            Some(state) => timer.time(|| f(msg, state)),
+                            None => {
+                                let state = map.entry(k.to_owned()).or_default();
+                                timer.time(|| f(msg, state))
+                            }
                         }
-                    }
-                };
-                emit_all(outputs, &next, &metrics, ingest);
-            });
-            let shards = sb.shards;
-            let key_route = key.clone();
-            sb.keyed_stage(
-                move |msg: &T| shard_for(key_route(msg).stable_hash(), shards),
-                local,
-                down.gauges,
-            )
-        })
+                    };
+                    emit_all(outputs, &next, &metrics, ingest);
+                });
+                let shards = sb.shards;
+                let key_route = key.clone();
+                sb.keyed_stage(
+                    move |msg: &T| shard_for(key_route(msg).stable_hash(), shards),
+                    local,
+                    down.gauges,
+                )
+            })
     }
 }
 

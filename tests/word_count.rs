@@ -340,3 +340,58 @@ fn backpressure_loses_nothing() {
     let all = per_conn.concat();
     assert_exact(&parse_output(&sink.finish()), &reference_counts(&all));
 }
+
+/// Live metrics: a line per interval on stderr, and JSON lines with power-of-two latency bins
+/// and per-computation times.
+#[test]
+fn live_metrics_lines_and_json() {
+    let json = std::env::temp_dir().join(format!("bettong-metrics-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let path = json.to_string_lossy().to_string();
+    let sink = Sink::bind();
+    let engine = engine(
+        "0,1",
+        &sink,
+        &["--metrics-interval", "100ms", "--metrics-json", &path],
+    );
+    let msgs: Vec<String> = (0..3000)
+        .map(|i| format!("metric words {}", i % 11))
+        .collect();
+    send(
+        engine.addr("Text"),
+        &msgs
+            .iter()
+            .flat_map(|m| frame(m.as_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    // No wait: the stop reports the last, partial period too.
+    let (status, stderr) = engine.stop();
+    assert!(status.success(), "{stderr}");
+    let lines = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!records.is_empty());
+    let total_in: u64 = records
+        .iter()
+        .map(|r| r["messages_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total_in, 3000,
+        "every message counted in exactly one period"
+    );
+    let busy = records
+        .iter()
+        .find(|r| r["messages_in"].as_u64().unwrap() > 0)
+        .unwrap();
+    let bins = busy["latency_pow2_bins"].as_object().unwrap();
+    let binned: u64 = bins.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(binned, busy["latency_ns"]["samples"].as_u64().unwrap());
+    let comps = busy["computations"].as_object().unwrap();
+    assert!(
+        comps.contains_key("to_many #1") && comps.contains_key("to_state #2"),
+        "{comps:?}"
+    );
+}

@@ -384,7 +384,7 @@ async fn run_shard(plan: ShardPlan) -> Summary {
             sb.sinks.len(),
             config.outputs.len()
         )));
-        let _ = periods.send(ShardPeriod::Done);
+        let _ = periods.send(ShardPeriod::Done(sb.metrics.take_period()));
         return sb.metrics.snapshot();
     }
     let core = sb.core();
@@ -490,6 +490,6 @@ async fn run_shard(plan: ShardPlan) -> Summary {
         finish.notify();
         task.await;
     }
-    let _ = periods.send(ShardPeriod::Done);
+    let _ = periods.send(ShardPeriod::Done(core.metrics.take_period()));
     core.metrics.snapshot()
 }

@@ -20,9 +20,9 @@ pub(crate) enum ShardPeriod {
         seq: u64,
         period: Period,
     },
-    /// The shard has stopped. (Its timer task may never be dropped, so the reporter counts
-    /// these instead of waiting for every sender to go away.)
-    Done,
+    /// The shard has stopped, with its last, partial period. (Its timer task may never be
+    /// dropped, so the reporter counts these instead of waiting for every sender to go away.)
+    Done(Period),
 }
 
 /// Where merged periods go.
@@ -64,40 +64,54 @@ impl Reporter {
     }
 
     fn run(&mut self, rx: Receiver<ShardPeriod>) {
-        let mut pending: Vec<Vec<(usize, Period)>> = Vec::new();
-        let mut last_in = 0;
-        let mut last_out = 0;
-        let mut done = 0;
+        let mut pending: Vec<Vec<Period>> = Vec::new();
+        let mut finals: Vec<Period> = Vec::new();
+        let (mut last_in, mut last_out, mut emitted) = (0, 0, 0u64);
         for msg in rx {
-            let (shard, seq, period) = match msg {
-                ShardPeriod::Period { shard, seq, period } => (shard, seq, period),
-                ShardPeriod::Done => {
-                    done += 1;
-                    if done == self.shards {
-                        return;
+            let (seq, period) = match msg {
+                ShardPeriod::Period { shard, seq, period } => {
+                    debug_assert!(shard < self.shards);
+                    (seq, period)
+                }
+                ShardPeriod::Done(last) => {
+                    finals.push(last);
+                    if finals.len() < self.shards {
+                        continue;
                     }
-                    continue;
+                    // The stop cut the last period short on every shard: report what is left,
+                    // so every message counts in exactly one period.
+                    let mut merged = finals.remove(0);
+                    for p in &finals {
+                        absorb(&mut merged, p, true);
+                    }
+                    for p in pending.iter().flatten() {
+                        absorb(&mut merged, p, false);
+                    }
+                    let (din, dout) =
+                        (merged.messages_in - last_in, merged.messages_out - last_out);
+                    if din > 0 || dout > 0 || !merged.latency.is_empty() {
+                        self.emit(emitted + 1, &merged, din, dout);
+                    }
+                    return;
                 }
             };
             let idx = seq as usize;
             if pending.len() <= idx {
                 pending.resize_with(idx + 1, Vec::new);
             }
-            pending[idx].push((shard, period));
+            pending[idx].push(period);
             if pending[idx].len() < self.shards {
                 continue;
             }
             let parts = std::mem::take(&mut pending[idx]);
-            let mut merged = parts[0].1.clone();
-            for (_, part) in &parts[1..] {
-                let _ = merged.latency.add(&part.latency);
-                merged.messages_in += part.messages_in;
-                merged.messages_out += part.messages_out;
+            let mut merged = parts[0].clone();
+            for part in &parts[1..] {
+                absorb(&mut merged, part, true);
             }
             let (din, dout) = (merged.messages_in - last_in, merged.messages_out - last_out);
             (last_in, last_out) = (merged.messages_in, merged.messages_out);
-            self.emit(idx as u64 + 1, &merged, din, dout);
-            debug_assert!(parts.iter().all(|(shard, _)| *shard < self.shards));
+            emitted = idx as u64 + 1;
+            self.emit(emitted, &merged, din, dout);
         }
     }
 
@@ -131,7 +145,7 @@ impl Reporter {
                     "{{\"t_s\":{:.3},\"interval_s\":{:.3},\"messages_in\":{},\"messages_out\":{},",
                     "\"in_per_sec\":{:.1},\"out_per_sec\":{:.1},\"latency_ns\":{{\"p50\":{},",
                     "\"p99\":{},\"p99_9\":{},\"p99_99\":{},\"max\":{},\"samples\":{}}},",
-                    "\"latency_pow2_bins\":{{{}}}}}\n"
+                    "\"latency_pow2_bins\":{{{}}},\"computations\":{{{}}}}}\n"
                 ),
                 t,
                 secs,
@@ -145,7 +159,8 @@ impl Reporter {
                 q(0.9999),
                 h.max(),
                 h.len(),
-                bins.join(",")
+                bins.join(","),
+                computations(&p.computations)
             );
             if let Err(e) = f.write_all(line.as_bytes()) {
                 eprintln!("bettong: --metrics-json: {e}");
@@ -153,6 +168,43 @@ impl Reporter {
             }
         }
     }
+}
+
+/// Adds a shard's period to a merged one (with its counters when `counts`; they are running
+/// totals, so only periods of the same moment may be summed).
+fn absorb(into: &mut Period, p: &Period, counts: bool) {
+    let _ = into.latency.add(&p.latency);
+    if counts {
+        into.messages_in += p.messages_in;
+        into.messages_out += p.messages_out;
+    }
+    // Every shard registers the same computations in the same order.
+    for ((_, m), (_, h)) in into.computations.iter_mut().zip(&p.computations) {
+        let _ = m.add(h);
+    }
+}
+
+/// Per-computation time histograms as JSON members: `"name":{"samples":…,"p50":…,…}`.
+fn computations(list: &[(String, hdrhistogram::Histogram<u64>)]) -> String {
+    list.iter()
+        .map(|(name, h)| {
+            let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+            let bins: Vec<String> = power_of_two_bins(h)
+                .into_iter()
+                .map(|(i, n)| format!("\"{i}\":{n}"))
+                .collect();
+            format!(
+                "\"{}\":{{\"samples\":{},\"p50_ns\":{},\"p99_ns\":{},\"max_ns\":{},\"pow2_bins\":{{{}}}}}",
+                name.replace('"', "'"),
+                h.len(),
+                q(0.5),
+                q(0.99),
+                h.max(),
+                bins.join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The shard side: sends a period every `interval` for as long as the shard runs.
