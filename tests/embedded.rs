@@ -1,6 +1,8 @@
 //! Embedding: in-process sources and sinks, lifecycle, and Market Spread in-process giving the
 //! same results as over TCP.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use bettong::in_process::PushError;
 use bettong::runtime::config::EngineConfig;
 use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline, PolledSink};
+use common::{result_key, wait_finished, ResultKey};
 
 fn config(shards: usize) -> EngineConfig {
     EngineConfig {
@@ -22,30 +25,6 @@ fn config(shards: usize) -> EngineConfig {
         pin: false,
         ..EngineConfig::default()
     }
-}
-
-fn wait_finished(engine: &Engine, n: u64) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while engine.progress().finished < n {
-        assert!(Instant::now() < until, "engine did not finish {n} messages");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Every field but the timestamp, with floats as bits so results can go in a set.
-type ResultKey = (u8, u32, [u8; 6], [u8; 4], u64, u64, u64, u64);
-
-fn key(r: &OrderResult) -> ResultKey {
-    (
-        r.side,
-        r.account,
-        r.order_id,
-        r.symbol,
-        r.qty.to_bits(),
-        r.price.to_bits(),
-        r.bid.to_bits(),
-        r.offer.to_bits(),
-    )
 }
 
 /// Cuts a file of framed records into payloads.
@@ -152,7 +131,7 @@ fn over_tcp(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
     let bytes = reader.join().unwrap();
     records(&bytes)
         .into_iter()
-        .map(|p| key(&OrderResult::decode(p).unwrap()))
+        .map(|p| result_key(&OrderResult::decode(p).unwrap()))
         .collect()
 }
 
@@ -185,7 +164,7 @@ fn in_process(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
         let until = Instant::now() + Duration::from_secs(60);
         while (got.len() as u64) < data.expected {
             results.poll(|r| {
-                got.insert(key(&r));
+                got.insert(result_key(&r));
             });
             assert!(Instant::now() < until, "outputs did not arrive");
         }
@@ -193,7 +172,7 @@ fn in_process(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
     drop(pusher);
     let summary = engine.stop().unwrap();
     results.poll(|r| {
-        got.insert(key(&r));
+        got.insert(result_key(&r));
     });
     assert!(results.is_finished());
     assert_eq!(summary.messages_out, data.expected);

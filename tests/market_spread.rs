@@ -37,7 +37,7 @@ use bettong::tools::gen::{
     generate, read_expected, GenMarketSpreadArgs, INITIAL_NBBO_FILE, NBBO_FILE, ORDERS_FILE,
 };
 use bettong::Key;
-use common::{frame, summary_count, Engine, DEADLINE};
+use common::{frame, result_key, summary_count, Engine, ResultKey, DEADLINE};
 
 const TIME: [u8; 21] = *b"20160902-09:30:00.000";
 
@@ -63,23 +63,6 @@ fn payloads(bytes: &[u8]) -> Vec<&[u8]> {
         rest = &rest[4 + len..];
     }
     out
-}
-
-/// An OrderResult without its timestamp, which is the only field the model cannot predict.
-/// Floats are compared by their bits: the engine must pass them through untouched.
-type ResultKey = (u8, u32, [u8; 6], [u8; 4], u64, u64, u64, u64);
-
-fn result_key(r: &OrderResult) -> ResultKey {
-    (
-        r.side,
-        r.account,
-        r.order_id,
-        r.symbol,
-        r.qty.to_bits(),
-        r.price.to_bits(),
-        r.bid.to_bits(),
-        r.offer.to_bits(),
-    )
 }
 
 fn sorted_keys<'a>(results: impl IntoIterator<Item = &'a OrderResult>) -> Vec<ResultKey> {

@@ -2,16 +2,18 @@
 //! watches the whole process while 200,000 orders and NBBO updates flow through two shards
 //! (so rings are crossed) over real sockets.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use bettong::apps::market_spread;
 use bettong::runtime::config::EngineConfig;
 use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::Engine;
+use common::wait_finished;
 
 struct Counting;
 
@@ -37,14 +39,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn wait_finished(engine: &Engine, n: u64) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while engine.progress().finished < n {
-        assert!(Instant::now() < until, "engine did not finish {n} messages");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 #[test]
 fn market_spread_does_not_allocate_per_message() {

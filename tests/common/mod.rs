@@ -251,3 +251,30 @@ pub fn summary_count(stderr: &str, label: &str) -> u64 {
     }
     panic!("no `{label}` count in stderr:\n{stderr}")
 }
+
+/// Waits until an in-process engine has finished `n` messages (output or filtered).
+pub fn wait_finished(engine: &bettong::Engine, n: u64) {
+    let until = Instant::now() + DEADLINE;
+    while engine.progress().finished < n {
+        assert!(Instant::now() < until, "engine did not finish {n} messages");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An OrderResult without its timestamp, which is the only field a model cannot predict.
+/// Floats are compared by their bits: the engine must pass them through untouched.
+pub type ResultKey = (u8, u32, [u8; 6], [u8; 4], u64, u64, u64, u64);
+
+/// The [`ResultKey`] of an OrderResult.
+pub fn result_key(r: &bettong::apps::market_spread::OrderResult) -> ResultKey {
+    (
+        r.side,
+        r.account,
+        r.order_id,
+        r.symbol,
+        r.qty.to_bits(),
+        r.price.to_bits(),
+        r.bid.to_bits(),
+        r.offer.to_bits(),
+    )
+}
