@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bettong::apps::market_spread::{
+use bettong_apps::market_spread::{
     check, decode, pad_symbol, MarketMessage, Nbbo, Order, OrderResult, SymbolData,
     NBBO_PAYLOAD_LEN, ORDER_PAYLOAD_LEN,
 };

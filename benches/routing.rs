@@ -9,10 +9,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::hint::black_box;
 use std::time::Duration;
 
-use bettong::apps::market_spread::pad_symbol;
-use bettong::apps::word_count::split;
 use bettong::runtime::router::{hash_bytes, shard_for};
-use bettong::tools::bench::SAMPLE_TEXT;
+use bettong_apps::market_spread::pad_symbol;
+use bettong_apps::word_count::split;
+use bettong_giles::bench::SAMPLE_TEXT;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 

@@ -1,12 +1,12 @@
-//! Word Count's splitter (`bettong::apps::word_count::split`: lowercase, split on spaces, strip
+//! Word Count's splitter (`bettong_apps::word_count::split`: lowercase, split on spaces, strip
 //! punctuation, one `String` per word) on one line of the Bill of Rights and on the whole text.
 //! Throughput is in input bytes.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use bettong::apps::word_count::split;
-use bettong::tools::bench::SAMPLE_TEXT;
+use bettong_apps::word_count::split;
+use bettong_giles::bench::SAMPLE_TEXT;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn word_split(c: &mut Criterion) {

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bettong::apps::market_spread::{
-    decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order, OrderResult,
-};
 use bettong::metrics::{format_ns, now_ns};
 use bettong::runtime::config::{online_cores, EngineConfig, Poll};
-use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::units::parse_u64;
 use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline};
+use bettong_apps::market_spread::{
+    decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order, OrderResult,
+};
+use bettong_giles::gen::{self, GenMarketSpreadArgs};
 use clap::Parser;
 use hdrhistogram::Histogram;
 

@@ -12,8 +12,8 @@
 //! `bettong send --host 127.0.0.1:7000 --file amounts.txt --messages 1000`, and read the output
 //! with `bettong receive --listen 127.0.0.1:5555`.
 
-use bettong::runtime::config::EngineArgs;
 use bettong::{Application, DecodeError, Engine, Pipeline, TcpSink, TcpSource};
+use bettong_apps::cli::EngineArgs;
 use clap::Parser;
 
 /// One deposit: who and how much.

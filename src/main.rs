@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use bettong::runtime::config::EngineArgs;
-use bettong::tools::bench::{self, BenchArgs};
-use bettong::tools::gen::{self, GenMarketSpreadArgs};
-use bettong::tools::receiver::{self, ReceiveArgs};
-use bettong::tools::sender::{self, SendArgs};
 use bettong::{Application, Engine, StopHandle};
+use bettong_apps::cli::EngineArgs;
+use bettong_giles::bench::{self, BenchArgs};
+use bettong_giles::gen::{self, GenMarketSpreadArgs};
+use bettong_giles::receiver::{self, ReceiveArgs};
+use bettong_giles::sender::{self, SendArgs};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -72,9 +72,9 @@ enum GenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::WordCount(args) => run_app(bettong::apps::word_count::application(), &args),
-        Command::MarketSpread(args) => run_app(bettong::apps::market_spread::application(), &args),
-        Command::Passthrough(args) => run_app(bettong::apps::passthrough::application(), &args),
+        Command::WordCount(args) => run_app(bettong_apps::word_count::application(), &args),
+        Command::MarketSpread(args) => run_app(bettong_apps::market_spread::application(), &args),
+        Command::Passthrough(args) => run_app(bettong_apps::passthrough::application(), &args),
         Command::Gen {
             data: GenCommand::MarketSpread(args),
         } => gen_market_spread(&args),

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bettong::apps::market_spread::{
-    self, decode, spread_check, symbol_key, MarketMessage, OrderResult,
-};
 use bettong::in_process::PushError;
 use bettong::runtime::config::EngineConfig;
-use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline, PolledSink};
+use bettong_apps::market_spread::{
+    self, decode, spread_check, symbol_key, MarketMessage, OrderResult,
+};
+use bettong_giles::gen::{self, GenMarketSpreadArgs};
 use common::{result_key, wait_finished, ResultKey};
 
 fn config(shards: usize) -> EngineConfig {

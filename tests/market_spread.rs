@@ -28,15 +28,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bettong::apps::market_spread::{
+use bettong::runtime::router::shard_for;
+use bettong::Key;
+use bettong_apps::market_spread::{
     is_rejected_spread, wall_clock_ns, Nbbo, Order, OrderResult, NBBO_SOURCE, ORDERS_SOURCE,
     ORDER_RESULT_FRAME_LEN, ORDER_RESULT_PAYLOAD_LEN,
 };
-use bettong::runtime::router::shard_for;
-use bettong::tools::gen::{
+use bettong_giles::gen::{
     generate, read_expected, GenMarketSpreadArgs, INITIAL_NBBO_FILE, NBBO_FILE, ORDERS_FILE,
 };
-use bettong::Key;
 use common::{frame, result_key, summary_count, Engine, ResultKey, DEADLINE};
 
 const TIME: [u8; 21] = *b"20160902-09:30:00.000";

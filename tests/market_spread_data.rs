@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use bettong::apps::market_spread::{
+use bettong_apps::market_spread::{
     check, decode, is_rejected_spread, symbol_key, MarketMessage, Nbbo, SymbolData,
 };
-use bettong::tools::gen::{
+use bettong_giles::gen::{
     generate, read_expected, GenMarketSpreadArgs, EXPECTED_FILE, INITIAL_NBBO_FILE, NBBO_FILE,
     ORDERS_FILE, SYMBOLS_FILE,
 };
@@ -146,7 +146,7 @@ fn wallaroo_350_leaves_15_symbols_rejected() {
 
     // Orders on those symbols, and only those, produce output carrying the symbol's NBBO.
     for n in &records {
-        let order = bettong::apps::market_spread::Order::new(
+        let order = bettong_apps::market_spread::Order::new(
             1,
             1,
             *b"000001",

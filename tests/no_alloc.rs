@@ -9,10 +9,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bettong::apps::market_spread;
 use bettong::runtime::config::EngineConfig;
-use bettong::tools::gen::{self, GenMarketSpreadArgs};
 use bettong::Engine;
+use bettong_apps::market_spread;
+use bettong_giles::gen::{self, GenMarketSpreadArgs};
 use common::wait_finished;
 
 struct Counting;

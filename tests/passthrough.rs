@@ -6,8 +6,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use bettong::tools::bench::{self, BenchArgs};
-use bettong::tools::relay::Relay;
+use bettong_giles::bench::{self, BenchArgs};
+use bettong_giles::relay::Relay;
 use common::{frame, send, summary_count, Engine, Sink};
 
 /// Splits a byte stream into frame payloads; panics if it does not end on a frame boundary.

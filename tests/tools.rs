@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bettong::tools::receiver::{self, ReceiveArgs, ReceiveReport, Receiver};
-use bettong::tools::sender::{self, SendArgs, SendReport};
+use bettong_giles::receiver::{self, ReceiveArgs, ReceiveReport, Receiver};
+use bettong_giles::sender::{self, SendArgs, SendReport};
 use clap::{CommandFactory, Parser};
 
 #[derive(Parser, Debug)]

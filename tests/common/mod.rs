@@ -266,7 +266,7 @@ pub fn wait_finished(engine: &bettong::Engine, n: u64) {
 pub type ResultKey = (u8, u32, [u8; 6], [u8; 4], u64, u64, u64, u64);
 
 /// The [`ResultKey`] of an OrderResult.
-pub fn result_key(r: &bettong::apps::market_spread::OrderResult) -> ResultKey {
+pub fn result_key(r: &bettong_apps::market_spread::OrderResult) -> ResultKey {
     (
         r.side,
         r.account,

@@ -17,7 +17,7 @@
 //! frame: one read and one write per chunk, as a fair baseline must be.
 //!
 //! ```
-//! use bettong::tools::relay::Relay;
+//! use bettong_giles::relay::Relay;
 //! use std::io::{Read, Write};
 //!
 //! let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::codec::scan_frames;
+use bettong::codec::scan_frames;
 
 /// Bytes asked of the kernel per read: the engine source's read size, so the two compare.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -56,7 +56,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a relay did, returned by [`Relay::join`].
 ///
 /// ```
-/// let r = bettong::tools::relay::RelayReport::default();
+/// let r = bettong_giles::relay::RelayReport::default();
 /// assert_eq!(r.frames_out, 0);
 /// ```
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

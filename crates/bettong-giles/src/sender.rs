@@ -37,7 +37,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::units::{parse_duration, parse_u64, parse_usize};
+use bettong::units::{parse_duration, parse_u64, parse_usize};
 
 /// Messages per batch when `--batch-size` is not given (giles' default).
 pub const DEFAULT_BATCH_SIZE: usize = 500;
@@ -69,7 +69,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Built by clap from a command line, or directly with [`SendArgs::new`]:
 ///
 /// ```
-/// use bettong::tools::sender::SendArgs;
+/// use bettong_giles::sender::SendArgs;
 /// let mut args = SendArgs::new("127.0.0.1:7000", 1_000_000);
 /// args.batch_size = 1000;
 /// args.no_write = true;
@@ -328,7 +328,7 @@ impl std::fmt::Display for SendReport {
 /// address of each is used.
 ///
 /// ```
-/// use bettong::tools::sender::parse_hosts;
+/// use bettong_giles::sender::parse_hosts;
 /// let addrs = parse_hosts("127.0.0.1:7000, 127.0.0.1:7001").unwrap();
 /// assert_eq!(addrs.len(), 2);
 /// assert_eq!(addrs[1].port(), 7001);
@@ -371,7 +371,7 @@ fn connect_all(addrs: &[SocketAddr]) -> Result<Vec<TcpStream>, String> {
 /// is malformed, or a connection breaks.
 ///
 /// ```no_run
-/// use bettong::tools::sender::{run, SendArgs};
+/// use bettong_giles::sender::{run, SendArgs};
 /// let mut args = SendArgs::new("127.0.0.1:7000", 10_000);
 /// args.no_write = true;
 /// let report = run(&args).expect("send");

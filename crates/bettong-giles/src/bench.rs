@@ -7,7 +7,7 @@
 //! is how latency is measured at a known load; see [`pacing`].
 //!
 //! `bench relay` runs the same sender and receiver code around the engine-free
-//! [`Relay`](crate::tools::relay::Relay) instead of the engine, and reports the same JSON object:
+//! [`Relay`](crate::relay::Relay) instead of the engine, and reports the same JSON object:
 //! it is the baseline that `bench passthrough` (and the `perf/` harness) is compared with.
 
 use std::io::Write;
@@ -15,23 +15,23 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::apps::{passthrough, word_count};
-use crate::metrics::{format_ns, Summary};
-use crate::pipeline::Application;
-use crate::runtime::config::{online_cores, CoreList, EngineConfig, Poll};
-use crate::runtime::Engine;
-use crate::tools::receiver::{ReceiveArgs, ReceiveReport, Receiver};
-use crate::tools::relay::Relay;
-use crate::tools::sender::{self, SendArgs};
-use crate::units::{parse_u64, parse_usize};
+use crate::receiver::{ReceiveArgs, ReceiveReport, Receiver};
+use crate::relay::Relay;
+use crate::sender::{self, SendArgs};
+use bettong::metrics::{format_ns, Summary};
+use bettong::runtime::config::{online_cores, CoreList, EngineConfig, Poll};
+use bettong::units::{parse_u64, parse_usize};
+use bettong::Application;
+use bettong::Engine;
+use bettong_apps::{passthrough, word_count};
 
 /// The sample text `bench word-count` sends: the US Bill of Rights, Wallaroo's word-count data.
-pub const SAMPLE_TEXT: &str = include_str!("../apps/bill_of_rights.txt");
+pub const SAMPLE_TEXT: &str = bettong_apps::word_count::BILL_OF_RIGHTS;
 
 /// Flags shared by every `bench` command.
 ///
 /// ```
-/// use bettong::tools::bench::BenchArgs;
+/// use bettong_giles::bench::BenchArgs;
 /// let mut args = BenchArgs::new(100_000);
 /// args.shards = Some(1);
 /// args.rate = Some(50_000); // paced: 5 messages every 100 µs
@@ -165,7 +165,7 @@ impl BenchReport {
     /// `latency_ns` with `p50`, `p99`, `p99_9`, `p99_99`, `max` (all 0 for the relay).
     ///
     /// ```
-    /// use bettong::tools::bench::BenchReport;
+    /// use bettong_giles::bench::BenchReport;
     /// let r = BenchReport {
     ///     app: "relay".into(), shards: 0, messages_in: 5, messages_out: 5, expected_out: 5,
     ///     seconds: 0.5, msgs_per_sec: 10.0, offered_rate: None, summary: Default::default(),
@@ -250,7 +250,7 @@ impl std::fmt::Display for BenchReport {
 /// read with it in mind.
 ///
 /// ```
-/// use bettong::tools::bench::pacing;
+/// use bettong_giles::bench::pacing;
 /// assert_eq!(pacing(1_000_000), (100, 100_000));
 /// assert_eq!(pacing(15_000), (1, 66_666));
 /// assert_eq!(pacing(10), (1, 100_000_000));
@@ -611,8 +611,8 @@ fn print_top_words(path: &Path, top: usize) -> Result<(), String> {
 /// (half of `--messages` each) on two connections (or two groups of `--connections`), and
 /// checks the OrderResult count.
 pub fn market_spread(args: &BenchArgs) -> Result<BenchReport, String> {
-    use crate::apps::market_spread::{NBBO_SOURCE, ORDERS_SOURCE};
-    use crate::tools::gen::{self, GenMarketSpreadArgs};
+    use crate::gen::{self, GenMarketSpreadArgs};
+    use bettong_apps::market_spread::{NBBO_SOURCE, ORDERS_SOURCE};
     let dir = TempDir::new("bench-ms")?;
     let mut g = GenMarketSpreadArgs::new(&dir.0);
     g.nbbo = args.messages / 2;
@@ -646,7 +646,7 @@ pub fn market_spread(args: &BenchArgs) -> Result<BenchReport, String> {
         },
     ];
     let (report, _) = run(
-        Target::Engine(crate::apps::market_spread::application()),
+        Target::Engine(bettong_apps::market_spread::application()),
         args,
         receive,
         Some(prime),

@@ -29,14 +29,12 @@
 
 #![warn(missing_docs)]
 
-pub mod apps;
 pub mod codec;
 pub mod in_process;
 pub mod metrics;
 pub(crate) mod net;
 pub mod pipeline;
 pub mod runtime;
-pub mod tools;
 pub mod units;
 
 pub use codec::{DecodeError, Decoder, Encoder};

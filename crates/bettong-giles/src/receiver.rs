@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::codec::scan_frames;
-use crate::units::{parse_u64, parse_usize};
+use bettong::codec::scan_frames;
+use bettong::units::{parse_u64, parse_usize};
 
 /// Largest frame accepted when `--max-frame` is not given (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16_777_216;
@@ -52,7 +52,7 @@ const IDLE_FLUSH_MS: libc::c_int = 200;
 /// [`ReceiveArgs::new`]:
 ///
 /// ```
-/// use bettong::tools::receiver::ReceiveArgs;
+/// use bettong_giles::receiver::ReceiveArgs;
 /// let mut args = ReceiveArgs::new("127.0.0.1:0");
 /// args.framed = true;
 /// args.no_write = true;
@@ -189,7 +189,7 @@ impl std::fmt::Display for ReceiveReport {
 /// for the caller to print (on stderr when [`ReceiveArgs::data_to_stdout`]).
 ///
 /// ```no_run
-/// use bettong::tools::receiver::{run, ReceiveArgs};
+/// use bettong_giles::receiver::{run, ReceiveArgs};
 /// let mut args = ReceiveArgs::new("127.0.0.1:5555");
 /// args.framed = true;
 /// args.no_write = true;
@@ -217,7 +217,7 @@ pub fn run(args: &ReceiveArgs) -> Result<ReceiveReport, String> {
 /// thread. It stops on `--expect` or through a [`StopHandle`].
 ///
 /// ```
-/// use bettong::tools::receiver::{ReceiveArgs, Receiver};
+/// use bettong_giles::receiver::{ReceiveArgs, Receiver};
 /// use std::io::Write;
 ///
 /// let mut args = ReceiveArgs::new("127.0.0.1:0");
@@ -866,7 +866,7 @@ fn deliver_raw(data: &[u8], all: bool, expect: Option<u64>, shared: &Shared) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::write_frame;
+    use bettong::codec::write_frame;
 
     #[test]
     fn frames_are_written_as_lines_or_timestamped_records() {

@@ -8,7 +8,7 @@
 //! connection it arrived on; the sink writes it back as `[u32 BE len][payload]`.
 //!
 //! ```
-//! use bettong::apps::passthrough::{decode, encode};
+//! use bettong_apps::passthrough::{decode, encode};
 //! let frame = decode(b"hello").unwrap();
 //! let mut out = Vec::new();
 //! encode(&frame, &mut out);
@@ -17,8 +17,8 @@
 
 use std::fmt;
 
-use crate::codec::{write_frame, DecodeError};
-use crate::pipeline::{Application, Pipeline, TcpSink, TcpSource};
+use bettong::codec::{write_frame, DecodeError};
+use bettong::{Application, Pipeline, TcpSink, TcpSource};
 
 /// The application's only source.
 pub const SOURCE: &str = "Frames";
@@ -31,7 +31,7 @@ pub const MAX_PAYLOAD: usize = 64;
 /// allocation.
 ///
 /// ```
-/// use bettong::apps::passthrough::Frame;
+/// use bettong_apps::passthrough::Frame;
 /// let f = Frame::new(b"abc").unwrap();
 /// assert_eq!(f.payload(), b"abc");
 /// assert!(Frame::new(&[0u8; 65]).is_err());
@@ -84,7 +84,7 @@ impl fmt::Debug for Frame {
 /// Decodes a payload into a [`Frame`].
 ///
 /// ```
-/// use bettong::apps::passthrough::decode;
+/// use bettong_apps::passthrough::decode;
 /// assert_eq!(decode(b"").unwrap().payload(), b"");
 /// let err = decode(&[7u8; 100]).unwrap_err();
 /// assert_eq!(err.to_string(), "passthrough carries frames of at most 64 bytes");
@@ -96,7 +96,7 @@ pub fn decode(payload: &[u8]) -> Result<Frame, DecodeError> {
 /// Writes the frame back as `[u32 BE len][payload]`, exactly as it arrived.
 ///
 /// ```
-/// use bettong::apps::passthrough::{encode, Frame};
+/// use bettong_apps::passthrough::{encode, Frame};
 /// let mut out = Vec::new();
 /// encode(&Frame::new(b"hi").unwrap(), &mut out);
 /// assert_eq!(out, [0, 0, 0, 2, b'h', b'i']);
@@ -108,7 +108,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
 /// The passthrough application: source "Frames" straight to the sink.
 ///
 /// ```
-/// let app = bettong::apps::passthrough::application();
+/// let app = bettong_apps::passthrough::application();
 /// assert_eq!(app.source_names(), ["Frames"]);
 /// ```
 pub fn application() -> Application {

@@ -5,8 +5,11 @@
 //! strip space and ASCII punctuation from both ends, split on single spaces, strip the same
 //! characters from each piece. Unlike the Python example, empty pieces are skipped.
 
-use crate::codec::DecodeError;
-use crate::pipeline::{Application, Pipeline, TcpSink, TcpSource};
+use bettong::codec::DecodeError;
+use bettong::{Application, Pipeline, TcpSink, TcpSource};
+
+/// The Bill of Rights, Wallaroo's word-count text: one line per message in `bench word-count`.
+pub const BILL_OF_RIGHTS: &str = include_str!("bill_of_rights.txt");
 
 /// The application's only source.
 pub const SOURCE: &str = "Text";
@@ -37,7 +40,7 @@ pub struct WordCount {
 /// Decodes a frame as UTF-8 text.
 ///
 /// ```
-/// use bettong::apps::word_count::decode;
+/// use bettong_apps::word_count::decode;
 /// assert_eq!(decode(b"Hello").unwrap(), "Hello");
 /// assert!(decode(&[0xff, 0xfe]).is_err());
 /// ```
@@ -50,7 +53,7 @@ pub fn decode(payload: &[u8]) -> Result<String, DecodeError> {
 /// Splits text into words by the rules above.
 ///
 /// ```
-/// use bettong::apps::word_count::split;
+/// use bettong_apps::word_count::split;
 /// assert_eq!(split("The cat's  hat!\n(\"Don't\")"), ["the", "cat's", "hat", "don't"]);
 /// ```
 pub fn split(text: &str) -> Vec<String> {
@@ -70,7 +73,7 @@ pub fn split(text: &str) -> Vec<String> {
 /// Writes `word => count\n`.
 ///
 /// ```
-/// use bettong::apps::word_count::{encode, WordCount};
+/// use bettong_apps::word_count::{encode, WordCount};
 /// let mut out = Vec::new();
 /// encode(&WordCount { word: "rights".into(), count: 3 }, &mut out);
 /// assert_eq!(out, b"rights => 3\n");
@@ -96,7 +99,7 @@ pub fn encode(wc: &WordCount, out: &mut Vec<u8>) {
 /// The word count application.
 ///
 /// ```
-/// let app = bettong::apps::word_count::application();
+/// let app = bettong_apps::word_count::application();
 /// assert_eq!(app.source_names(), ["Text"]);
 /// ```
 pub fn application() -> Application {

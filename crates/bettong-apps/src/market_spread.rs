@@ -17,7 +17,7 @@
 //! between cores by value.
 //!
 //! ```
-//! use bettong::apps::market_spread::{check, decode, pad_symbol, Nbbo, Order, SymbolData};
+//! use bettong_apps::market_spread::{check, decode, pad_symbol, Nbbo, Order, SymbolData};
 //!
 //! let time = *b"20160902-15:47:52.000";
 //! let mut wire = Vec::new();
@@ -28,7 +28,7 @@
 //! // The NBBO's spread is narrow, so the order that follows is accepted and produces nothing.
 //! assert!(check(decode(&wire[4..46])?, &mut state, 0).is_none());
 //! assert!(check(decode(&wire[50..])?, &mut state, 0).is_none());
-//! # Ok::<(), bettong::apps::market_spread::FixishError>(())
+//! # Ok::<(), bettong_apps::market_spread::FixishError>(())
 //! ```
 
 use std::fmt;
@@ -36,8 +36,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::codec::DecodeError;
-use crate::pipeline::{Application, Pipeline, TcpSink, TcpSource};
+use bettong::codec::DecodeError;
+use bettong::{Application, Pipeline, TcpSink, TcpSource};
 
 /// Fix type byte of an order message.
 pub const ORDER_TYPE: u8 = 1;
@@ -110,7 +110,7 @@ impl std::error::Error for FixishError {}
 /// [`try_pad_symbol`] where that truncation would silently merge two symbols into one key.
 ///
 /// ```
-/// use bettong::apps::market_spread::pad_symbol;
+/// use bettong_apps::market_spread::pad_symbol;
 /// assert_eq!(&pad_symbol("GE"), b"  GE");
 /// assert_eq!(&pad_symbol("GOOGL"), b"GOOG");
 /// ```
@@ -125,7 +125,7 @@ pub fn pad_symbol(symbol: &str) -> [u8; 4] {
 /// Like [`pad_symbol`], but a symbol longer than 4 bytes is an error instead of being cut.
 ///
 /// ```
-/// use bettong::apps::market_spread::try_pad_symbol;
+/// use bettong_apps::market_spread::try_pad_symbol;
 /// assert_eq!(try_pad_symbol("F").ok(), Some(*b"   F"));
 /// assert!(try_pad_symbol("GOOGL").is_err());
 /// ```
@@ -143,7 +143,7 @@ pub fn try_pad_symbol(symbol: &str) -> Result<[u8; 4], FixishError> {
 /// exactly as in Wallaroo.
 ///
 /// ```
-/// use bettong::apps::market_spread::is_rejected_spread;
+/// use bettong_apps::market_spread::is_rejected_spread;
 /// assert!(is_rejected_spread(10.00, 10.05)); // absolute spread 0.05
 /// assert!(is_rejected_spread(0.50, 0.53)); // 0.03 wide, but 5.8% of the mid price
 /// assert!(!is_rejected_spread(10.00, 10.03));
@@ -158,7 +158,7 @@ pub fn is_rejected_spread(bid: f64, offer: f64) -> bool {
 /// puts in every [`OrderResult`]. A clock set before 1970 reads as 0 rather than failing.
 ///
 /// ```
-/// assert!(bettong::apps::market_spread::wall_clock_ns() > 1_500_000_000_000_000_000);
+/// assert!(bettong_apps::market_spread::wall_clock_ns() > 1_500_000_000_000_000_000);
 /// ```
 pub fn wall_clock_ns() -> u64 {
     SystemTime::now()
@@ -185,12 +185,12 @@ fn check_len(kind: &'static str, payload: &[u8], expected: usize) -> Result<(), 
 /// 16:f64 qty | 24:f64 price | 32:[u8;21] transact time`.
 ///
 /// ```
-/// use bettong::apps::market_spread::{pad_symbol, Order};
+/// use bettong_apps::market_spread::{pad_symbol, Order};
 /// let order = Order::new(2, 7, *b"abc123", pad_symbol("F"), 650.0, 12.5, *b"20160902-15:47:52.000");
 /// let view = Order::from_payload(bytemuck::bytes_of(&order))?;
 /// assert_eq!((view.side(), view.account(), view.symbol()), (2, 7, b"   F"));
 /// assert_eq!((view.qty(), view.price()), (650.0, 12.5));
-/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// # Ok::<(), bettong_apps::market_spread::FixishError>(())
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -210,11 +210,11 @@ pub struct Order {
 /// Layout: `0:u8 type=2 | 1:[u8;4] symbol | 5:[u8;21] transact time | 26:f64 bid | 34:f64 offer`.
 ///
 /// ```
-/// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+/// use bettong_apps::market_spread::{pad_symbol, Nbbo};
 /// let nbbo = Nbbo::new(pad_symbol("INSM"), *b"20160902-15:47:52.000", 19.6505, 19.7136);
 /// let view = Nbbo::from_payload(bytemuck::bytes_of(&nbbo))?;
 /// assert_eq!((view.symbol(), view.bid(), view.offer()), (b"INSM", 19.6505, 19.7136));
-/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// # Ok::<(), bettong_apps::market_spread::FixishError>(())
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -236,7 +236,7 @@ impl Order {
     /// Builds an order from its fields (for generators and tests; the engine only decodes).
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Order};
+    /// use bettong_apps::market_spread::{pad_symbol, Order};
     /// let o = Order::new(1, 300, *b"Zz9Yy8", pad_symbol("GE"), 10.0, 25.5, *b"20160902-09:30:00.000");
     /// assert_eq!(o.order_id(), b"Zz9Yy8");
     /// ```
@@ -264,7 +264,7 @@ impl Order {
     /// Views a 53-byte payload whose type byte is 1 as an order, without copying it.
     ///
     /// ```
-    /// use bettong::apps::market_spread::Order;
+    /// use bettong_apps::market_spread::Order;
     /// assert!(Order::from_payload(&[1; 52]).is_err());
     /// ```
     pub fn from_payload(payload: &[u8]) -> Result<&Order, FixishError> {
@@ -289,7 +289,7 @@ impl Order {
     /// Appends the framed order (`[u32 BE 53]` + payload, 57 bytes) to `buf`.
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Order};
+    /// use bettong_apps::market_spread::{pad_symbol, Order};
     /// let mut buf = Vec::new();
     /// Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 1.0, [b'0'; 21]).encode_framed(&mut buf);
     /// assert_eq!(buf.len(), 57);
@@ -357,7 +357,7 @@ impl Nbbo {
     /// Builds an NBBO update from its fields (for generators and tests).
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+    /// use bettong_apps::market_spread::{pad_symbol, Nbbo};
     /// let n = Nbbo::new(pad_symbol("GE"), *b"20160902-09:30:00.000", 30.0, 30.02);
     /// assert_eq!(n.offer(), 30.02);
     /// ```
@@ -379,7 +379,7 @@ impl Nbbo {
     /// Views a 42-byte payload whose type byte is 2 as an NBBO update, without copying it.
     ///
     /// ```
-    /// use bettong::apps::market_spread::Nbbo;
+    /// use bettong_apps::market_spread::Nbbo;
     /// assert!(Nbbo::from_payload(&[2; 42]).is_ok());
     /// assert!(Nbbo::from_payload(&[1; 42]).is_err());
     /// ```
@@ -405,7 +405,7 @@ impl Nbbo {
     /// Appends the framed update (`[u32 BE 42]` + payload, 46 bytes) to `buf`.
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Nbbo};
+    /// use bettong_apps::market_spread::{pad_symbol, Nbbo};
     /// let mut buf = Vec::new();
     /// Nbbo::new(pad_symbol("GE"), [b'0'; 21], 1.0, 1.01).encode_framed(&mut buf);
     /// assert_eq!(buf.len(), 46);
@@ -459,7 +459,7 @@ impl fmt::Debug for Nbbo {
 /// One input of the merged Market Spread stream: what the "Orders" and "Nbbo" sources decode to.
 ///
 /// ```
-/// use bettong::apps::market_spread::{pad_symbol, symbol_key, MarketMessage, Nbbo};
+/// use bettong_apps::market_spread::{pad_symbol, symbol_key, MarketMessage, Nbbo};
 /// let msg = MarketMessage::from(Nbbo::new(pad_symbol("GE"), [b'0'; 21], 1.0, 1.01));
 /// assert_eq!(symbol_key(&msg), b"  GE");
 /// ```
@@ -498,7 +498,7 @@ impl MarketMessage {
 /// Type byte 1 needs exactly 53 bytes and 2 exactly 42; anything else is an error.
 ///
 /// ```
-/// use bettong::apps::market_spread::{decode, FixishError, MarketMessage};
+/// use bettong_apps::market_spread::{decode, FixishError, MarketMessage};
 /// assert!(matches!(decode(&[2; 42]), Ok(MarketMessage::Nbbo(_))));
 /// assert_eq!(decode(&[]), Err(FixishError::Empty));
 /// assert_eq!(decode(&[3; 42]), Err(FixishError::UnknownType(3)));
@@ -515,12 +515,12 @@ pub fn decode(payload: &[u8]) -> Result<MarketMessage, FixishError> {
 /// The key of a message: its raw 4 symbol bytes, leading spaces included.
 ///
 /// ```
-/// use bettong::apps::market_spread::{decode, symbol_key};
+/// use bettong_apps::market_spread::{decode, symbol_key};
 /// let mut payload = [0u8; 42];
 /// payload[0] = 2;
 /// payload[1..5].copy_from_slice(b"   F");
 /// assert_eq!(symbol_key(&decode(&payload)?), b"   F");
-/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// # Ok::<(), bettong_apps::market_spread::FixishError>(())
 /// ```
 pub fn symbol_key(msg: &MarketMessage) -> &[u8; 4] {
     msg.symbol()
@@ -532,7 +532,7 @@ pub fn symbol_key(msg: &MarketMessage) -> &[u8; 4] {
 /// produces an [`OrderResult`], which is why runs send the initial NBBO file first.
 ///
 /// ```
-/// use bettong::apps::market_spread::SymbolData;
+/// use bettong_apps::market_spread::SymbolData;
 /// let s = SymbolData::default();
 /// assert!(s.should_reject_trades);
 /// assert_eq!((s.last_bid, s.last_offer), (0.0, 0.0));
@@ -561,7 +561,7 @@ impl SymbolData {
     /// Applies an NBBO update: stores its bid and offer and whether the spread is too wide.
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Nbbo, SymbolData};
+    /// use bettong_apps::market_spread::{pad_symbol, Nbbo, SymbolData};
     /// let mut s = SymbolData::default();
     /// s.update_nbbo(&Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01));
     /// assert!(!s.should_reject_trades);
@@ -577,7 +577,7 @@ impl SymbolData {
     /// nothing. The order's own price, side and quantity take no part in the decision.
     ///
     /// ```
-    /// use bettong::apps::market_spread::{pad_symbol, Order, SymbolData};
+    /// use bettong_apps::market_spread::{pad_symbol, Order, SymbolData};
     /// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
     /// let out = SymbolData::default().check_order(&order, 7);
     /// assert_eq!(out.map(|r| r.timestamp), Some(7));
@@ -602,7 +602,7 @@ impl SymbolData {
 /// passes [`wall_clock_ns`], as Wallaroo does.
 ///
 /// ```
-/// use bettong::apps::market_spread::{check, pad_symbol, Nbbo, Order, SymbolData};
+/// use bettong_apps::market_spread::{check, pad_symbol, Nbbo, Order, SymbolData};
 /// let mut state = SymbolData::default();
 /// let wide = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.10);
 /// assert!(check(wide.into(), &mut state, 1).is_none());
@@ -619,7 +619,7 @@ pub fn check(msg: MarketMessage, state: &mut SymbolData, now_ns: u64) -> Option<
 /// the input, never read the clock.
 ///
 /// ```
-/// use bettong::apps::market_spread::{check_now, pad_symbol, wall_clock_ns, Order, SymbolData};
+/// use bettong_apps::market_spread::{check_now, pad_symbol, wall_clock_ns, Order, SymbolData};
 /// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// let before = wall_clock_ns();
 /// let out = check_now(order.into(), &mut SymbolData::default()).expect("no NBBO yet: rejected");
@@ -655,7 +655,7 @@ pub const APP_NAME: &str = "market spread";
 /// which source refused what.
 ///
 /// ```
-/// use bettong::apps::market_spread::{decode_order, pad_symbol, MarketMessage, Nbbo, Order};
+/// use bettong_apps::market_spread::{decode_order, pad_symbol, MarketMessage, Nbbo, Order};
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// assert_eq!(decode_order(order.as_bytes()), Ok(MarketMessage::Order(order)));
 ///
@@ -681,7 +681,7 @@ pub fn decode_order(payload: &[u8]) -> Result<MarketMessage, DecodeError> {
 /// [`MarketMessage::Nbbo`]. Anything else, an order included, is a [`DecodeError`].
 ///
 /// ```
-/// use bettong::apps::market_spread::{decode_nbbo, pad_symbol, MarketMessage, Nbbo, Order};
+/// use bettong_apps::market_spread::{decode_nbbo, pad_symbol, MarketMessage, Nbbo, Order};
 /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
 /// assert_eq!(decode_nbbo(nbbo.as_bytes()), Ok(MarketMessage::Nbbo(nbbo)));
 ///
@@ -717,7 +717,7 @@ fn refused(source: &str, kind: &str, fix_type: u8, e: FixishError) -> DecodeErro
 /// The sink's encoder: each [`OrderResult`] as its 59-byte frame.
 ///
 /// ```
-/// use bettong::apps::market_spread::{encode, pad_symbol, Order, OrderResult};
+/// use bettong_apps::market_spread::{encode, pad_symbol, Order, OrderResult};
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// let mut out = Vec::new();
 /// encode(&OrderResult::new(&order, 29.0, 31.0, 5), &mut out);
@@ -736,7 +736,7 @@ pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
 /// NBBO must have been processed before orders are sent.
 ///
 /// ```
-/// let app = bettong::apps::market_spread::application();
+/// let app = bettong_apps::market_spread::application();
 /// assert_eq!(app.name(), "market spread");
 /// assert_eq!(app.source_names(), ["Orders", "Nbbo"]);
 /// ```
@@ -754,7 +754,7 @@ pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
 ///     (Some("Nbbo".into()), "127.0.0.1:7001".parse().unwrap()),
 /// ];
 /// config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
-/// let engine = Engine::start(bettong::apps::market_spread::application(), config)?;
+/// let engine = Engine::start(bettong_apps::market_spread::application(), config)?;
 /// engine.stop_handle().stop();
 /// eprintln!("{}", engine.join()?);
 /// # Ok::<(), String>(())
@@ -772,7 +772,7 @@ pub fn application() -> Application {
 /// `examples/embedded_spread_check.rs`).
 ///
 /// ```
-/// use bettong::apps::market_spread::{spread_check, symbol_key, MarketMessage, OrderResult};
+/// use bettong_apps::market_spread::{spread_check, symbol_key, MarketMessage, OrderResult};
 /// use bettong::{Application, InProcessSource, Pipeline, PolledSink};
 /// let market = InProcessSource::new(symbol_key);
 /// let (sink, _results) = PolledSink::<OrderResult>::new(1024);
@@ -792,14 +792,14 @@ pub fn spread_check(market: Pipeline<MarketMessage>) -> Pipeline<OrderResult> {
 /// [f64 bid][f64 offer][u64 timestamp]`, 59 bytes, all big-endian (Wallaroo's Pony encoder).
 ///
 /// ```
-/// use bettong::apps::market_spread::{pad_symbol, Order, OrderResult};
+/// use bettong_apps::market_spread::{pad_symbol, Order, OrderResult};
 /// let order = Order::new(2, 9, *b"q1w2e3", pad_symbol("GE"), 20.0, 30.0, [b'0'; 21]);
 /// let result = OrderResult::new(&order, 29.9, 30.1, 123);
 /// let mut buf = Vec::new();
 /// result.encode_into(&mut buf);
 /// assert_eq!(buf.len(), 59);
 /// assert_eq!(OrderResult::decode(&buf[4..])?, result);
-/// # Ok::<(), bettong::apps::market_spread::FixishError>(())
+/// # Ok::<(), bettong_apps::market_spread::FixishError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OrderResult {
@@ -885,7 +885,7 @@ impl OrderResult {
     /// Decodes a result from its 55-byte frame payload (the frame without its length header).
     ///
     /// ```
-    /// use bettong::apps::market_spread::OrderResult;
+    /// use bettong_apps::market_spread::OrderResult;
     /// assert!(OrderResult::decode(&[0; 54]).is_err());
     /// ```
     pub fn decode(frame_payload: &[u8]) -> Result<OrderResult, FixishError> {

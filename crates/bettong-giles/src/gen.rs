@@ -29,8 +29,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::apps::market_spread::{Nbbo, Order, TRANSACT_TIME_LEN};
-use crate::units::{parse_u64, parse_usize};
+use bettong::units::{parse_u64, parse_usize};
+use bettong_apps::market_spread::{Nbbo, Order, TRANSACT_TIME_LEN};
 
 /// File name of the initial NBBO records (one per symbol).
 pub const INITIAL_NBBO_FILE: &str = "initial-nbbo.msg";
@@ -55,7 +55,7 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Arguments of `bettong gen market-spread`.
 ///
 /// ```
-/// use bettong::tools::gen::GenMarketSpreadArgs;
+/// use bettong_giles::gen::GenMarketSpreadArgs;
 /// let args = GenMarketSpreadArgs::new("/tmp/ms-data");
 /// assert_eq!((args.symbols, args.rejected, args.orders), (350, 15, 1_000_000));
 /// ```
@@ -120,7 +120,7 @@ impl GenMarketSpreadArgs {
     /// output path.
     ///
     /// ```
-    /// use bettong::tools::gen::GenMarketSpreadArgs;
+    /// use bettong_giles::gen::GenMarketSpreadArgs;
     /// let mut args = GenMarketSpreadArgs::new("/tmp/x");
     /// assert_eq!(args.rejected_order_count(), 14);
     /// args.orders = 10;
@@ -212,7 +212,7 @@ impl fmt::Display for GenSummary {
 /// Writes the Market Spread data set described by `args` (see the module documentation).
 ///
 /// ```
-/// use bettong::tools::gen::{generate, read_expected, GenMarketSpreadArgs};
+/// use bettong_giles::gen::{generate, read_expected, GenMarketSpreadArgs};
 /// let dir = std::env::temp_dir().join(format!("bettong-gen-doc-{}", std::process::id()));
 /// let mut args = GenMarketSpreadArgs::new(&dir);
 /// (args.orders, args.nbbo) = (1_000, 1_000);
@@ -330,7 +330,7 @@ pub fn generate(args: &GenMarketSpreadArgs) -> Result<GenSummary, String> {
 /// Reads `expected_out` back from `expected.txt` in `dir` (or from `dir` itself if it is a file).
 ///
 /// ```no_run
-/// let n = bettong::tools::gen::read_expected("data/market-spread")?;
+/// let n = bettong_giles::gen::read_expected("data/market-spread")?;
 /// println!("expect {n} order results");
 /// # Ok::<(), String>(())
 /// ```
@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn quotes_keep_their_side_of_the_rule() {
-        use crate::apps::market_spread::is_rejected_spread;
+        use bettong_apps::market_spread::is_rejected_spread;
         let mut rng = Rng::new(3, Stream::Nbbo);
         for price in [10_000, 10_001, 999_999, 6_999_999] {
             for _ in 0..20_000 {

@@ -1,0 +1,6 @@
+//! The applications shipped with bettong, and the engine flags their commands share.
+
+pub mod cli;
+pub mod market_spread;
+pub mod passthrough;
+pub mod word_count;
