@@ -135,7 +135,7 @@ fn main() -> Result<(), String> {
     });
     let app = Application::new(
         "embedded spread check",
-        spread_check(Pipeline::source("Market", market.clone())).to_sink(sink),
+        spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
     );
     let online = online_cores();
     let config = EngineConfig {

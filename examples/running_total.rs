@@ -12,7 +12,7 @@
 //! `bettong send --host 127.0.0.1:7000 --file amounts.txt --messages 1000`, and read the output
 //! with `bettong receive --listen 127.0.0.1:5555`.
 
-use bettong::{Application, DecodeError, Engine, Pipeline, TcpSink, TcpSource};
+use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
 use bettong_apps::cli::EngineArgs;
 use clap::Parser;
 
@@ -54,11 +54,13 @@ fn application() -> Application {
             balance.total += d.amount;
             Some((d.account, balance.total))
         })
-        .to_sink(TcpSink::new(
-            |(account, total): &(String, i64), out: &mut Vec<u8>| {
+        .name("running total")
+        .to_sink(
+            "Totals",
+            TcpSink::new(|(account, total): &(String, i64), out: &mut Vec<u8>| {
                 out.extend_from_slice(format!("{account} {total}\n").as_bytes());
-            },
-        ));
+            }),
+        );
     Application::new("running total", pipeline)
 }
 
@@ -69,16 +71,15 @@ struct Cli {
     engine: EngineArgs,
 }
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), bettong::Error> {
     let args = Cli::parse().engine;
-    let engine = Engine::start(application(), args.to_config()?)?;
-    for (name, addr) in engine.sources() {
-        println!("ready {name}@{addr}");
-    }
-    // Stop on Enter (the `bettong` command stops on SIGINT/SIGTERM instead).
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
-    engine.stop_handle().stop();
-    eprintln!("{}", engine.join()?);
+    let config = args.to_config().map_err(bettong::Error::Config)?;
+    // Runs until SIGINT or SIGTERM, then drains, flushes and returns the summary.
+    let summary = bettong::run_until_signal(application(), config, |engine| {
+        for (name, addr) in engine.sources() {
+            println!("ready {name}@{addr}");
+        }
+    })?;
+    eprintln!("{summary}");
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bettong::in_process::PushError;
 use bettong::runtime::config::EngineConfig;
+use bettong::PushError;
 use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline, PolledSink};
 use bettong_apps::market_spread::{
     self, decode, spread_check, symbol_key, MarketMessage, OrderResult,
@@ -75,7 +75,7 @@ fn over_tcp(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
         (Some("Orders".into()), "127.0.0.1:0".parse().unwrap()),
         (Some("Nbbo".into()), "127.0.0.1:0".parse().unwrap()),
     ];
-    cfg.outputs = vec![sink.local_addr().unwrap()];
+    cfg.outputs = vec![(None, sink.local_addr().unwrap())];
     // A shard connects to the sink only once it has output, so accept until the engine has
     // stopped (by then every connection it made is in the accept queue).
     let stopped = Arc::new(AtomicBool::new(false));
@@ -140,7 +140,7 @@ fn in_process(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
     let (sink, mut results) = PolledSink::<OrderResult>::new(256);
     let app = Application::new(
         "embedded spread check",
-        spread_check(Pipeline::source("Market", market.clone())).to_sink(sink),
+        spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
     );
     let engine = Engine::start(app, config(shards)).unwrap();
     let mut pusher = market.pusher().unwrap();
@@ -210,7 +210,7 @@ fn two_host_threads_keep_per_key_order_and_lose_nothing() {
                 last.0[t] = seq;
                 Some((t, k, seq, in_order))
             })
-            .to_sink(sink),
+            .to_sink("Out", sink),
     );
     let engine = Engine::start(app, config(2)).unwrap();
     let mut seen = vec![vec![0u64; KEYS as usize]; 2];
@@ -261,9 +261,12 @@ fn drop_stops_cleanly_and_late_pushes_come_back() {
         "count",
         Pipeline::source("N", source.clone())
             .to(|n: u64| Some(n))
-            .to_sink(CallbackSink::new(move |_: &u64| {
-                s.fetch_add(1, Ordering::Relaxed);
-            })),
+            .to_sink(
+                "Out",
+                CallbackSink::new(move |_: &u64| {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }),
+            ),
     );
     let engine = Engine::start(app, config(2)).unwrap();
     let mut p = source.pusher().unwrap();

@@ -226,6 +226,8 @@ impl DataSet {
     fn generate(name: &str) -> DataSet {
         let dir = temp_dir(name);
         let mut args = GenMarketSpreadArgs::new(&dir);
+        // Seed 3: the 5 rejected symbols land on every shard at 2, 3 and 4 shards (key groups).
+        args.seed = 3;
         args.symbols = 100;
         args.orders = 20_000;
         args.nbbo = 20_000;

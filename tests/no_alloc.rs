@@ -73,7 +73,7 @@ fn market_spread_does_not_allocate_per_message() {
             (Some("Orders".into()), "127.0.0.1:0".parse().unwrap()),
             (Some("Nbbo".into()), "127.0.0.1:0".parse().unwrap()),
         ],
-        outputs: vec![sink_addr],
+        outputs: vec![(None, sink_addr)],
         cores: vec![0, 1],
         pin: false,
         ..EngineConfig::default()

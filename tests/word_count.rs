@@ -391,7 +391,7 @@ fn live_metrics_lines_and_json() {
     assert_eq!(binned, busy["latency_ns"]["samples"].as_u64().unwrap());
     let comps = busy["computations"].as_object().unwrap();
     assert!(
-        comps.contains_key("to_many #1") && comps.contains_key("to_state #2"),
+        comps.contains_key("split") && comps.contains_key("count words"),
         "{comps:?}"
     );
 }

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bettong::runtime::config::{
-    online_cores, parse_addr, parse_inputs, CoreList, EngineConfig, Poll,
-};
+use bettong::runtime::config::{online_cores, parse_inputs, CoreList, EngineConfig, Poll};
 use bettong::units::{parse_duration, parse_usize};
 
 /// The engine flags that every application command takes.
@@ -16,8 +14,8 @@ pub struct EngineArgs {
     /// Sources: NAME@HOST:PORT[,NAME@HOST:PORT...] (NAME@ may be left out for a one-source app)
     #[arg(long = "in", short = 'i', value_name = "NAME@HOST:PORT,...")]
     pub inputs: String,
-    /// Sink address(es): HOST:PORT[,HOST:PORT...]
-    #[arg(long = "out", short = 'o', value_name = "HOST:PORT")]
+    /// Sinks: NAME@HOST:PORT[,NAME@HOST:PORT...] (NAME@ may be left out for a one-sink app)
+    #[arg(long = "out", short = 'o', value_name = "NAME@HOST:PORT,...")]
     pub out: String,
     /// Cores to run shards on, one shard per core (e.g. 0-3,6) [default: all online cores]
     #[arg(long, value_name = "LIST")]
@@ -49,13 +47,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The configuration these flags describe.
     pub fn to_config(&self) -> Result<EngineConfig, String> {
-        let outputs = self
-            .out
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(parse_addr)
-            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = parse_inputs(&self.out)?;
         if self.ring_capacity == 0 || self.sink_buffer == 0 {
             return Err("--ring-capacity and --sink-buffer must be above 0".to_string());
         }

@@ -645,6 +645,9 @@ fn check_with(
 
 /// Name of the source that takes orders (Wallaroo's name: `--in Orders@HOST:PORT`).
 pub const ORDERS_SOURCE: &str = "Orders";
+
+/// The name of Market Spread's sink (`--out OrderResults@HOST:PORT`, or just `--out HOST:PORT`).
+pub const SINK: &str = "OrderResults";
 /// Name of the source that takes NBBO updates (Wallaroo's name: `--in Nbbo@HOST:PORT`).
 pub const NBBO_SOURCE: &str = "Nbbo";
 /// Name of the application, as [`Application::name`] reports it.
@@ -753,16 +756,16 @@ pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
 ///     (Some("Orders".into()), "127.0.0.1:7000".parse().unwrap()),
 ///     (Some("Nbbo".into()), "127.0.0.1:7001".parse().unwrap()),
 /// ];
-/// config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
+/// config.outputs = vec![(None, "127.0.0.1:5555".parse().unwrap())];
 /// let engine = Engine::start(bettong_apps::market_spread::application(), config)?;
 /// engine.stop_handle().stop();
 /// eprintln!("{}", engine.join()?);
-/// # Ok::<(), String>(())
+/// # Ok::<(), bettong::Error>(())
 /// ```
 pub fn application() -> Application {
     let orders = Pipeline::source(ORDERS_SOURCE, TcpSource::new(decode_order));
     let nbbo = Pipeline::source(NBBO_SOURCE, TcpSource::new(decode_nbbo));
-    let pipeline = spread_check(orders.merge(nbbo)).to_sink(TcpSink::new(encode));
+    let pipeline = spread_check(orders.merge(nbbo)).to_sink(SINK, TcpSink::new(encode));
     Application::new(APP_NAME, pipeline)
 }
 
@@ -778,12 +781,15 @@ pub fn application() -> Application {
 /// let (sink, _results) = PolledSink::<OrderResult>::new(1024);
 /// let app = Application::new(
 ///     "embedded spread check",
-///     spread_check(Pipeline::source("Market", market.clone())).to_sink(sink),
+///     spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
 /// );
 /// # let _ = app;
 /// ```
 pub fn spread_check(market: Pipeline<MarketMessage>) -> Pipeline<OrderResult> {
-    market.key_by(symbol_key).to_state(check_now)
+    market
+        .key_by(symbol_key)
+        .to_state(check_now)
+        .name("check market data")
 }
 
 /// The output of Market Spread: a rejected order with the NBBO it was checked against.

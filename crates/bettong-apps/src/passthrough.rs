@@ -112,7 +112,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
 /// assert_eq!(app.source_names(), ["Frames"]);
 /// ```
 pub fn application() -> Application {
-    let pipeline = Pipeline::source(SOURCE, TcpSource::new(decode)).to_sink(TcpSink::new(encode));
+    let pipeline =
+        Pipeline::source(SOURCE, TcpSource::new(decode)).to_sink("Out", TcpSink::new(encode));
     Application::new("passthrough", pipeline)
 }
 

@@ -105,6 +105,7 @@ pub fn encode(wc: &WordCount, out: &mut Vec<u8>) {
 pub fn application() -> Application {
     let pipeline = Pipeline::source(SOURCE, TcpSource::new(decode))
         .to_many(|text: String| split(&text))
+        .name("split")
         .key_by(|word: &String| word.as_str())
         .to_state(|word: String, total: &mut WordTotal| {
             total.count += 1;
@@ -113,7 +114,8 @@ pub fn application() -> Application {
                 count: total.count,
             })
         })
-        .to_sink(TcpSink::new(encode));
+        .name("count words")
+        .to_sink("Counts", TcpSink::new(encode));
     Application::new("word count", pipeline)
 }
 

@@ -123,7 +123,7 @@ impl BenchArgs {
                 .iter()
                 .map(|s| (Some(s.to_string()), loopback))
                 .collect(),
-            outputs: vec![receiver],
+            outputs: vec![(None, receiver)],
             cores,
             pin: !self.no_pin,
             poll: self.poll,
@@ -340,7 +340,7 @@ impl Running {
         match self {
             Running::Engine(engine) => {
                 engine.stop_handle().stop();
-                engine.join()
+                engine.join().map_err(String::from)
             }
             Running::Relay(relay) => {
                 relay.stop();

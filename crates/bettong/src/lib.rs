@@ -1,9 +1,11 @@
 //! bettong: a single-node, thread-per-core stream-processing engine in the Wallaroo model.
 //!
-//! An application is a [`Pipeline`]: a source with a decoder, stateless computations
-//! ([`Pipeline::to`], [`Pipeline::to_many`]), state computations over keyed state entities
-//! ([`Pipeline::key_by`] then [`KeyedPipeline::to_state`]), merges, and a sink with an encoder.
-//! The [`Engine`] runs it on one shard per core; see README.md for a complete walk-through.
+//! An [`Application`] is one or more [`Pipeline`]s: a source with a decoder, stateless
+//! computations ([`Pipeline::to`], [`Pipeline::to_many`]), state computations over keyed state
+//! entities ([`Pipeline::key_by`] then [`KeyedPipeline::to_state`]), merges and splits, and
+//! sinks with encoders ([`Pipeline::to_sink`], [`Pipeline::to_sinks`]). The [`Engine`] lowers
+//! it into a plan of named operators and runs it on one shard per core; [`run_until_signal`]
+//! runs it until SIGINT or SIGTERM and stops it cleanly.
 //!
 //! ```
 //! use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
@@ -19,28 +21,46 @@
 //!             seen.0 += 1;
 //!             Some((k, seen.0))
 //!         })
-//!         .to_sink(TcpSink::new(|(k, n): &(Vec<u8>, u64), out: &mut Vec<u8>| {
+//!         .name("count")
+//!         .to_sink("Counts", TcpSink::new(|(k, n): &(Vec<u8>, u64), out: &mut Vec<u8>| {
 //!             out.extend_from_slice(k);
 //!             out.extend_from_slice(format!(" {n}\n").as_bytes());
 //!         })),
 //! );
 //! assert_eq!(app.source_names(), ["Keys"]);
+//! assert_eq!(app.describe().unwrap(), "0 Keys (source) -> 1~\n1 count (to_state) -> 2\n2 Counts (sink)\n");
 //! ```
+//!
+//! Connectors are public traits ([`Source`], [`Sink`]): see [`connect`] to write your own.
 
 #![warn(missing_docs)]
 
 pub mod codec;
-pub mod in_process;
+pub mod connect;
+mod error;
+mod event;
 pub mod metrics;
 pub(crate) mod net;
-pub mod pipeline;
+pub(crate) mod ops;
+mod pipeline;
+pub(crate) mod plan;
 pub mod runtime;
+mod signals;
+pub mod state;
 pub mod units;
 
 pub use codec::{DecodeError, Decoder, Encoder};
-pub use in_process::{CallbackSink, InProcessSource, Outputs, PolledSink, Pusher};
-pub use pipeline::{
-    Application, Complete, KeyedPipeline, Pipeline, Sink, Source, TcpSink, TcpSource,
+pub use connect::in_process::{
+    CallbackSink, InProcessSource, Outputs, PolledSink, PushError, Pusher,
 };
+pub use connect::tcp::{TcpSink, TcpSource};
+pub use connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
+pub use error::Error;
+pub use event::{Control, Stamp};
+pub use metrics::{now_ns, Summary};
+pub use pipeline::{Application, Complete, KeyedPipeline, Pipeline, Sinks};
+pub use runtime::config::{EngineConfig, Poll};
 pub use runtime::router::Key;
+pub use runtime::shard::Gauge;
 pub use runtime::{Engine, StopHandle};
+pub use signals::run_until_signal;

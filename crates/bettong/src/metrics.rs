@@ -33,6 +33,27 @@ pub fn now_ns() -> u64 {
 
 static CLOCK: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
 
+/// The wall-clock time (nanoseconds since the Unix epoch) of an instant on the engine clock:
+/// one addition, with the offset between the two clocks taken once.
+///
+/// ```
+/// let now = bettong::metrics::now_ns();
+/// let wall = bettong::metrics::wall_clock_ns(now);
+/// assert!(wall > 1_600_000_000_000_000_000);
+/// ```
+#[inline]
+pub fn wall_clock_ns(engine_ns: u64) -> u64 {
+    let offset = *WALL_OFFSET.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        wall.saturating_sub(now_ns())
+    });
+    engine_ns.saturating_add(offset)
+}
+
+static WALL_OFFSET: OnceLock<u64> = OnceLock::new();
+
 /// The highest latency a histogram tracks exactly (60 s); larger values are clamped.
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
@@ -252,6 +273,7 @@ impl ShardMetrics {
             truncated: self.truncated.get(),
             connections: self.connections.get(),
             pauses: self.pauses.get(),
+            state_entities: Vec::new(),
         }
     }
 }
@@ -283,6 +305,8 @@ pub struct Summary {
     pub connections: u64,
     /// Times a source or drain waited for a full ring or sink buffer (backpressure).
     pub pauses: u64,
+    /// State entities held at the end, per state operator (summed over shards).
+    pub state_entities: Vec<(String, u64)>,
 }
 
 impl Default for Summary {
@@ -304,6 +328,17 @@ impl Summary {
         self.truncated += other.truncated;
         self.connections += other.connections;
         self.pauses += other.pauses;
+        for (name, n) in &other.state_entities {
+            self.add_state(name, *n);
+        }
+    }
+
+    /// Adds `entities` to the count of state operator `name`.
+    pub fn add_state(&mut self, name: &str, entities: u64) {
+        match self.state_entities.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += entities,
+            None => self.state_entities.push((name.to_string(), entities)),
+        }
     }
 
     /// All errors of every kind.

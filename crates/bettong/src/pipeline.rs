@@ -1,7 +1,8 @@
 //! The typed pipeline builder, in Wallaroo's vocabulary: a [`Pipeline`] starts at a source,
 //! goes through computations (`to`, `to_many`), is split by key (`key_by`) into state
-//! computations (`to_state`), may be merged with another pipeline of the same type (`merge`),
-//! and ends at a sink (`to_sink`). The result becomes an [`Application`].
+//! computations (`to_state`), may be merged with another pipeline of the same type (`merge`)
+//! or split into branches (`clone`), and ends at one sink (`to_sink`) or several
+//! (`to_sinks`). One or more complete pipelines make an [`Application`].
 //!
 //! Each stage's types must match the next one's, so a mistake is a compile error:
 //!
@@ -11,23 +12,29 @@
 //!     .to(|s: String| Some(s.len())); // expects String, the source gives u64
 //! ```
 //!
-//! A pipeline is a recipe: every shard builds its own copy of the graph from it, so functions
-//! must be `Send + Sync`. On a shard, each stage calls the next directly; only a message whose
-//! key another shard owns leaves the shard, through a ring.
+//! A pipeline is a recipe: it lowers into a plan (see [`Application::describe`]) that every
+//! shard instantiates, so functions must be `Send + Sync`. On a shard, each operator calls the
+//! next directly; only a message whose key another shard owns leaves the shard, through a
+//! ring.
 
-use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rustc_hash::FxBuildHasher;
-
-use crate::codec::{Decoder, Encoder};
+use crate::connect::{Sink, Source};
+use crate::connect::{SinkContext, SourceContext};
+use crate::error::Error;
+use crate::event::Event;
 use crate::metrics::ComputationTimer;
-use crate::net::sink::SinkBuffer;
-use crate::runtime::router::{shard_for, Key};
-use crate::runtime::shard::{Downstream, Emit, ShardBuilder, SourceRuntime};
-
-type Build<T> = Arc<dyn Fn(&mut ShardBuilder, Downstream<T>) + Send + Sync>;
+use crate::ops::{self, Downstream, Input, Ports};
+use crate::plan::instantiate::{built, downstream, forward};
+use crate::plan::{
+    AnyBox, Built, Endpoint, ExchangeBuild, Graph, NodeBuild, NodeCtx, NodeSpec, Role, ShardBuild,
+};
+use crate::runtime::exchange::{self, Exchange, ExchangeRuntime, Outbox};
+use crate::runtime::shard::{Gauge, Latch, Notify, Spill};
+use crate::state::{shard_for, KeyedState};
+use crate::Key;
 
 /// A partial pipeline whose messages, at this point, are of type `T`.
 ///
@@ -42,124 +49,57 @@ type Build<T> = Arc<dyn Fn(&mut ShardBuilder, Downstream<T>) + Send + Sync>;
 ///         .ok_or(DecodeError::new("not a number"))
 /// };
 /// let pipeline = Pipeline::source("Numbers", TcpSource::new(decode))
-///     .to(|n: u64| (n % 2 == 0).then_some(n)) // keep even numbers
+///     .to(|n: u64| (n % 2 == 0).then_some(n)).name("evens")
 ///     .key_by(|n: &u64| n)
 ///     .to_state(|n: u64, total: &mut Total| {
 ///         total.0 += n;
 ///         Some(total.0)
 ///     })
-///     .to_sink(TcpSink::new(|t: &u64, out: &mut Vec<u8>| {
+///     .to_sink("Totals", TcpSink::new(|t: &u64, out: &mut Vec<u8>| {
 ///         out.extend_from_slice(format!("{t}\n").as_bytes())
 ///     }));
 /// let app = Application::new("sum of evens", pipeline);
 /// assert_eq!(app.source_names(), ["Numbers"]);
 /// ```
 pub struct Pipeline<T> {
-    build: Build<T>,
-    sources: Vec<SourceName>,
-    /// Computations so far, to name the next one (`to #2`) in `--metrics-json`.
-    computations: usize,
+    graph: Graph,
+    tail: u64,
+    _t: PhantomData<fn() -> T>,
 }
 
-/// A source's name, and whether it listens on TCP (and so needs an `--in` address).
-#[derive(Clone)]
-struct SourceName {
-    name: String,
-    tcp: bool,
-}
-
-impl<T> Clone for Pipeline<T> {
+/// Splits a pipeline: both copies continue from the same operator, which hands each message to
+/// every branch (a clone per extra branch).
+///
+/// ```
+/// use bettong::{Application, CallbackSink, InProcessSource, Pipeline};
+/// let src = Pipeline::source("N", InProcessSource::new(|n: &u64| n));
+/// let diamond = src.clone().to(|n: u64| Some(n * 10)).merge(src.to(|n: u64| Some(n + 1)));
+/// let app = Application::new("diamond", diamond.to_sink("Out", CallbackSink::new(|_: &u64| {})));
+/// assert!(app.describe().unwrap().contains("merge"));
+/// ```
+impl<T: Clone + Send + 'static> Clone for Pipeline<T> {
     fn clone(&self) -> Self {
+        let mut graph = self.graph.clone();
+        if let Some(node) = graph.nodes.get_mut(&self.tail) {
+            node.tee = Some(tee::<T>);
+        }
         Pipeline {
-            build: self.build.clone(),
-            sources: self.sources.clone(),
-            computations: self.computations,
+            graph,
+            tail: self.tail,
+            _t: PhantomData,
         }
     }
 }
 
-/// Where a pipeline's messages come from.
-///
-/// [`TcpSource`] is the one the command line drives.
-pub trait Source: Send + Sync + 'static {
-    /// The type of the messages this source produces.
-    type Out: Send + 'static;
-    /// Installs the source on one shard, feeding `down`.
-    #[doc(hidden)]
-    fn install(&self, name: &str, shard: &mut ShardBuilder, down: Downstream<Self::Out>);
-    /// Whether the source listens on TCP, and so needs an address from `--in`.
-    #[doc(hidden)]
-    fn is_tcp(&self) -> bool {
-        false
-    }
-}
-
-/// A TCP source: a listener (one per shard, same port) taking `[u32 BE len][payload]` frames,
-/// each decoded into one message by the decoder. Its address comes from `--in NAME@HOST:PORT`.
-///
-/// ```
-/// use bettong::{DecodeError, TcpSource};
-/// let text = TcpSource::new(|b: &[u8]| -> Result<String, DecodeError> {
-///     String::from_utf8(b.to_vec()).map_err(|_| DecodeError::new("not UTF-8"))
-/// });
-/// # let _ = text;
-/// ```
-pub struct TcpSource<D> {
-    decoder: Arc<D>,
-}
-
-impl<D: Decoder> TcpSource<D> {
-    /// A TCP source that decodes each frame with `decoder`.
-    pub fn new(decoder: D) -> Self {
-        TcpSource {
-            decoder: Arc::new(decoder),
-        }
-    }
-}
-
-impl<D: Decoder> Source for TcpSource<D> {
-    type Out = D::Out;
-
-    fn is_tcp(&self) -> bool {
-        true
-    }
-
-    fn install(&self, name: &str, shard: &mut ShardBuilder, down: Downstream<D::Out>) {
-        let decoder = self.decoder.clone();
-        let emit = down.emit;
-        shard.sources.push(SourceRuntime {
-            name: name.to_string(),
-            on_frame: Box::new(move |payload, ingest| {
-                emit(decoder.decode(payload)?, ingest);
-                Ok(())
-            }),
-            gauges: down.gauges,
-        });
-    }
-}
-
-/// A TCP sink: every shard keeps one connection to the `--out` address and writes the
-/// encoder's bytes to it in batches.
-///
-/// ```
-/// use bettong::TcpSink;
-/// let lines = TcpSink::new(|s: &String, out: &mut Vec<u8>| {
-///     out.extend_from_slice(s.as_bytes());
-///     out.push(b'\n');
-/// });
-/// # let _ = lines;
-/// ```
-pub struct TcpSink<E> {
-    encoder: Arc<E>,
-}
-
-impl<E> TcpSink<E> {
-    /// A TCP sink that writes each output as `encoder` encodes it.
-    pub fn new(encoder: E) -> Self {
-        TcpSink {
-            encoder: Arc::new(encoder),
-        }
-    }
+fn tee<T: Clone + 'static>(outs: Vec<AnyBox>) -> AnyBox {
+    let outs: Vec<Downstream<T>> = outs.into_iter().map(|o| downstream::<T>(Some(o))).collect();
+    let gauges: Rc<[Gauge]> = outs
+        .iter()
+        .flat_map(|o| o.gauges.iter().cloned())
+        .collect::<Vec<_>>()
+        .into();
+    let input: Rc<dyn Input<T>> = Rc::new(ops::tee::Tee { outs });
+    Box::new(Downstream::to(input, 0, gauges))
 }
 
 impl<T: Send + 'static> Pipeline<T> {
@@ -171,39 +111,67 @@ impl<T: Send + 'static> Pipeline<T> {
     /// # let _ = p;
     /// ```
     pub fn source<S: Source<Out = T>>(name: &str, source: S) -> Pipeline<T> {
-        let name_owned = name.to_string();
-        let tcp = source.is_tcp();
+        let node = Arc::new(SourceNode(Arc::new(source)));
+        let mut graph = Graph::default();
+        let tail = graph.add(
+            NodeSpec {
+                kind: "source",
+                name: Some(name.to_string()),
+                role: Role::Source,
+                build: node.clone(),
+                endpoint: Some(node),
+                tee: None,
+            },
+            &[],
+        );
         Pipeline {
-            build: Arc::new(move |sb, down| source.install(&name_owned, sb, down)),
-            sources: vec![SourceName {
-                name: name.to_string(),
-                tcp,
-            }],
-            computations: 0,
+            graph,
+            tail,
+            _t: PhantomData,
         }
     }
 
-    /// Adds a computation called `kind` (numbered in pipeline order for the metrics); `stage`
-    /// builds it on a shard, given its downstream, its timer and the shard.
-    fn then<U: Send + 'static>(
-        self,
-        kind: &str,
-        stage: impl Fn(&mut ShardBuilder, Downstream<U>, ComputationTimer) -> Downstream<T>
-            + Send
-            + Sync
-            + 'static,
+    fn then<U>(
+        mut self,
+        kind: &'static str,
+        build: Arc<dyn NodeBuild>,
+        exchange: Option<Arc<dyn ExchangeBuild>>,
     ) -> Pipeline<U> {
-        let upstream = self.build;
-        let name = format!("{kind} #{}", self.computations + 1);
+        let tail = self.graph.add(
+            NodeSpec {
+                kind,
+                name: None,
+                role: Role::Operator,
+                build,
+                endpoint: None,
+                tee: None,
+            },
+            &[(self.tail, exchange)],
+        );
         Pipeline {
-            build: Arc::new(move |sb, down| {
-                let timer = ComputationTimer::new(sb.metrics.clone(), &name);
-                let entry = stage(sb, down, timer);
-                upstream(sb, entry)
-            }),
-            sources: self.sources,
-            computations: self.computations + 1,
+            graph: self.graph,
+            tail,
+            _t: PhantomData,
         }
+    }
+
+    /// Names the computation just added (for metrics and the plan); unnamed computations are
+    /// called by their kind and number (`to_state #2`). Names are unique in an application.
+    ///
+    /// ```
+    /// # use bettong::{DecodeError, Pipeline, TcpSource};
+    /// # let p = Pipeline::source("N", TcpSource::new(|b: &[u8]| -> Result<u64, DecodeError> { Ok(b.len() as u64) }));
+    /// let halves = p.to(|n: u64| Some(n / 2)).name("halve");
+    /// # let _ = halves;
+    /// ```
+    pub fn name(mut self, name: &str) -> Pipeline<T> {
+        match self.graph.nodes.get_mut(&self.tail) {
+            Some(node) if node.role == Role::Operator => node.name = Some(name.to_string()),
+            _ => self.graph.errors.push(format!(
+                "name(\"{name}\") must follow a computation (sources are named by Pipeline::source)"
+            )),
+        }
+        self
     }
 
     /// A stateless computation with zero or one output per message (`None` filters it out).
@@ -219,19 +187,11 @@ impl<T: Send + 'static> Pipeline<T> {
         U: Send + 'static,
         F: Fn(T) -> Option<U> + Send + Sync + 'static,
     {
-        let f = Arc::new(f);
-        self.then("to", move |sb, down: Downstream<U>, timer| {
-            let f = f.clone();
-            let metrics = sb.metrics.clone();
-            let next = down.emit;
-            Downstream {
-                emit: Rc::new(move |msg, ingest| match timer.time(|| f(msg)) {
-                    Some(out) => next(out, ingest),
-                    None => metrics.filtered(ingest),
-                }),
-                gauges: down.gauges,
-            }
-        })
+        self.then(
+            "to",
+            Arc::new(MapNode::<T, U, F>(Arc::new(f), PhantomData)),
+            None,
+        )
     }
 
     /// A stateless computation with any number of outputs per message.
@@ -250,22 +210,15 @@ impl<T: Send + 'static> Pipeline<T> {
         I: IntoIterator<Item = U>,
         F: Fn(T) -> I + Send + Sync + 'static,
     {
-        let f = Arc::new(f);
-        self.then("to_many", move |sb, down: Downstream<U>, timer| {
-            let f = f.clone();
-            let metrics = sb.metrics.clone();
-            let next = down.emit;
-            Downstream {
-                emit: Rc::new(move |msg, ingest| {
-                    emit_all(timer.time(|| f(msg)), &next, &metrics, ingest)
-                }),
-                gauges: down.gauges,
-            }
-        })
+        self.then(
+            "to_many",
+            Arc::new(FlatMapNode::<T, U, F>(Arc::new(f), PhantomData)),
+            None,
+        )
     }
 
-    /// Splits the stream by key: the key picks the shard and the state entity of the state
-    /// computation that follows.
+    /// Splits the stream by key: the key picks the shard (through its key group) and the state
+    /// entity of the state computation that follows.
     ///
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource};
@@ -304,7 +257,8 @@ impl<T: Send + 'static> Pipeline<T> {
         self.key_by(|_: &T| "").to_state(f)
     }
 
-    /// Merges another pipeline of the same message type into this one.
+    /// Merges another pipeline of the same message type into this one. The two may share a
+    /// source (a diamond): the graph is the union of both.
     ///
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource};
@@ -314,76 +268,109 @@ impl<T: Send + 'static> Pipeline<T> {
     /// # let _ = both;
     /// ```
     pub fn merge(self, other: Pipeline<T>) -> Pipeline<T> {
-        let (a, b) = (self.build, other.build);
-        let mut sources = self.sources;
-        sources.extend(other.sources);
+        let (a, b) = (self.tail, other.tail);
+        let mut graph = self.graph.union(other.graph);
+        let tail = graph.add(
+            NodeSpec {
+                kind: "merge",
+                name: None,
+                role: Role::Operator,
+                build: Arc::new(MergeNode::<T>(PhantomData)),
+                endpoint: None,
+                tee: None,
+            },
+            &[(a, None), (b, None)],
+        );
         Pipeline {
-            build: Arc::new(move |sb, down: Downstream<T>| {
-                a(sb, down.clone());
-                b(sb, down);
-            }),
-            sources,
-            computations: self.computations + other.computations,
+            graph,
+            tail,
+            _t: PhantomData,
         }
     }
 
-    /// Ends the pipeline at a sink: a TCP sink (its address comes from `--out`), or an
-    /// in-process sink when bettong is embedded.
+    /// Ends the pipeline at a named sink: a TCP sink (its address comes from
+    /// `--out NAME@HOST:PORT`), an in-process sink, or any [`Sink`].
     ///
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource, TcpSink};
     /// # let p = Pipeline::source("N", TcpSource::new(|b: &[u8]| -> Result<u64, DecodeError> { Ok(b.len() as u64) }));
-    /// let done = p.to_sink(TcpSink::new(|n: &u64, out: &mut Vec<u8>| out.extend_from_slice(&n.to_be_bytes())));
+    /// let done = p.to_sink("Sizes", TcpSink::new(|n: &u64, out: &mut Vec<u8>| out.extend_from_slice(&n.to_be_bytes())));
     /// # let _ = done;
     /// ```
-    pub fn to_sink<S: Sink<T>>(self, sink: S) -> Complete {
-        let upstream = self.build;
-        Complete {
-            build: Arc::new(move |sb| {
-                let down = sink.install(sb);
-                upstream(sb, down)
-            }),
-            sources: self.sources,
+    pub fn to_sink<S: Sink<T>>(self, name: &str, sink: S) -> Complete {
+        let mut graph = self.graph;
+        graph.add(sink_spec(name, sink), &[(self.tail, None)]);
+        Complete { graph }
+    }
+
+    /// Ends the pipeline at several sinks: every output goes to each of them, each with its
+    /// own encoder (Wallaroo's `to_sinks`).
+    ///
+    /// ```
+    /// # use bettong::{DecodeError, Pipeline, TcpSource, TcpSink, Sinks};
+    /// # let p = Pipeline::source("N", TcpSource::new(|b: &[u8]| -> Result<u64, DecodeError> { Ok(b.len() as u64) }));
+    /// let done = p.to_sinks(
+    ///     Sinks::new()
+    ///         .sink("Text", TcpSink::new(|n: &u64, out: &mut Vec<u8>| out.extend_from_slice(format!("{n}\n").as_bytes())))
+    ///         .sink("Binary", TcpSink::new(|n: &u64, out: &mut Vec<u8>| out.extend_from_slice(&n.to_be_bytes()))),
+    /// );
+    /// # let _ = done;
+    /// ```
+    pub fn to_sinks(self, sinks: Sinks<T>) -> Complete
+    where
+        T: Clone,
+    {
+        let mut graph = self.graph;
+        if sinks.specs.is_empty() {
+            graph.errors.push("to_sinks was given no sink".to_string());
+        }
+        if let Some(node) = graph.nodes.get_mut(&self.tail) {
+            node.tee = Some(tee::<T>);
+        }
+        for spec in sinks.specs {
+            graph.add(spec, &[(self.tail, None)]);
+        }
+        Complete { graph }
+    }
+}
+
+/// The sinks of [`Pipeline::to_sinks`], each with its name.
+pub struct Sinks<T> {
+    specs: Vec<NodeSpec>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static> Default for Sinks<T> {
+    fn default() -> Self {
+        Sinks::new()
+    }
+}
+
+impl<T: Send + 'static> Sinks<T> {
+    /// No sinks yet.
+    pub fn new() -> Self {
+        Sinks {
+            specs: Vec::new(),
+            _t: PhantomData,
         }
     }
-}
 
-/// Where a pipeline's outputs go: [`TcpSink`], or an in-process sink
-/// ([`crate::in_process::CallbackSink`], [`crate::in_process::PolledSink`]).
-pub trait Sink<T>: Send + Sync + 'static {
-    /// Installs the sink on one shard and returns its entry point.
-    #[doc(hidden)]
-    fn install(&self, shard: &mut ShardBuilder) -> Downstream<T>;
-}
-
-impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
-    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
-        let buffer = Rc::new(SinkBuffer::new(sb.sink_buffer));
-        sb.sinks.push(buffer.clone());
-        let encoder = self.encoder.clone();
-        let metrics = sb.metrics.clone();
-        let gauges = Rc::from([buffer.gauge.clone()]);
-        let emit: Emit<T> = Rc::new(move |msg: T, ingest| {
-            buffer.append(|out| encoder.encode(&msg, out));
-            metrics.output(ingest);
-        });
-        Downstream { emit, gauges }
+    /// Adds a named sink.
+    pub fn sink<S: Sink<T>>(mut self, name: &str, sink: S) -> Self {
+        self.specs.push(sink_spec(name, sink));
+        self
     }
 }
 
-fn emit_all<U>(
-    outputs: impl IntoIterator<Item = U>,
-    next: &Emit<U>,
-    metrics: &crate::metrics::ShardMetrics,
-    ingest: u64,
-) {
-    let mut any = false;
-    for out in outputs {
-        any = true;
-        next(out, ingest);
-    }
-    if !any {
-        metrics.filtered(ingest);
+fn sink_spec<T: Send + 'static, S: Sink<T>>(name: &str, sink: S) -> NodeSpec {
+    let node = Arc::new(SinkNode::<T, S>(Arc::new(sink), PhantomData));
+    NodeSpec {
+        kind: "sink",
+        name: Some(name.to_string()),
+        role: Role::Sink,
+        build: node.clone(),
+        endpoint: Some(node),
+        tee: None,
     }
 }
 
@@ -396,7 +383,7 @@ pub struct KeyedPipeline<T, K: ?Sized> {
 impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
     /// A state computation: `f(message, &mut state)` with zero or one output. Each key has its
     /// own state entity, created with `S::default()` when the key is first seen, on the shard
-    /// that owns the key.
+    /// that owns the key's group.
     ///
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource};
@@ -438,59 +425,45 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
         I: IntoIterator<Item = U>,
         F: Fn(T, &mut S) -> I + Send + Sync + 'static,
     {
-        let f = Arc::new(f);
-        let key = self.key;
-        self.pipeline
-            .then("to_state", move |sb, down: Downstream<U>, timer| {
-                let states: Rc<std::cell::RefCell<HashMap<K::Owned, S, FxBuildHasher>>> =
-                    Rc::default();
-                let (f, key_local, metrics, next) =
-                    (f.clone(), key.clone(), sb.metrics.clone(), down.emit);
-                let local: Emit<T> = Rc::new(move |msg: T, ingest| {
-                    let outputs = {
-                        let mut map = states.borrow_mut();
-                        let k = key_local(&msg);
-                        match map.get_mut(k) {
-                            Some(state) => timer.time(|| f(msg, state)),
-                            None => {
-                                let state = map.entry(k.to_owned()).or_default();
-                                timer.time(|| f(msg, state))
-                            }
-                        }
-                    };
-                    emit_all(outputs, &next, &metrics, ingest);
-                });
-                let shards = sb.shards;
-                let key_route = key.clone();
-                sb.keyed_stage(
-                    move |msg: &T| shard_for(key_route(msg).stable_hash(), shards),
-                    local,
-                    down.gauges,
-                )
-            })
+        let exchange: Arc<dyn ExchangeBuild> = Arc::new(KeyExchange {
+            key: self.key.clone(),
+        });
+        self.pipeline.then(
+            "to_state",
+            Arc::new(StateNode::<T, K, S, U, F> {
+                f: Arc::new(f),
+                key: self.key,
+                _t: PhantomData,
+            }),
+            Some(exchange),
+        )
     }
 }
 
-/// A pipeline that ends at a sink, ready to become an [`Application`].
+/// A pipeline that ends at a sink, ready to become (part of) an [`Application`].
 pub struct Complete {
-    build: Arc<dyn Fn(&mut ShardBuilder) + Send + Sync>,
-    sources: Vec<SourceName>,
+    graph: Graph,
 }
 
-/// A named application: what the engine runs.
+/// A named application: one or more complete pipelines, which may share sources. What the
+/// engine runs.
 ///
 /// ```
 /// # use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
+/// let bytes = |b: &[u8]| -> Result<Vec<u8>, DecodeError> { Ok(b.to_vec()) };
+/// let echo = |b: &Vec<u8>, out: &mut Vec<u8>| bettong::codec::write_frame(out, b);
 /// let app = Application::new(
 ///     "echo",
-///     Pipeline::source("In", TcpSource::new(|b: &[u8]| -> Result<Vec<u8>, DecodeError> { Ok(b.to_vec()) }))
-///         .to_sink(TcpSink::new(|b: &Vec<u8>, out: &mut Vec<u8>| bettong::codec::write_frame(out, b))),
-/// );
+///     Pipeline::source("In", TcpSource::new(bytes)).to_sink("Echo", TcpSink::new(echo)),
+/// )
+/// .pipeline(Pipeline::source("Other", TcpSource::new(bytes)).to_sink("OtherEcho", TcpSink::new(echo)));
 /// assert_eq!(app.name(), "echo");
+/// assert_eq!(app.source_names(), ["In", "Other"]);
+/// assert_eq!(app.sink_names(), ["Echo", "OtherEcho"]);
 /// ```
 pub struct Application {
     name: String,
-    pipeline: Complete,
+    graph: Graph,
 }
 
 impl Application {
@@ -498,8 +471,15 @@ impl Application {
     pub fn new(name: &str, pipeline: Complete) -> Self {
         Application {
             name: name.to_string(),
-            pipeline,
+            graph: pipeline.graph,
         }
+    }
+
+    /// Adds another pipeline (Wallaroo's `new_pipeline`); it may share sources with the
+    /// others.
+    pub fn pipeline(mut self, pipeline: Complete) -> Self {
+        self.graph = std::mem::take(&mut self.graph).union(pipeline.graph);
+        self
     }
 
     /// The application's name.
@@ -507,27 +487,358 @@ impl Application {
         &self.name
     }
 
+    fn names(&self, role: Role) -> Vec<String> {
+        self.graph
+            .nodes
+            .values()
+            .filter(|n| n.role == role)
+            .filter_map(|n| n.name.clone())
+            .collect()
+    }
+
     /// The names of its sources, in the order they were defined.
     pub fn source_names(&self) -> Vec<String> {
-        self.pipeline
-            .sources
-            .iter()
-            .map(|s| s.name.clone())
-            .collect()
+        self.names(Role::Source)
     }
 
-    /// The names of its TCP sources (those that need an `--in` address).
-    pub fn tcp_source_names(&self) -> Vec<String> {
-        self.pipeline
-            .sources
-            .iter()
-            .filter(|s| s.tcp)
-            .map(|s| s.name.clone())
-            .collect()
+    /// The names of its sinks, in the order they were defined.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.names(Role::Sink)
     }
 
-    /// Builds the graph on one shard.
-    pub(crate) fn build(&self, shard: &mut ShardBuilder) {
-        (self.pipeline.build)(shard)
+    /// The plan the engine will run, one operator per line in topological order:
+    /// `id name (kind) -> next ids` (`~` marks an exchange by key). Fails as
+    /// [`Engine::start`](crate::Engine::start) would on an invalid graph (two operators with
+    /// one name).
+    pub fn describe(&self) -> Result<String, Error> {
+        Ok(self.graph.plan()?.to_string())
     }
+
+    pub(crate) fn plan(&self) -> Result<crate::plan::Plan, Error> {
+        self.graph.plan()
+    }
+}
+
+// ---- typed node builders -------------------------------------------------------------------
+
+struct SourceNode<S>(Arc<S>);
+
+impl<S: Source> NodeBuild for SourceNode<S> {
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let down = downstream::<S::Out>(out);
+        let part = sb.take_part::<S::Part>(node.id, node.name)?;
+        let ctx = SourceContext::new(node.name, down, sb.core.clone());
+        let run = self.0.run(part, ctx.clone());
+        sb.sources.push((
+            node.rank,
+            Box::pin(async move {
+                run.await;
+                ctx.finish().await;
+            }),
+        ));
+        Ok(None)
+    }
+
+    fn forward(&self, _built: &Built, _port: usize) -> AnyBox {
+        unreachable!("nothing feeds a source")
+    }
+}
+
+impl<S: Source> Endpoint for SourceNode<S> {
+    fn takes_address(&self) -> bool {
+        self.0.takes_address()
+    }
+
+    fn open(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        shards: usize,
+    ) -> Result<(Vec<Box<dyn std::any::Any + Send>>, Option<String>), Error> {
+        let opened = self.0.open(name, address, shards)?;
+        Ok((
+            opened
+                .parts
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn std::any::Any + Send>)
+                .collect(),
+            opened.endpoint,
+        ))
+    }
+}
+
+struct SinkNode<T, S>(Arc<S>, PhantomData<fn(T)>);
+
+impl<T: Send + 'static, S: Sink<T>> NodeBuild for SinkNode<T, S> {
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        _out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let part = sb.take_part::<S::Part>(node.id, node.name)?;
+        let finish = Rc::new(Latch::default());
+        let gauges = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let ctx = SinkContext {
+            name: node.name.to_string(),
+            core: sb.core.clone(),
+            finish: finish.clone(),
+            gauges: gauges.clone(),
+        };
+        let shard = self.0.start(part, ctx);
+        sb.sinks.push((node.rank, finish, shard.task));
+        let input: Rc<dyn Input<T>> = Rc::new(ops::sink::SinkOp {
+            sink: shard.input,
+            ports: Ports::new(node.ports),
+            metrics: sb.core.metrics.clone(),
+        });
+        let gauges: Rc<[Gauge]> = gauges.borrow().clone().into();
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+impl<T: Send + 'static, S: Sink<T>> Endpoint for SinkNode<T, S> {
+    fn takes_address(&self) -> bool {
+        self.0.takes_address()
+    }
+
+    fn open(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        shards: usize,
+    ) -> Result<(Vec<Box<dyn std::any::Any + Send>>, Option<String>), Error> {
+        let opened = self.0.open(name, address, shards)?;
+        Ok((
+            opened
+                .parts
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn std::any::Any + Send>)
+                .collect(),
+            opened.endpoint,
+        ))
+    }
+}
+
+struct MapNode<T, U, F>(Arc<F>, PhantomData<fn(T) -> U>);
+
+impl<T: Send + 'static, U: Send + 'static, F: Fn(T) -> Option<U> + Send + Sync + 'static> NodeBuild
+    for MapNode<T, U, F>
+{
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let next = downstream::<U>(out);
+        let gauges = next.gauges.clone();
+        let input: Rc<dyn Input<T>> = Rc::new(ops::map::Map {
+            f: self.0.clone(),
+            next,
+            ports: Ports::new(node.ports),
+            timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
+            metrics: sb.core.metrics.clone(),
+            _in: PhantomData,
+        });
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+struct FlatMapNode<T, U, F>(Arc<F>, PhantomData<fn(T) -> U>);
+
+impl<T, U, I, F> NodeBuild for FlatMapNode<T, U, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    I: IntoIterator<Item = U>,
+    F: Fn(T) -> I + Send + Sync + 'static,
+{
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let next = downstream::<U>(out);
+        let gauges = next.gauges.clone();
+        let input: Rc<dyn Input<T>> = Rc::new(ops::flat_map::FlatMap {
+            f: self.0.clone(),
+            next,
+            ports: Ports::new(node.ports),
+            timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
+            metrics: sb.core.metrics.clone(),
+            _in: PhantomData,
+        });
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+struct MergeNode<T>(PhantomData<fn(T)>);
+
+impl<T: Send + 'static> NodeBuild for MergeNode<T> {
+    fn build(
+        &self,
+        _sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let next = downstream::<T>(out);
+        let gauges = next.gauges.clone();
+        let data = next.data.clone();
+        let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge {
+            next,
+            ports: Ports::new(node.ports),
+            _t: PhantomData,
+        });
+        Ok(Some(Built {
+            input: Box::new(input),
+            // Data skips the merge: each input calls the next operator directly.
+            data: Box::new(data),
+            gauges,
+        }))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+struct StateNode<T, K: ?Sized, S, U, F> {
+    f: Arc<F>,
+    key: Arc<dyn Fn(&T) -> &K + Send + Sync>,
+    _t: PhantomData<fn(T, S) -> U>,
+}
+
+impl<T, K, S, U, I, F> NodeBuild for StateNode<T, K, S, U, F>
+where
+    T: Send + 'static,
+    K: Key + ?Sized + 'static,
+    S: Default + 'static,
+    U: Send + 'static,
+    I: IntoIterator<Item = U>,
+    F: Fn(T, &mut S) -> I + Send + Sync + 'static,
+{
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let next = downstream::<U>(out);
+        let gauges = next.gauges.clone();
+        let states: Rc<KeyedState<K, S>> = Rc::default();
+        sb.states.push((node.name.to_string(), states.clone()));
+        let input: Rc<dyn Input<T>> = Rc::new(ops::state::StateOp {
+            f: self.f.clone(),
+            key: self.key.clone(),
+            states,
+            next,
+            ports: Ports::new(node.ports),
+            timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
+            metrics: sb.core.metrics.clone(),
+        });
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+/// An exchange edge by key: the route is `shard_for(stable_hash(key), shards)`.
+struct KeyExchange<T, K: ?Sized> {
+    key: Arc<dyn Fn(&T) -> &K + Send + Sync>,
+}
+
+impl<T: Send + 'static, K: Key + ?Sized + 'static> ExchangeBuild for KeyExchange<T, K> {
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        edge: usize,
+        built: &Built,
+        base: usize,
+        rank: usize,
+    ) -> AnyBox {
+        let me = sb.core.index;
+        let shards = sb.core.shards;
+        let capacity = sb.core.config.ring_capacity;
+        let Some(target) = built.input.downcast_ref::<Rc<dyn Input<T>>>() else {
+            unreachable!("an exchange feeds an operator of its message type");
+        };
+        let mut outboxes: Vec<Option<Rc<Outbox<T>>>> = Vec::with_capacity(shards);
+        let mut rings = Vec::new();
+        let mut runtime = ExchangeRuntime {
+            order: rank,
+            drain: None,
+            movers: Vec::new(),
+            closing: Vec::new(),
+        };
+        let mut gauges: Vec<Gauge> = built.gauges.to_vec();
+        let mut port = base + 1;
+        for other in 0..shards {
+            if other == me {
+                outboxes.push(None);
+                continue;
+            }
+            let (tx, rx) = sb.rings.pair::<T>(edge, me, other, capacity);
+            let outbox = Rc::new(Outbox {
+                spill: Spill::new(tx),
+            });
+            let closing = Rc::new(Notify::default());
+            gauges.push(outbox.spill.gauge.clone());
+            runtime.movers.push(Box::pin(
+                outbox
+                    .clone()
+                    .mover(closing.clone(), sb.core.relief.clone()),
+            ));
+            runtime.closing.push(closing);
+            sb.core.add_publisher(outbox.clone());
+            outboxes.push(Some(outbox));
+            rings.push((rx, port));
+            port += 1;
+        }
+        runtime.drain = Some(Box::pin(exchange::drain(
+            rings,
+            target.clone(),
+            built.gauges.clone(),
+            sb.core.clone(),
+        )));
+        sb.exchanges.push(runtime);
+        let local = *forward::<T>(built, base)
+            .downcast::<Downstream<T>>()
+            .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
+        let key = self.key.clone();
+        let input: Rc<dyn Input<T>> = Rc::new(Exchange {
+            route: Box::new(move |msg: &T| shard_for(key(msg).stable_hash(), shards)),
+            me,
+            outboxes,
+            local,
+        });
+        Box::new(Downstream::to(input, 0, gauges.into()))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Application>();
+    let _ = std::mem::size_of::<Event<()>>();
 }

@@ -48,11 +48,6 @@ impl Connections {
         .await
     }
 
-    /// Registers a waker to be woken when `stop` is called (for tasks that poll for it).
-    pub(crate) fn on_stop(&self, waker: &std::task::Waker) {
-        self.changed.register(waker);
-    }
-
     /// Waits until every connection has been read to its end.
     pub(crate) async fn until_all_closed(&self) {
         std::future::poll_fn(|cx| {

@@ -45,15 +45,15 @@ impl std::str::FromStr for Poll {
 /// config.cores = vec![0];
 /// config.pin = false;
 /// config.inputs = vec![(None, "127.0.0.1:0".parse().unwrap())];
-/// config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
+/// config.outputs = vec![(None, "127.0.0.1:5555".parse().unwrap())];
 /// assert_eq!(config.max_frame, 16_384);
 /// ```
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Source addresses: `(Some(name), addr)`, or `(None, addr)` for a one-source application.
     pub inputs: Vec<(Option<String>, SocketAddr)>,
-    /// Sink addresses, one per sink in the order the pipeline defines them.
-    pub outputs: Vec<SocketAddr>,
+    /// Sink addresses: `(Some(name), addr)`, or `(None, addr)` for a one-sink application.
+    pub outputs: Vec<(Option<String>, SocketAddr)>,
     /// One shard per listed core.
     pub cores: Vec<usize>,
     /// Pin each shard's thread to its core.

@@ -21,14 +21,15 @@
 
 pub mod config;
 pub mod doorbell;
+pub(crate) mod exchange;
 mod reporter;
 pub mod ring;
 pub mod router;
-#[doc(hidden)]
-pub mod shard;
+pub(crate) mod shard;
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -36,13 +37,14 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::error::Error;
 use crate::metrics::{self, LiveCounters, Progress, Summary};
-use crate::net::source::{accept_loop, Connections};
 use crate::pipeline::Application;
+use crate::plan::{instantiate, Plan, Role, ShardBuild};
 use config::{EngineConfig, Poll};
 use doorbell::{Doorbell, Waiter};
 use reporter::{Reporter, ShardPeriod};
-use shard::{RingRegistry, ShardBuilder};
+use shard::{RingRegistry, ShardCore};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
 /// process everything, flush the sinks. Cheap to clone and usable from any thread (a signal
@@ -91,67 +93,92 @@ pub struct Engine {
     shards: Vec<glommio::ExecutorJoinHandle<Summary>>,
     stop: StopHandle,
     sources: Vec<(String, SocketAddr)>,
+    endpoints: Vec<(String, String)>,
     cores: Vec<usize>,
     live: Vec<Arc<LiveCounters>>,
     reporter: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Per shard: what each source's and sink's `open` prepared for it, by node id.
+type Parts = HashMap<usize, Box<dyn Any + Send>>;
+
 impl Engine {
-    /// Binds every source's listeners, starts one shard per configured core and returns once
-    /// every shard is accepting connections.
-    pub fn start(app: Application, config: EngineConfig) -> Result<Engine, String> {
-        // Calibrate the clock now rather than on a shard's first message.
-        let _ = metrics::now_ns();
+    /// Lowers the application into its plan, opens every source and sink (binding the TCP
+    /// listeners), starts one shard per configured core and returns once every shard runs.
+    pub fn start(app: Application, config: EngineConfig) -> Result<Engine, Error> {
+        // Calibrate the clocks now rather than on a shard's first message.
+        let _ = metrics::wall_clock_ns(metrics::now_ns());
+        let plan = Arc::new(app.plan()?);
         let n = config.cores.len();
         if n == 0 {
-            return Err("no cores to run on".to_string());
+            return Err(Error::Config("no cores to run on".to_string()));
         }
         if config.pin {
             let online = config::online_cores();
             if let Some(c) = config.cores.iter().find(|c| !online.contains(c)) {
-                return Err(format!(
+                return Err(Error::Config(format!(
                     "core {c} is not available to this process (available: {online:?})"
-                ));
+                )));
             }
         }
-        let addrs = resolve_inputs(&app, &config)?;
-        // Every shard gets its own listener on each source's port (SO_REUSEPORT), bound here so
-        // that port 0 resolves to one real port that all shards share.
-        let mut sources = Vec::new();
-        let mut listeners: Vec<Vec<(String, std::net::TcpListener)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        for (name, addr) in &addrs {
-            let mut bound = *addr;
-            for shard_listeners in listeners.iter_mut() {
-                let l = bind_reuseport(bound)
-                    .map_err(|e| format!("source {name}: cannot listen on {bound}: {e}"))?;
-                bound = l.local_addr().map_err(|e| e.to_string())?;
-                shard_listeners.push((name.clone(), l));
+        let inputs = assign(&plan, Role::Source, &config.inputs, "--in")?;
+        let outputs = assign(&plan, Role::Sink, &config.outputs, "--out")?;
+        let mut parts: Vec<Parts> = (0..n).map(|_| HashMap::new()).collect();
+        let mut endpoints = Vec::new();
+        for (id, node) in plan.nodes.iter().enumerate() {
+            let Some(endpoint) = &node.spec.endpoint else {
+                continue;
+            };
+            let address = match node.role {
+                Role::Source => inputs.get(&id),
+                _ => outputs.get(&id),
             }
-            sources.push((name.clone(), bound));
+            .map(|a| a.to_string());
+            let (opened, shown) = endpoint.open(&node.name, address.as_deref(), n)?;
+            if opened.len() != n {
+                return Err(Error::Connector {
+                    name: node.name.clone(),
+                    message: format!("opened {} parts for {n} shards", opened.len()),
+                });
+            }
+            for (shard, part) in opened.into_iter().enumerate() {
+                parts[shard].insert(id, part);
+            }
+            if let Some(shown) = shown {
+                endpoints.push((node.name.clone(), shown));
+            }
         }
+        let sources: Vec<(String, SocketAddr)> = plan
+            .of_role(Role::Source)
+            .filter_map(|id| {
+                let name = &plan.nodes[id].name;
+                let (_, shown) = endpoints.iter().find(|(n, _)| n == name)?;
+                Some((name.clone(), shown.parse().ok()?))
+            })
+            .collect();
 
-        let app = Arc::new(app);
         let bells = (0..n)
             .map(|_| Doorbell::new())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot create shard doorbells: {e}"))?;
+            .map_err(|e| Error::Shard(format!("cannot create shard doorbells: {e}")))?;
         let rings = Arc::new(RingRegistry::new(bells.clone()));
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
             shards: bells.iter().map(|b| Waiter::new(Some(b))).collect(),
         }));
-        let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+        let (started_tx, started_rx) = mpsc::channel::<Result<(), Error>>();
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
         let (period_tx, period_rx) = mpsc::channel::<ShardPeriod>();
         let reporter = match config.metrics_interval {
-            Some(interval) => {
-                Some(Reporter::new(n, interval, config.metrics_json.as_ref())?.spawn(period_rx))
-            }
+            Some(interval) => Some(
+                Reporter::new(n, interval, config.metrics_json.as_ref())
+                    .map_err(Error::Config)?
+                    .spawn(period_rx),
+            ),
             None => None,
         };
         let mut shards = Vec::with_capacity(n);
-        for (index, shard_listeners) in listeners.into_iter().enumerate() {
+        for (index, shard_parts) in parts.into_iter().enumerate() {
             let core = config.cores[index];
             let placement = if config.pin {
                 Placement::Fixed(core)
@@ -169,12 +196,13 @@ impl Engine {
                 Poll::SpinFor(d) => builder = builder.spin_before_park(d),
             }
             let bell = bells[index].clone();
-            let plan = ShardPlan {
+            let start = ShardStart {
                 index,
                 shards: n,
-                app: app.clone(),
+                plan: plan.clone(),
                 config: config.clone(),
-                listeners: shard_listeners,
+                parts: shard_parts,
+                bell: bell.clone(),
                 rings: rings.clone(),
                 stop: stop.clone(),
                 started: started_tx.clone(),
@@ -184,38 +212,46 @@ impl Engine {
             let handle = builder
                 .spawn(move || async move {
                     glommio::spawn_local(bell.serve()).detach();
-                    run_shard(plan).await
+                    run_shard(start).await
                 })
-                .map_err(|e| format!("cannot start shard {index} on core {core}: {e}"))?;
+                .map_err(|e| {
+                    Error::Shard(format!("cannot start shard {index} on core {core}: {e}"))
+                })?;
             shards.push(handle);
         }
         drop((started_tx, live_tx, period_tx));
         for _ in 0..n {
-            match started_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    stop.stop();
-                    return Err(e);
-                }
-                Err(_) => {
-                    stop.stop();
-                    return Err("a shard exited during start-up".to_string());
-                }
+            let failed = match started_rx.recv() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => Error::Shard("a shard exited during start-up".to_string()),
+            };
+            stop.stop();
+            for h in shards {
+                let _ = h.join();
             }
+            return Err(failed);
         }
         Ok(Engine {
             shards,
             stop,
             sources,
+            endpoints,
             cores: config.cores,
             live: live_rx.try_iter().collect(),
             reporter,
         })
     }
 
-    /// Each source's name and the address it listens on (with the real port when 0 was asked).
+    /// Each TCP source's name and the address it listens on (with the real port when 0 was
+    /// asked).
     pub fn sources(&self) -> &[(String, SocketAddr)] {
         &self.sources
+    }
+
+    /// Every source's and sink's name and what its endpoint resolved to, in plan order.
+    pub fn endpoints(&self) -> &[(String, String)] {
+        &self.endpoints
     }
 
     /// The core each shard runs on, by shard index.
@@ -235,23 +271,29 @@ impl Engine {
 
     /// Stops the engine cleanly (everything in flight is processed and every sink flushed)
     /// and returns the merged measurements.
-    pub fn stop(self) -> Result<Summary, String> {
+    pub fn stop(self) -> Result<Summary, Error> {
         self.stop.stop();
         self.join()
     }
 
     /// Waits for every shard to finish (after a stop) and returns the merged measurements.
-    pub fn join(mut self) -> Result<Summary, String> {
+    pub fn join(mut self) -> Result<Summary, Error> {
         let mut total = Summary::default();
+        let mut failed = None;
         for (i, h) in std::mem::take(&mut self.shards).into_iter().enumerate() {
-            let s = h.join().map_err(|e| format!("shard {i} failed: {e}"))?;
-            total.merge(&s);
+            match h.join() {
+                Ok(s) => total.merge(&s),
+                Err(e) => failed = failed.or(Some(Error::Shard(format!("shard {i} failed: {e}")))),
+            }
         }
         if let Some(r) = self.reporter.take() {
             // Ends once every shard has dropped its sender, which joining them guarantees.
             let _ = r.join();
         }
-        Ok(total)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 }
 
@@ -272,65 +314,80 @@ impl Drop for Engine {
     }
 }
 
-fn resolve_inputs(
-    app: &Application,
-    config: &EngineConfig,
-) -> Result<Vec<(String, SocketAddr)>, String> {
-    let all = app.source_names();
-    for (i, n) in all.iter().enumerate() {
-        if all[..i].contains(n) {
-            return Err(format!("the application has two sources named {n}"));
+/// Matches `--in` (or `--out`) addresses to the plan's sources (or sinks) that take one, by
+/// name; a single unnamed address goes to the only one. Returns node id → address.
+fn assign(
+    plan: &Plan,
+    role: Role,
+    given: &[(Option<String>, SocketAddr)],
+    flag: &str,
+) -> Result<HashMap<usize, SocketAddr>, Error> {
+    let kind = if role == Role::Source {
+        "source"
+    } else {
+        "sink"
+    };
+    let wanting: Vec<(usize, &str)> = plan
+        .of_role(role)
+        .filter(|&id| {
+            plan.nodes[id]
+                .spec
+                .endpoint
+                .as_ref()
+                .is_some_and(|e| e.takes_address())
+        })
+        .map(|id| (id, plan.nodes[id].name.as_str()))
+        .collect();
+    let names: Vec<&str> = wanting.iter().map(|(_, n)| *n).collect();
+    for (i, (name, _)) in given.iter().enumerate() {
+        if let Some(name) = name {
+            if given[..i].iter().any(|(n, _)| n.as_deref() == Some(name)) {
+                return Err(Error::Config(format!("{flag} names {kind} {name} twice")));
+            }
         }
     }
-    let names = &app.tcp_source_names()[..];
-    if names.is_empty() && config.inputs.is_empty() {
-        return Ok(Vec::new());
+    let mut out = HashMap::new();
+    if let ([(None, addr)], [(id, _)]) = (given, wanting.as_slice()) {
+        out.insert(*id, *addr);
+        return Ok(out);
     }
-    if let [(None, addr)] = config.inputs.as_slice() {
-        if let [only] = names {
-            return Ok(vec![(only.clone(), *addr)]);
-        }
-    }
-    let mut out = Vec::new();
-    for name in names {
-        let found = config
-            .inputs
-            .iter()
-            .find(|(n, _)| n.as_deref() == Some(name.as_str()));
-        match found {
-            Some((_, addr)) => out.push((name.clone(), *addr)),
+    for (id, name) in &wanting {
+        match given.iter().find(|(n, _)| n.as_deref() == Some(*name)) {
+            Some((_, addr)) => {
+                out.insert(*id, *addr);
+            }
             None => {
-                return Err(format!(
-                    "no address for source {name}: give --in {} (one NAME@HOST:PORT per source)",
+                return Err(Error::Config(format!(
+                    "no address for {kind} {name}: give {flag} {} (one NAME@HOST:PORT per {kind})",
                     names
                         .iter()
                         .map(|n| format!("{n}@HOST:PORT"))
                         .collect::<Vec<_>>()
                         .join(",")
-                ))
+                )))
             }
         }
     }
-    if let Some((n, a)) = config
-        .inputs
+    if let Some((n, a)) = given
         .iter()
-        .find(|(n, _)| n.as_ref().is_none_or(|n| !names.contains(n)))
+        .find(|(n, _)| n.as_deref().is_none_or(|n| !names.contains(&n)))
     {
-        return Err(match n {
+        return Err(Error::Config(match n {
             Some(n) => format!(
-                "--in names a source {n} that the application does not have (it has {})",
-                names.join(", ")
+                "{flag} names a {kind} {n} that the application does not have (it has {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
             ),
             None => format!(
-                "--in {a}: give the source's name (NAME@HOST:PORT), the application has {} sources",
+                "{flag} {a}: give the {kind}'s name (NAME@HOST:PORT), the application has {} {kind}s that take an address",
                 names.len()
             ),
-        });
+        }));
     }
     Ok(out)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds a listening socket that this engine's other shards can share (SO_REUSEPORT).
+pub(crate) fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -342,52 +399,47 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// What a shard needs from start-up, moved onto its thread.
-struct ShardPlan {
+struct ShardStart {
     index: usize,
     shards: usize,
-    app: Arc<Application>,
+    plan: Arc<Plan>,
     config: EngineConfig,
-    listeners: Vec<(String, std::net::TcpListener)>,
+    parts: Parts,
+    bell: Arc<Doorbell>,
     rings: Arc<RingRegistry>,
     stop: StopHandle,
-    started: mpsc::Sender<Result<(), String>>,
+    started: mpsc::Sender<Result<(), Error>>,
     live: mpsc::Sender<Arc<LiveCounters>>,
     periods: mpsc::Sender<ShardPeriod>,
 }
 
-/// Everything one shard does, from building its graph to its final measurements.
-async fn run_shard(plan: ShardPlan) -> Summary {
-    let ShardPlan {
+/// Everything one shard does, from instantiating the plan to its final measurements.
+///
+/// The stop follows the graph: sources end (each reads its open inputs to their end and sends
+/// end of stream), then every exchange in topological order closes its outgoing rings and
+/// drains the incoming ones to their end, then every sink delivers what is left.
+async fn run_shard(start: ShardStart) -> Summary {
+    let ShardStart {
         index,
         shards,
-        app,
+        plan,
         config,
-        listeners,
+        parts,
+        bell,
         rings,
         stop,
         started,
         live,
         periods,
-    } = plan;
-    let mut sb = ShardBuilder::new(
-        index,
-        shards,
-        rings,
-        config.ring_capacity,
-        config.sink_buffer,
-    );
-    let _ = live.send(sb.metrics.live.clone());
-    app.build(&mut sb);
-    if sb.sinks.len() != config.outputs.len() {
-        let _ = started.send(Err(format!(
-            "the application has {} sink(s) but --out gives {} address(es)",
-            sb.sinks.len(),
-            config.outputs.len()
-        )));
-        let _ = periods.send(ShardPeriod::Done(sb.metrics.take_period()));
-        return sb.metrics.snapshot();
+    } = start;
+    let core = Rc::new(ShardCore::new(index, shards, config.clone(), bell));
+    let _ = live.send(core.metrics.live.clone());
+    let mut sb = ShardBuild::new(core.clone(), rings, parts);
+    if let Err(e) = instantiate(&plan, &mut sb) {
+        let _ = started.send(Err(e));
+        let _ = periods.send(ShardPeriod::Done(core.metrics.take_period()));
+        return core.metrics.snapshot();
     }
-    let core = sb.core();
     if let Some(interval) = config.metrics_interval {
         glommio::spawn_local(reporter::shard_periods(
             index,
@@ -397,81 +449,40 @@ async fn run_shard(plan: ShardPlan) -> Summary {
         ))
         .detach();
     }
-    let relief = sb.relief.clone();
-
-    let sinks: Vec<_> = sb
-        .sinks
-        .iter()
-        .zip(&config.outputs)
-        .map(|(buffer, addr)| {
-            let task = glommio::spawn_local(buffer.clone().writer(*addr, index, relief.clone()));
-            (buffer.clone(), task)
+    let ShardBuild {
+        sources,
+        mut exchanges,
+        mut sinks,
+        states,
+        ..
+    } = sb;
+    sinks.sort_by_key(|(rank, _, _)| *rank);
+    let sinks: Vec<_> = sinks
+        .into_iter()
+        .map(|(_, finish, task)| (finish, task.map(glommio::spawn_local)))
+        .collect();
+    exchanges.sort_by_key(|x| x.order);
+    let exchanges: Vec<_> = exchanges
+        .into_iter()
+        .map(|x| {
+            let movers: Vec<_> = x.movers.into_iter().map(glommio::spawn_local).collect();
+            (x.closing, movers, x.drain.map(glommio::spawn_local))
         })
         .collect();
-
-    let mut stages = std::mem::take(&mut sb.stages);
-    // Stage ids grow upstream, so closing in descending order closes a stage's inputs before
-    // the stage itself.
-    stages.sort_by_key(|s| std::cmp::Reverse(s.id));
-    let mut running_stages = Vec::new();
-    for stage in stages.iter_mut() {
-        let movers: Vec<_> = stage.movers.drain(..).map(glommio::spawn_local).collect();
-        let drain = stage
-            .drain
-            .take()
-            .map(|d| glommio::spawn_local(d(core.clone())));
-        running_stages.push((std::mem::take(&mut stage.closing), movers, drain));
-    }
-
-    let conns = Rc::new(Connections::default());
-    let local_tasks: Vec<_> = std::mem::take(&mut sb.local_tasks)
+    let sources: Vec<_> = sources
         .into_iter()
-        .map(|t| glommio::spawn_local(t(core.clone(), conns.clone())))
+        .map(|(_, task)| glommio::spawn_local(task))
         .collect();
-    let sink_tasks: Vec<_> = std::mem::take(&mut sb.sink_tasks)
-        .into_iter()
-        .map(|t| {
-            let finish = Rc::new(shard::Notify::default());
-            (
-                finish.clone(),
-                glommio::spawn_local(t(core.clone(), conns.clone(), finish)),
-            )
-        })
-        .collect();
-    let mut accepts = Vec::new();
-    let mut sources = std::mem::take(&mut sb.sources);
-    for (name, listener) in listeners {
-        let Some(pos) = sources.iter().position(|s| s.name == name) else {
-            continue;
-        };
-        let source = Rc::new(sources.swap_remove(pos));
-        let fd = listener.into_raw_fd();
-        // SAFETY: into_raw_fd gave up ownership of the open listening socket; the glommio
-        // listener takes it over and closes it on drop.
-        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-        accepts.push(glommio::spawn_local(accept_loop(
-            listener,
-            fd,
-            source,
-            core.clone(),
-            conns.clone(),
-            config.max_frame,
-        )));
-    }
     let _ = started.send(Ok(()));
     drop(started);
 
     stop.stopped(index).await;
-    conns.stop();
-    for a in accepts {
-        a.await;
-    }
-    conns.until_all_closed().await;
-    for t in local_tasks {
-        t.await;
+    core.stop.set();
+    for s in sources {
+        s.await;
     }
     core.flush();
-    for (closing, movers, drain) in running_stages {
+    for (closing, movers, drain) in exchanges {
         for c in &closing {
             c.notify();
         }
@@ -482,14 +493,16 @@ async fn run_shard(plan: ShardPlan) -> Summary {
             d.await;
         }
     }
-    for (buffer, task) in sinks {
-        buffer.finish();
-        task.await;
-    }
-    for (finish, task) in sink_tasks {
-        finish.notify();
-        task.await;
+    for (finish, task) in sinks {
+        finish.set();
+        if let Some(t) = task {
+            t.await;
+        }
     }
     let _ = periods.send(ShardPeriod::Done(core.metrics.take_period()));
-    core.metrics.snapshot()
+    let mut summary = core.metrics.snapshot();
+    for (name, view) in &states {
+        summary.add_state(name, view.entities() as u64);
+    }
+    summary
 }

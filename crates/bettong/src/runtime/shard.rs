@@ -1,16 +1,12 @@
-//! One shard: the pieces of the application graph that run on one core, and how they wait.
-//!
-//! An application is turned into a graph of closures on every shard (see `pipeline`): each
-//! stage calls the next one directly, so a message that stays on its shard costs a few indirect
-//! calls. A keyed stage sends messages whose key another shard owns through an [`Outbox`] into
-//! that shard's ring, where the stage's drain task on the owning shard picks them up.
+//! One shard's services: what its operators, connectors and tasks share while it runs, and how
+//! they wait.
 //!
 //! Backpressure is local and never drops: a ring that is full spills into its outbox's overflow
 //! queue and raises the outbox's [`Gauge`]; a sink buffer over its limit raises its gauge. A
-//! source connection checks the gauges downstream of it after each frame and stops reading its
-//! socket until they fall, which pushes back to the sender through TCP. A drain task checks
-//! only the gauges strictly downstream of its stage, so waits always point downstream and can
-//! never form a cycle.
+//! source checks the gauges downstream of it after each batch and stops reading until they
+//! fall, which pushes back to its peer (through TCP, or a pusher's full ring). An exchange's
+//! drain task checks only the gauges strictly downstream of its operator, so waits always
+//! point downstream and can never form a cycle.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -21,50 +17,41 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use crate::codec::DecodeError;
+use crate::event::Event;
 use crate::metrics::ShardMetrics;
-use crate::net::sink::SinkBuffer;
-use crate::net::source::Connections;
+use crate::runtime::config::EngineConfig;
 use crate::runtime::doorbell::Doorbell;
 use crate::runtime::ring::{self, Consumer, Producer};
 
 /// A boxed future local to a shard.
 pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 
-/// The entry point of a stage: takes a message and the time its input frame was read.
-pub(crate) type Emit<T> = Rc<dyn Fn(T, u64)>;
-
-/// A resource that can fill up (a sink buffer, a ring's overflow): `true` while over its limit.
+/// A resource that can fill up (a sink buffer, a ring's overflow): over its limit or not.
+/// Sources upstream of a gauge that is over stop reading until it falls.
+///
+/// ```
+/// let g = bettong::Gauge::default();
+/// g.set(true);
+/// assert!(g.is_over());
+/// ```
 #[derive(Clone, Default)]
-pub(crate) struct Gauge(Rc<Cell<bool>>);
+pub struct Gauge(Rc<Cell<bool>>);
 
 impl Gauge {
-    pub(crate) fn is_over(&self) -> bool {
+    /// True while the resource is over its limit.
+    pub fn is_over(&self) -> bool {
         self.0.get()
     }
-    pub(crate) fn set(&self, over: bool) {
+
+    /// Raises or lowers the gauge (after lowering, wake the waiters:
+    /// [`SinkContext::relieve`](crate::SinkContext::relieve)).
+    pub fn set(&self, over: bool) {
         self.0.set(over)
     }
 }
 
-/// Where a stage sends its outputs, and the gauges of everything that lies downstream.
-#[doc(hidden)]
-pub struct Downstream<T> {
-    pub(crate) emit: Emit<T>,
-    pub(crate) gauges: Rc<[Gauge]>,
-}
-
-impl<T> Clone for Downstream<T> {
-    fn clone(&self) -> Self {
-        Downstream {
-            emit: self.emit.clone(),
-            gauges: self.gauges.clone(),
-        }
-    }
-}
-
-/// Tasks waiting for any gauge of this shard to fall. Gauges fall rarely (a sink write
-/// completed, an overflow emptied), so waking every waiter then is cheap and simple.
+/// Tasks waiting for something on this shard. Events are rare (a gauge fell, the shard is
+/// stopping), so waking every waiter then is cheap and simple.
 #[derive(Default)]
 pub(crate) struct WaitList(RefCell<Vec<Waker>>);
 
@@ -79,7 +66,8 @@ impl WaitList {
     }
 
     pub(crate) fn wake_all(&self) {
-        for w in self.0.borrow_mut().drain(..) {
+        let wakers = std::mem::take(&mut *self.0.borrow_mut());
+        for w in wakers {
             w.wake();
         }
     }
@@ -92,6 +80,41 @@ impl WaitList {
                 Poll::Pending
             } else {
                 Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// A flag that is set once and that any number of tasks on the shard can wait for.
+#[derive(Default)]
+pub(crate) struct Latch {
+    set: Cell<bool>,
+    waiters: WaitList,
+}
+
+impl Latch {
+    pub(crate) fn set(&self) {
+        self.set.set(true);
+        self.waiters.wake_all();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    /// Registers a waker to be woken when the latch is set (for tasks that poll for it).
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waiters.register(waker)
+    }
+
+    pub(crate) async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.register(cx.waker());
+                Poll::Pending
             }
         })
         .await
@@ -126,19 +149,65 @@ impl Notify {
     }
 }
 
-/// The shard-wide services that sources and drain tasks use while running.
+/// Something with ring items waiting to be published.
+pub(crate) trait Publish {
+    fn publish(&self);
+}
+
+/// Decodes one frame's payload and runs the message through the graph.
+pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<(), crate::codec::DecodeError>>;
+
+/// A TCP source as seen by one shard's connections: its name and what to do with each frame.
+pub(crate) struct SourceRuntime {
+    pub(crate) name: String,
+    /// Decodes one payload and runs it through the graph.
+    pub(crate) on_frame: FrameHandler,
+    pub(crate) gauges: Rc<[Gauge]>,
+}
+
+/// The shard-wide services that operators, connectors and tasks share while it runs.
 pub(crate) struct ShardCore {
     pub(crate) index: usize,
+    pub(crate) shards: usize,
+    pub(crate) config: EngineConfig,
     pub(crate) metrics: Rc<ShardMetrics>,
+    /// Woken when a gauge falls.
     pub(crate) relief: Rc<WaitList>,
-    publishers: Vec<Rc<dyn Publish>>,
+    /// Set when the engine stops.
+    pub(crate) stop: Latch,
+    /// This shard's doorbell, for rings whose other end is on a host thread.
+    pub(crate) bell: Arc<Doorbell>,
+    publishers: RefCell<Vec<Rc<dyn Publish>>>,
 }
 
 impl ShardCore {
+    pub(crate) fn new(
+        index: usize,
+        shards: usize,
+        config: EngineConfig,
+        bell: Arc<Doorbell>,
+    ) -> Self {
+        ShardCore {
+            bell,
+            index,
+            shards,
+            config,
+            metrics: Rc::new(ShardMetrics::default()),
+            relief: Rc::new(WaitList::default()),
+            stop: Latch::default(),
+            publishers: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn add_publisher(&self, p: Rc<dyn Publish>) {
+        self.publishers.borrow_mut().push(p);
+    }
+
     /// Publishes every outbox's pending ring items: called after each read or drain batch, so a
     /// batch crosses cores with one store per ring.
+    #[inline]
     pub(crate) fn flush(&self) {
-        for p in &self.publishers {
+        for p in self.publishers.borrow().iter() {
             p.publish();
         }
     }
@@ -153,48 +222,15 @@ impl ShardCore {
     }
 }
 
-trait Publish {
-    fn publish(&self);
-}
-
-/// Decodes one frame's payload and runs the message through the graph.
-pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<(), DecodeError>>;
-
-/// Starts a shard-local task, given the shard's services and its stop latch.
-pub(crate) type LocalTask = Box<dyn FnOnce(Rc<ShardCore>, Rc<Connections>) -> LocalFuture>;
-
-/// Starts an in-process sink's task, given the shard's services, its stop latch and the
-/// signal that everything upstream of the sink is done.
-pub(crate) type SinkTask =
-    Box<dyn FnOnce(Rc<ShardCore>, Rc<Connections>, Rc<Notify>) -> LocalFuture>;
-
-/// A source as seen by one shard: its name and what to do with each frame.
-pub(crate) struct SourceRuntime {
-    pub(crate) name: String,
-    /// Decodes one payload and runs it through the graph.
-    pub(crate) on_frame: FrameHandler,
-    pub(crate) gauges: Rc<[Gauge]>,
-}
-
-/// A keyed stage as seen by one shard: its drain task and how to close its outgoing rings.
-pub(crate) struct StageRuntime {
-    pub(crate) id: usize,
-    /// Drains the rings from other shards into the local state; ends when they are closed.
-    pub(crate) drain: Option<Box<dyn FnOnce(Rc<ShardCore>) -> LocalFuture>>,
-    /// Moves overflow into the rings; ends (closing the rings) once `closing` is notified.
-    pub(crate) movers: Vec<LocalFuture>,
-    pub(crate) closing: Vec<Rc<Notify>>,
-}
-
-/// Ring ends waiting for the shard that will own them. Each shard builds its graph on its own
-/// thread; whichever of two shards reaches a ring first creates it and leaves the other end
+/// Ring ends waiting for the shard that will own them. Each shard builds its operators on its
+/// own thread; whichever of two shards reaches a ring first creates it and leaves the other end
 /// here. Used only at start-up, so the lock is never on the hot path.
 pub(crate) struct RingRegistry {
     ends: Mutex<HashMap<RingEnd, Box<dyn Any + Send>>>,
-    bells: Vec<Arc<Doorbell>>,
+    pub(crate) bells: Vec<Arc<Doorbell>>,
 }
 
-/// (stage, from shard, to shard, is the producer end).
+/// (exchange edge, from shard, to shard, is the producer end).
 type RingEnd = (usize, usize, usize, bool);
 
 impl RingRegistry {
@@ -206,168 +242,50 @@ impl RingRegistry {
         }
     }
 
-    /// Takes this shard's end of the ring for `stage` from shard `from` to shard `to`.
-    fn take<T: Send + 'static>(
+    /// Takes this shard's end of the ring of exchange `edge` from shard `from` to shard `to`.
+    pub(crate) fn take<T: Send + 'static>(
         &self,
-        stage: usize,
+        edge: usize,
         from: usize,
         to: usize,
         producer: bool,
         capacity: usize,
     ) -> Box<dyn Any + Send> {
         let mut map = self.ends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(end) = map.remove(&(stage, from, to, producer)) {
+        if let Some(end) = map.remove(&(edge, from, to, producer)) {
             return end;
         }
-        let (tx, rx) = ring::channel_between::<(T, u64)>(
+        let (tx, rx) = ring::channel_between::<Event<T>>(
             capacity,
             Some(&self.bells[from]),
             Some(&self.bells[to]),
         );
         if producer {
-            map.insert((stage, from, to, false), Box::new(rx));
+            map.insert((edge, from, to, false), Box::new(rx));
             Box::new(tx)
         } else {
-            map.insert((stage, from, to, true), Box::new(tx));
+            map.insert((edge, from, to, true), Box::new(tx));
             Box::new(rx)
         }
     }
-}
 
-/// Builds one shard's copy of the application graph.
-pub struct ShardBuilder {
-    pub(crate) index: usize,
-    pub(crate) shards: usize,
-    pub(crate) metrics: Rc<ShardMetrics>,
-    pub(crate) relief: Rc<WaitList>,
-    pub(crate) sources: Vec<SourceRuntime>,
-    pub(crate) stages: Vec<StageRuntime>,
-    pub(crate) sinks: Vec<Rc<SinkBuffer>>,
-    pub(crate) sink_buffer: usize,
-    /// Tasks of in-process sources and sinks, started with the shard and awaited (in order)
-    /// when it stops, before the keyed stages close.
-    pub(crate) local_tasks: Vec<LocalTask>,
-    /// Tasks of in-process sinks: told to finish (and awaited) after the keyed stages close.
-    pub(crate) sink_tasks: Vec<SinkTask>,
-    publishers: Vec<Rc<dyn Publish>>,
-    rings: Arc<RingRegistry>,
-    ring_capacity: usize,
-    next_stage: usize,
-}
-
-impl ShardBuilder {
-    pub(crate) fn new(
-        index: usize,
-        shards: usize,
-        rings: Arc<RingRegistry>,
-        ring_capacity: usize,
-        sink_buffer: usize,
-    ) -> Self {
-        ShardBuilder {
-            index,
-            shards,
-            metrics: Rc::new(ShardMetrics::default()),
-            relief: Rc::new(WaitList::default()),
-            sources: Vec::new(),
-            stages: Vec::new(),
-            sinks: Vec::new(),
-            sink_buffer,
-            local_tasks: Vec::new(),
-            sink_tasks: Vec::new(),
-            publishers: Vec::new(),
-            rings,
-            ring_capacity,
-            next_stage: 0,
-        }
-    }
-
-    /// This shard's doorbell, for rings whose other end is on a host thread.
-    pub(crate) fn bell(&self) -> Arc<Doorbell> {
-        self.rings.bells[self.index].clone()
-    }
-
-    /// The services the running shard's tasks share, once the graph is built.
-    pub(crate) fn core(&mut self) -> Rc<ShardCore> {
-        Rc::new(ShardCore {
-            index: self.index,
-            metrics: self.metrics.clone(),
-            relief: self.relief.clone(),
-            publishers: std::mem::take(&mut self.publishers),
-        })
-    }
-
-    /// Adds a keyed stage: `route` gives a message's owning shard, `local` runs it on the shard
-    /// that owns it. Returns the stage's entry point on this shard.
-    pub(crate) fn keyed_stage<T: Send + 'static>(
-        &mut self,
-        route: impl Fn(&T) -> usize + 'static,
-        local: Emit<T>,
-        downstream_gauges: Rc<[Gauge]>,
-    ) -> Downstream<T> {
-        let id = self.next_stage;
-        self.next_stage += 1;
-        if self.shards == 1 {
-            return Downstream {
-                emit: local,
-                gauges: downstream_gauges,
-            };
-        }
-        let mut outboxes: Vec<Option<Rc<Outbox<T>>>> = Vec::with_capacity(self.shards);
-        let mut consumers = Vec::new();
-        let mut stage = StageRuntime {
-            id,
-            drain: None,
-            movers: Vec::new(),
-            closing: Vec::new(),
-        };
-        let mut gauges: Vec<Gauge> = downstream_gauges.to_vec();
-        for other in 0..self.shards {
-            if other == self.index {
-                outboxes.push(None);
-                continue;
-            }
-            let tx = self
-                .rings
-                .take::<T>(id, self.index, other, true, self.ring_capacity);
-            let rx = self
-                .rings
-                .take::<T>(id, other, self.index, false, self.ring_capacity);
-            let (Ok(tx), Ok(rx)) = (
-                tx.downcast::<Producer<(T, u64)>>(),
-                rx.downcast::<Consumer<(T, u64)>>(),
-            ) else {
-                unreachable!("ring registry keys carry their stage's message type");
-            };
-            let outbox = Rc::new(Outbox {
-                spill: Spill::new(*tx),
-            });
-            let closing = Rc::new(Notify::default());
-            gauges.push(outbox.spill.gauge.clone());
-            stage.movers.push(Box::pin(
-                outbox.clone().mover(closing.clone(), self.relief.clone()),
-            ));
-            stage.closing.push(closing);
-            self.publishers.push(outbox.clone());
-            outboxes.push(Some(outbox));
-            consumers.push(*rx);
-        }
-        let me = self.index;
-        let local_for_drain = local.clone();
-        stage.drain = Some(Box::new(move |core: Rc<ShardCore>| {
-            Box::pin(drain(consumers, local_for_drain, downstream_gauges, core)) as LocalFuture
-        }));
-        self.stages.push(stage);
-        let emit: Emit<T> = Rc::new(move |msg: T, ingest: u64| {
-            let dst = route(&msg);
-            match &outboxes[dst] {
-                Some(outbox) => outbox.send((msg, ingest)),
-                None if dst == me => local(msg, ingest),
-                None => unreachable!("route() returned shard {dst} out of range"),
-            }
-        });
-        Downstream {
-            emit,
-            gauges: gauges.into(),
+    /// Both ends this shard needs for exchange `edge` with shard `other`: the producer towards
+    /// it and the consumer from it.
+    pub(crate) fn pair<T: Send + 'static>(
+        &self,
+        edge: usize,
+        me: usize,
+        other: usize,
+        capacity: usize,
+    ) -> (Producer<Event<T>>, Consumer<Event<T>>) {
+        let tx = self.take::<T>(edge, me, other, true, capacity);
+        let rx = self.take::<T>(edge, other, me, false, capacity);
+        match (
+            tx.downcast::<Producer<Event<T>>>(),
+            rx.downcast::<Consumer<Event<T>>>(),
+        ) {
+            (Ok(tx), Ok(rx)) => (*tx, *rx),
+            _ => unreachable!("ring registry keys carry their edge's message type"),
         }
     }
 }
@@ -460,85 +378,13 @@ impl<T: Send + 'static> Spill<T> {
     }
 }
 
-/// This shard's sending side of one keyed stage towards one other shard.
-struct Outbox<T> {
-    spill: Spill<(T, u64)>,
-}
-
-impl<T: Send + 'static> Outbox<T> {
-    /// Queues one message; it is published with the rest of its batch by `ShardCore::flush`.
-    fn send(&self, item: (T, u64)) {
-        self.spill.send(item, false, true);
-    }
-
-    /// Moves spilled messages into the ring as the consumer makes room; on `closing`, empties
-    /// the overflow and closes the ring.
-    async fn mover(self: Rc<Self>, closing: Rc<Notify>, relief: Rc<WaitList>) {
-        let closed = Cell::new(false);
-        loop {
-            futures_lite::future::or(self.spill.spilled(), async {
-                closing.notified().await;
-                closed.set(true);
-            })
-            .await;
-            while !self.spill.move_overflow() {
-                self.spill.space().await;
-            }
-            self.spill.relieve(&relief);
-            if closed.get() {
-                self.spill.close();
-                return;
-            }
-        }
-    }
-}
-
-impl<T: Send + 'static> Publish for Outbox<T> {
-    fn publish(&self) {
-        let mut p = self.spill.ring.borrow_mut();
+impl<T: Send + 'static> Spill<T> {
+    /// Publishes whatever was pushed and not yet published.
+    #[inline]
+    pub(crate) fn publish_pending(&self) {
+        let mut p = self.ring.borrow_mut();
         if p.has_pending() {
             p.publish();
         }
-    }
-}
-
-/// Runs messages that other shards routed here through the local state, until every other
-/// shard has closed its ring to us.
-async fn drain<T: Send + 'static>(
-    mut consumers: Vec<Consumer<(T, u64)>>,
-    local: Emit<T>,
-    gauges: Rc<[Gauge]>,
-    core: Rc<ShardCore>,
-) {
-    loop {
-        let mut drained = 0;
-        for c in consumers.iter_mut() {
-            drained += c.drain(|(msg, ingest)| local(msg, ingest));
-        }
-        if drained == 0 {
-            if consumers.iter().all(Consumer::is_finished) {
-                return;
-            }
-            // Park until a producer publishes. With `--poll spin` the executor itself keeps
-            // polling its io_uring instead of sleeping, so the doorbell's wake-up is picked up
-            // at once. (Spinning here, in the task, would keep glommio from polling I/O at all
-            // until its preemption timer fires.)
-            std::future::poll_fn(|cx| {
-                let mut ready = false;
-                for c in consumers.iter_mut() {
-                    ready |= c.poll_ready(cx).is_ready();
-                }
-                if ready {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            continue;
-        }
-        core.flush();
-        core.backpressure(&gauges).await;
-        glommio::yield_if_needed().await;
     }
 }

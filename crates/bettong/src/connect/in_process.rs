@@ -54,15 +54,15 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
+use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
+use crate::error::Error;
+use crate::event::Stamp;
 use crate::metrics::now_ns;
-use crate::net::source::Connections;
-use crate::pipeline::{Sink, Source};
 use crate::runtime::doorbell::{Doorbell, Waiter};
 use crate::runtime::ring::{self, Consumer, Producer};
-use crate::runtime::router::{shard_for, Key};
-use crate::runtime::shard::{
-    Downstream, Emit, Gauge, LocalFuture, Notify, ShardBuilder, ShardCore, Spill,
-};
+use crate::runtime::router::Key;
+use crate::runtime::shard::{Latch, ShardCore, Spill};
+use crate::state::shard_for;
 
 /// Messages a pusher's ring to each shard holds.
 const PUSH_RING: usize = 4096;
@@ -156,27 +156,36 @@ impl<T: Send + 'static> InProcessSource<T> {
 
 impl<T: Send + 'static> Source for InProcessSource<T> {
     type Out = T;
+    type Part = ();
 
-    fn install(&self, name: &str, sb: &mut ShardBuilder, down: Downstream<T>) {
-        let bell = sb.bell();
+    fn open(
+        &self,
+        _name: &str,
+        _address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<()>, Error> {
+        let mut sides = lock(&self.hub.shards);
+        sides.clear();
+        sides.resize_with(shards, || None);
+        Ok(Opened::per_shard(shards, |_| ()))
+    }
+
+    fn run(
+        &self,
+        _part: (),
+        ctx: SourceContext<T>,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let bell = ctx.core().bell.clone();
         let waiter = Waiter::new(Some(&bell));
-        {
-            let mut shards = lock(&self.hub.shards);
-            if shards.len() < sb.shards {
-                shards.resize_with(sb.shards, || None);
-            }
-            shards[sb.index] = Some(ShardSide {
+        let index = ctx.shard();
+        if let Some(side) = lock(&self.hub.shards).get_mut(index) {
+            *side = Some(ShardSide {
                 bell,
                 waiter: waiter.clone(),
                 incoming: Vec::new(),
             });
         }
-        let hub = self.hub.clone();
-        let name = name.to_string();
-        let index = sb.index;
-        sb.local_tasks.push(Box::new(move |core, stop| {
-            Box::pin(serve(hub, index, name, waiter, down, core, stop)) as LocalFuture
-        }));
+        serve(self.hub.clone(), index, waiter, ctx)
     }
 }
 
@@ -277,40 +286,38 @@ impl<F: std::future::Future<Output = bool>> NowOrNever for F {
 async fn serve<T: Send + 'static>(
     hub: Arc<Hub<T>>,
     index: usize,
-    name: String,
     waiter: Arc<Waiter>,
-    down: Downstream<T>,
-    core: Rc<ShardCore>,
-    stop: Rc<Connections>,
+    ctx: SourceContext<T>,
 ) {
     let mut rings: Vec<PushRing<T>> = Vec::new();
-    let emit = &down.emit;
-    let metrics = core.metrics.clone();
+    let core = ctx.core().clone();
+    let stop = &core.stop;
+    let emit = |(msg, ingest): (T, u64)| {
+        ctx.count_in();
+        ctx.emit(msg, Stamp::at(ingest))
+    };
     loop {
         if let Some(side) = lock(&hub.shards)[index].as_mut() {
             rings.append(&mut side.incoming);
         }
         let mut n = 0;
         for (ring, _) in rings.iter_mut() {
-            n += ring.drain(|(msg, ingest)| {
-                metrics.message_in();
-                emit(msg, ingest)
-            });
+            n += ring.drain(emit);
         }
         if n > 0 {
-            core.flush();
-            core.backpressure(&down.gauges).await;
+            ctx.flush();
+            ctx.backpressure().await;
             glommio::yield_if_needed().await;
             continue;
         }
         rings.retain(|(ring, _)| !ring.is_finished());
-        if stop.stopping.get() {
+        if stop.is_set() {
             break;
         }
         std::future::poll_fn(|cx| {
-            stop.on_stop(cx.waker());
+            stop.register(cx.waker());
             waiter.park(cx);
-            let mut ready = stop.stopping.get()
+            let mut ready = stop.is_set()
                 || lock(&hub.shards)[index]
                     .as_ref()
                     .is_some_and(|s| !s.incoming.is_empty());
@@ -337,18 +344,14 @@ async fn serve<T: Send + 'static>(
     for (ring, state) in rings.iter_mut() {
         loop {
             let busy = state.pushing.load(Ordering::SeqCst);
-            ring.drain(|(msg, ingest)| {
-                metrics.message_in();
-                emit(msg, ingest)
-            });
+            ring.drain(emit);
             if !busy {
                 break;
             }
             std::hint::spin_loop();
         }
     }
-    core.flush();
-    let _ = name;
+    ctx.flush();
 }
 
 /// An in-process sink that calls a function on the shard that produced each output.
@@ -375,16 +378,28 @@ impl<F> CallbackSink<F> {
 }
 
 impl<T: Send + 'static, F: Fn(&T) + Send + Sync + 'static> Sink<T> for CallbackSink<F> {
-    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
-        let f = self.f.clone();
-        let metrics = sb.metrics.clone();
-        Downstream {
-            emit: Rc::new(move |msg: T, ingest| {
-                f(&msg);
-                metrics.output(ingest);
-            }),
-            gauges: Rc::from([]),
-        }
+    type Part = ();
+
+    fn open(
+        &self,
+        _name: &str,
+        _address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<()>, Error> {
+        Ok(Opened::per_shard(shards, |_| ()))
+    }
+
+    fn start(&self, _part: (), _ctx: SinkContext) -> SinkShard<T> {
+        SinkShard::new(Callback(self.f.clone()))
+    }
+}
+
+struct Callback<F>(Arc<F>);
+
+impl<T, F: Fn(&T)> SinkInput<T> for Callback<F> {
+    #[inline]
+    fn write(&self, msg: T, _stamp: Stamp) {
+        (self.0)(&msg)
     }
 }
 
@@ -459,25 +474,38 @@ impl<T: Send + 'static> Outputs<T> {
 }
 
 impl<T: Send + 'static> Sink<T> for PolledSink<T> {
-    fn install(&self, sb: &mut ShardBuilder) -> Downstream<T> {
-        let (tx, rx) = ring::channel_between::<T>(self.capacity, Some(&sb.bell()), None);
+    type Part = ();
+
+    fn open(
+        &self,
+        _name: &str,
+        _address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<()>, Error> {
+        Ok(Opened::per_shard(shards, |_| ()))
+    }
+
+    fn start(&self, _part: (), ctx: SinkContext) -> SinkShard<T> {
+        let (tx, rx) = ring::channel_between::<T>(self.capacity, Some(&ctx.core().bell), None);
         lock(&self.rings).push(rx);
         let out = Rc::new(OutRing {
             spill: Spill::new(tx),
             stopping: std::cell::Cell::new(false),
             leftovers: self.leftovers.clone(),
         });
-        let metrics = sb.metrics.clone();
-        let gauges: Rc<[Gauge]> = Rc::from([out.spill.gauge.clone()]);
-        let o = out.clone();
-        sb.sink_tasks.push(Box::new(move |core, stop, finish| {
-            Box::pin(o.mover(core, stop, finish)) as LocalFuture
-        }));
-        let emit: Emit<T> = Rc::new(move |msg: T, ingest| {
-            out.send(msg);
-            metrics.output(ingest);
-        });
-        Downstream { emit, gauges }
+        ctx.add_gauge(out.spill.gauge.clone());
+        let core = ctx.core().clone();
+        let finish = ctx.finish.clone();
+        SinkShard::new(PolledInput(out.clone())).with_task(out.mover(core, finish))
+    }
+}
+
+struct PolledInput<T: Send + 'static>(Rc<OutRing<T>>);
+
+impl<T: Send + 'static> SinkInput<T> for PolledInput<T> {
+    #[inline]
+    fn write(&self, msg: T, _stamp: Stamp) {
+        self.0.send(msg)
     }
 }
 
@@ -499,10 +527,10 @@ impl<T: Send + 'static> OutRing<T> {
     /// Moves spilled outputs into the ring as the host drains it. Once the shard stops, it
     /// lifts backpressure; once `finish` says everything upstream is done, it hands what does
     /// not fit the ring to the host's leftovers and closes the ring.
-    async fn mover(self: Rc<Self>, core: Rc<ShardCore>, stop: Rc<Connections>, finish: Rc<Notify>) {
+    async fn mover(self: Rc<Self>, core: Rc<ShardCore>, finish: Rc<Latch>) {
         let stop_seen = std::cell::Cell::new(false);
         let notice_stop = || async {
-            stop.until_stopping().await;
+            core.stop.wait().await;
             stop_seen.set(true);
             self.stopping.set(true);
         };
@@ -516,7 +544,7 @@ impl<T: Send + 'static> OutRing<T> {
                 notice_stop().await;
             };
             let finishing = async {
-                finish.notified().await;
+                finish.wait().await;
                 finished.set(true);
             };
             futures_lite::future::or(spilled, futures_lite::future::or(stopping, finishing)).await;

@@ -1,0 +1,357 @@
+//! Connectors: where a pipeline's messages come from ([`Source`]) and where its outputs go
+//! ([`Sink`]). Both are public traits; the TCP and in-process connectors shipped with the
+//! engine implement them like any user crate would, through the contexts below.
+//!
+//! A connector's life:
+//! 1. [`Source::open`] / [`Sink::open`] run once, on the thread that calls
+//!    [`Engine::start`](crate::Engine::start), with the address `--in NAME@ADDRESS` or
+//!    `--out NAME@ADDRESS` gave (if any). They prepare one *part* per shard (a TCP source binds
+//!    its port here, so port 0 becomes one real port all shards share).
+//! 2. Every shard gets its part: a source's [`Source::run`] future runs on the shard and feeds
+//!    messages into the pipeline with [`SourceContext::emit`]; a sink's [`Sink::start`] gives
+//!    the shard a [`SinkInput`] (called on the shard for every output) and optionally a task.
+//! 3. On a stop, [`SourceContext::stopping`] resolves: a source finishes what it has read and
+//!    returns. Once everything upstream of a sink is done, [`SinkContext::finishing`]
+//!    resolves: the sink's task delivers what is left and returns.
+//!
+//! A source written outside the engine, reading framed records from a file (the complete
+//! program is `examples/file_source.rs`):
+//!
+//! ```
+//! use std::future::Future;
+//! use bettong::{Error, Opened, Source, SourceContext, Stamp};
+//!
+//! /// Lines of a text, read by shard 0 only.
+//! struct Lines(Vec<String>);
+//!
+//! impl Source for Lines {
+//!     type Out = String;
+//!     type Part = Vec<String>;
+//!     fn open(&self, _name: &str, _address: Option<&str>, shards: usize) -> Result<Opened<Vec<String>>, Error> {
+//!         Ok(Opened::per_shard(shards, |s| if s == 0 { self.0.clone() } else { Vec::new() }))
+//!     }
+//!     fn run(&self, lines: Vec<String>, ctx: SourceContext<String>) -> impl Future<Output = ()> + 'static {
+//!         async move {
+//!             for line in lines {
+//!                 ctx.count_in();
+//!                 ctx.emit(line, Stamp::at(bettong::now_ns()));
+//!                 ctx.flush();
+//!                 ctx.backpressure().await;
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
+
+pub(crate) mod in_process;
+pub(crate) mod tcp;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+
+use crate::error::Error;
+use crate::event::{Control, Stamp};
+use crate::ops::Downstream;
+use crate::runtime::shard::{Gauge, Latch, LocalFuture, ShardCore};
+
+/// What [`Source::open`] or [`Sink::open`] prepared: one part per shard, and a description of
+/// the endpoint for the engine's `ready` line (a TCP source gives its bound address).
+pub struct Opened<P> {
+    /// One part per shard, by shard index.
+    pub parts: Vec<P>,
+    /// What the endpoint resolved to (`127.0.0.1:40123`), if there is one to show.
+    pub endpoint: Option<String>,
+}
+
+impl<P> Opened<P> {
+    /// A part per shard made by `part(shard)`, and no endpoint to show.
+    ///
+    /// ```
+    /// let o = bettong::Opened::per_shard(3, |s| s * 10);
+    /// assert_eq!(o.parts, vec![0, 10, 20]);
+    /// ```
+    pub fn per_shard(shards: usize, part: impl FnMut(usize) -> P) -> Self {
+        Opened {
+            parts: (0..shards).map(part).collect(),
+            endpoint: None,
+        }
+    }
+}
+
+/// Where a pipeline's messages come from. See the [module docs](self) for the life of a
+/// connector and an example.
+pub trait Source: Send + Sync + 'static {
+    /// The messages it produces.
+    type Out: Send + 'static;
+    /// What each shard receives from [`open`](Self::open).
+    type Part: Send + 'static;
+
+    /// Whether the source needs an address from `--in NAME@ADDRESS` (a TCP listener does).
+    fn takes_address(&self) -> bool {
+        false
+    }
+
+    /// Prepares the source for `shards` shards, before any shard starts.
+    fn open(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<Self::Part>, Error>;
+
+    /// Runs the source on one shard: emit messages through `ctx` until there are no more, or
+    /// until [`SourceContext::stopping`] resolves and what was already read is emitted.
+    fn run(
+        &self,
+        part: Self::Part,
+        ctx: SourceContext<Self::Out>,
+    ) -> impl Future<Output = ()> + 'static;
+}
+
+/// Where a pipeline's outputs go. See the [module docs](self).
+pub trait Sink<T>: Send + Sync + 'static {
+    /// What each shard receives from [`open`](Self::open).
+    type Part: Send + 'static;
+
+    /// Whether the sink needs an address from `--out NAME@ADDRESS` (a TCP sink does).
+    fn takes_address(&self) -> bool {
+        false
+    }
+
+    /// Prepares the sink for `shards` shards, before any shard starts.
+    fn open(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<Self::Part>, Error>;
+
+    /// Starts the sink on one shard.
+    fn start(&self, part: Self::Part, ctx: SinkContext) -> SinkShard<T>;
+}
+
+/// A sink's instance on one shard: called for every output, on the shard that produced it.
+pub trait SinkInput<T> {
+    /// Takes one output. Encode or hand it off here; never block (raise the
+    /// [`SinkContext::gauge`] when full instead).
+    fn write(&self, msg: T, stamp: Stamp);
+    /// Sees a control event once every input of the sink has delivered it (a barrier is where
+    /// a transactional sink pre-commits).
+    fn control(&self, event: Control) {
+        let _ = event;
+    }
+}
+
+/// What [`Sink::start`] gives the shard: the input, and a task that delivers (optional).
+pub struct SinkShard<T> {
+    pub(crate) input: Rc<dyn SinkInput<T>>,
+    pub(crate) task: Option<LocalFuture>,
+}
+
+impl<T> SinkShard<T> {
+    /// A sink instance with no task of its own (it does its work in
+    /// [`SinkInput::write`]).
+    pub fn new(input: impl SinkInput<T> + 'static) -> Self {
+        SinkShard {
+            input: Rc::new(input),
+            task: None,
+        }
+    }
+
+    /// Adds the task that delivers the outputs; it must return once
+    /// [`SinkContext::finishing`] has resolved and everything is delivered.
+    pub fn with_task(mut self, task: impl Future<Output = ()> + 'static) -> Self {
+        self.task = Some(Box::pin(task));
+        self
+    }
+}
+
+/// A source's view of the shard it runs on. Not `Send`: it lives on its shard.
+pub struct SourceContext<T> {
+    inner: Rc<SourceInner<T>>,
+}
+
+impl<T> Clone for SourceContext<T> {
+    fn clone(&self) -> Self {
+        SourceContext {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct SourceInner<T> {
+    name: String,
+    down: Downstream<T>,
+    core: Rc<ShardCore>,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+impl<T: 'static> SourceContext<T> {
+    pub(crate) fn new(name: &str, down: Downstream<T>, core: Rc<ShardCore>) -> Self {
+        SourceContext {
+            inner: Rc::new(SourceInner {
+                name: name.to_string(),
+                down,
+                core,
+                tasks: RefCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The index of the shard this runs on.
+    pub fn shard(&self) -> usize {
+        self.inner.core.index
+    }
+
+    /// How many shards the engine runs.
+    pub fn shards(&self) -> usize {
+        self.inner.core.shards
+    }
+
+    /// Runs one message through the pipeline (directly on this shard, or into the ring of the
+    /// shard that owns its key).
+    #[inline]
+    pub fn emit(&self, msg: T, stamp: Stamp) {
+        self.inner.down.data(msg, stamp)
+    }
+
+    /// Counts one message read (the summary's `in`).
+    #[inline]
+    pub fn count_in(&self) {
+        self.inner.core.metrics.message_in()
+    }
+
+    /// Counts a payload the decoder rejected.
+    pub fn count_decode_error(&self) {
+        self.inner.core.metrics.decode_error()
+    }
+
+    /// Says that no message with an event time below `event_ns` will follow from this
+    /// source on this shard.
+    pub fn watermark(&self, event_ns: u64) {
+        self.inner.down.control(Control::Watermark(event_ns))
+    }
+
+    /// Publishes the messages emitted so far to the other shards: call it after each batch
+    /// (each read), so a batch crosses cores with one store per ring.
+    #[inline]
+    pub fn flush(&self) {
+        self.inner.core.flush()
+    }
+
+    /// Waits while anything downstream is full (a ring, a sink buffer): a source stops
+    /// reading until then, which is how backpressure reaches its peers.
+    pub async fn backpressure(&self) {
+        self.inner.core.backpressure(&self.inner.down.gauges).await
+    }
+
+    /// True once the engine is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.core.stop.is_set()
+    }
+
+    /// Resolves once the engine is stopping.
+    pub async fn stopping(&self) {
+        self.inner.core.stop.wait().await
+    }
+
+    /// Runs `task` on this shard. The shard waits for every task a source spawned before it
+    /// ends the source's stream.
+    pub fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        let handle = glommio::spawn_local(task).detach();
+        self.inner.tasks.borrow_mut().push(handle);
+    }
+
+    pub(crate) fn core(&self) -> &Rc<ShardCore> {
+        &self.inner.core
+    }
+
+    pub(crate) fn gauges(&self) -> &Rc<[Gauge]> {
+        &self.inner.down.gauges
+    }
+
+    /// Ends the source on this shard: waits for its spawned tasks, publishes, and sends end of
+    /// stream downstream.
+    pub(crate) async fn finish(&self) {
+        loop {
+            let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
+            if tasks.is_empty() {
+                break;
+            }
+            for t in tasks {
+                t.await;
+            }
+        }
+        self.inner.down.control(Control::End);
+        self.inner.core.flush();
+    }
+}
+
+/// A sink's view of the shard it runs on.
+pub struct SinkContext {
+    pub(crate) name: String,
+    pub(crate) core: Rc<ShardCore>,
+    pub(crate) finish: Rc<Latch>,
+    /// The gauges this sink raises, for the sources upstream to watch.
+    pub(crate) gauges: Rc<RefCell<Vec<Gauge>>>,
+}
+
+impl SinkContext {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The index of the shard this runs on.
+    pub fn shard(&self) -> usize {
+        self.core.index
+    }
+
+    /// How many shards the engine runs.
+    pub fn shards(&self) -> usize {
+        self.core.shards
+    }
+
+    /// A new gauge for this sink: raise it while the sink cannot take more (the sources
+    /// upstream stop reading), lower it and call [`relieve`](Self::relieve) when it can.
+    pub fn gauge(&self) -> Gauge {
+        let g = Gauge::default();
+        self.add_gauge(g.clone());
+        g
+    }
+
+    pub(crate) fn add_gauge(&self, gauge: Gauge) {
+        self.gauges.borrow_mut().push(gauge);
+    }
+
+    /// Wakes the sources that wait on a gauge that has fallen.
+    pub fn relieve(&self) {
+        self.core.relief.wake_all()
+    }
+
+    /// True once the engine is stopping (a sink may stop holding its sources back then).
+    pub fn is_stopping(&self) -> bool {
+        self.core.stop.is_set()
+    }
+
+    /// Resolves once the engine is stopping.
+    pub async fn stopping(&self) {
+        self.core.stop.wait().await
+    }
+
+    /// Resolves once everything upstream of the sink on this shard is done: deliver what is
+    /// left and end the task.
+    pub async fn finishing(&self) {
+        self.finish.wait().await
+    }
+
+    pub(crate) fn core(&self) -> &Rc<ShardCore> {
+        &self.core
+    }
+}

@@ -1,0 +1,219 @@
+//! Operators as they run on a shard: one per file, each an [`Input`] that the operator
+//! upstream calls directly.
+//!
+//! Chained operators on a shard call each other with one indirect call per message (the
+//! reason the local path is cheap). Control events take the same path, but every input of an
+//! operator is a numbered *port*, so an operator with several inputs (a merge, a diamond, an
+//! exchange that receives from every shard) can align them with [`Ports`]:
+//! - a watermark is forwarded as the minimum over the ports that have not ended;
+//! - a barrier is forwarded once every open port has delivered it (until then a port that has
+//!   passed it is *held*: an exchange stops draining its ring);
+//! - end of stream is forwarded once every port has ended.
+
+pub(crate) mod flat_map;
+pub(crate) mod map;
+pub(crate) mod merge;
+pub(crate) mod sink;
+pub(crate) mod state;
+pub(crate) mod tee;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::event::{Control, Stamp};
+use crate::runtime::shard::{Gauge, WaitList};
+
+/// The receiving side of an operator on a shard.
+pub(crate) trait Input<T> {
+    /// One data event (the hot path).
+    fn data(&self, msg: T, stamp: Stamp);
+    /// One control event, arriving on input `port`.
+    fn control(&self, port: usize, event: Control);
+    /// The operator's port alignment, if it aligns its inputs (an exchange's drain asks it
+    /// whether a port is held).
+    fn ports(&self) -> Option<&Ports> {
+        None
+    }
+}
+
+/// Where an operator sends its outputs: the next operator's input and the port it arrives
+/// on, and the gauges of everything downstream (a source stops reading while one is over).
+pub(crate) struct Downstream<T> {
+    /// Receives data events.
+    pub(crate) data: Rc<dyn Input<T>>,
+    /// Receives control events on `port` (usually the same operator as `data`; a merge passes
+    /// data straight through and only aligns control).
+    pub(crate) ctl: Rc<dyn Input<T>>,
+    pub(crate) port: usize,
+    pub(crate) gauges: Rc<[Gauge]>,
+}
+
+impl<T> Clone for Downstream<T> {
+    fn clone(&self) -> Self {
+        Downstream {
+            data: self.data.clone(),
+            ctl: self.ctl.clone(),
+            port: self.port,
+            gauges: self.gauges.clone(),
+        }
+    }
+}
+
+impl<T: 'static> Downstream<T> {
+    /// A downstream that enters `input` on `port`.
+    pub(crate) fn to(input: Rc<dyn Input<T>>, port: usize, gauges: Rc<[Gauge]>) -> Self {
+        Downstream {
+            data: input.clone(),
+            ctl: input,
+            port,
+            gauges,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn data(&self, msg: T, stamp: Stamp) {
+        self.data.data(msg, stamp)
+    }
+
+    pub(crate) fn control(&self, event: Control) {
+        self.ctl.control(self.port, event)
+    }
+}
+
+/// Control alignment over an operator's input ports (see the module docs).
+///
+/// Invariant: `forwarded_watermark` never decreases, and a barrier or end is forwarded at most
+/// once per id.
+pub(crate) struct Ports {
+    state: RefCell<PortState>,
+    /// Woken when held ports are released (a barrier was forwarded).
+    released: WaitList,
+}
+
+struct PortState {
+    watermark: Vec<u64>,
+    ended: Vec<bool>,
+    /// The barrier each port has delivered and is held on, if any.
+    barrier: Vec<Option<u64>>,
+    forwarded_watermark: u64,
+    forwarded_end: bool,
+}
+
+impl Ports {
+    pub(crate) fn new(ports: usize) -> Self {
+        let ports = ports.max(1);
+        Ports {
+            state: RefCell::new(PortState {
+                watermark: vec![0; ports],
+                ended: vec![false; ports],
+                barrier: vec![None; ports],
+                forwarded_watermark: 0,
+                forwarded_end: false,
+            }),
+            released: WaitList::default(),
+        }
+    }
+
+    /// Takes a control event on `port` and returns the events to forward downstream (at most
+    /// two: a watermark and a barrier or an end can fall due together).
+    pub(crate) fn align(&self, port: usize, event: Control) -> Vec<Control> {
+        let mut s = self.state.borrow_mut();
+        let n = s.watermark.len();
+        if port >= n {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match event {
+            Control::Watermark(t) => {
+                let w = &mut s.watermark[port];
+                *w = (*w).max(t);
+            }
+            Control::Barrier(id) => s.barrier[port] = Some(id),
+            Control::End => s.ended[port] = true,
+        }
+        // Watermark: the minimum over open ports (an ended port no longer holds it back).
+        let min = (0..n)
+            .filter(|&p| !s.ended[p])
+            .map(|p| s.watermark[p])
+            .min();
+        if let Some(min) = min {
+            if min > s.forwarded_watermark {
+                s.forwarded_watermark = min;
+                out.push(Control::Watermark(min));
+            }
+        }
+        // Barrier: forwarded when every open port holds one (they carry the same id: a
+        // coordinator has at most one checkpoint in flight).
+        let open: Vec<usize> = (0..n).filter(|&p| !s.ended[p]).collect();
+        if let Some(id) = s.barrier.iter().flatten().copied().max() {
+            if open.iter().all(|&p| s.barrier[p].is_some()) {
+                s.barrier.iter_mut().for_each(|b| *b = None);
+                out.push(Control::Barrier(id));
+                self.released.wake_all();
+            }
+        }
+        if open.is_empty() && !s.forwarded_end {
+            s.forwarded_end = true;
+            out.push(Control::End);
+        }
+        out
+    }
+
+    /// True while `port` has delivered a barrier that the other ports have not: its input
+    /// must not deliver more data until the barrier is forwarded.
+    pub(crate) fn is_held(&self, port: usize) -> bool {
+        self.state
+            .borrow()
+            .barrier
+            .get(port)
+            .is_some_and(Option::is_some)
+    }
+
+    /// Registers a task to wake when held ports are released.
+    pub(crate) fn on_release(&self, waker: &std::task::Waker) {
+        self.released.register(waker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_is_the_minimum_of_open_ports() {
+        let p = Ports::new(2);
+        assert_eq!(p.align(0, Control::Watermark(10)), vec![]);
+        assert_eq!(
+            p.align(1, Control::Watermark(5)),
+            vec![Control::Watermark(5)]
+        );
+        assert_eq!(
+            p.align(1, Control::Watermark(20)),
+            vec![Control::Watermark(10)]
+        );
+        // An older watermark on a port never moves it back.
+        assert_eq!(p.align(0, Control::Watermark(3)), vec![]);
+        // Port 1 ends: port 0 alone decides.
+        assert_eq!(p.align(1, Control::End), vec![]);
+        assert_eq!(
+            p.align(0, Control::Watermark(30)),
+            vec![Control::Watermark(30)]
+        );
+        assert_eq!(p.align(0, Control::End), vec![Control::End]);
+        assert_eq!(p.align(0, Control::End), vec![]);
+    }
+
+    #[test]
+    fn barrier_waits_for_every_open_port_and_holds_the_early_ones() {
+        let p = Ports::new(3);
+        assert_eq!(p.align(0, Control::Barrier(1)), vec![]);
+        assert!(p.is_held(0) && !p.is_held(1));
+        assert_eq!(p.align(2, Control::Barrier(1)), vec![]);
+        assert_eq!(p.align(1, Control::Barrier(1)), vec![Control::Barrier(1)]);
+        assert!(!p.is_held(0) && !p.is_held(2));
+        // A port that ends counts as aligned.
+        assert_eq!(p.align(0, Control::Barrier(2)), vec![]);
+        assert_eq!(p.align(1, Control::End), vec![]);
+        assert_eq!(p.align(2, Control::Barrier(2)), vec![Control::Barrier(2)]);
+    }
+}

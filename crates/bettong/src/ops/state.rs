@@ -1,0 +1,60 @@
+//! `to_state`: a state computation over keyed state entities. The operator owns its
+//! [`KeyedState`]; the exchange in front of it has already brought each message to the shard
+//! that owns its key's group.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::flat_map::emit_all;
+use super::{Downstream, Input, Ports};
+use crate::event::{Control, Stamp};
+use crate::metrics::{ComputationTimer, ShardMetrics};
+use crate::state::KeyedState;
+use crate::Key;
+
+pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> &K + Send + Sync>;
+
+pub(crate) struct StateOp<T, K: Key + ?Sized, S, U, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) key: KeyFn<T, K>,
+    pub(crate) states: Rc<KeyedState<K, S>>,
+    pub(crate) next: Downstream<U>,
+    pub(crate) ports: Ports,
+    pub(crate) timer: ComputationTimer,
+    pub(crate) metrics: Rc<ShardMetrics>,
+}
+
+impl<T, K, S, U, I, F> Input<T> for StateOp<T, K, S, U, F>
+where
+    K: Key + ?Sized,
+    S: Default,
+    U: 'static,
+    I: IntoIterator<Item = U>,
+    F: Fn(T, &mut S) -> I,
+{
+    #[inline]
+    fn data(&self, msg: T, stamp: Stamp) {
+        let outputs = {
+            let mut map = self.states.map.borrow_mut();
+            let k = (self.key)(&msg);
+            match map.get_mut(k) {
+                Some(state) => self.timer.time(|| (self.f)(msg, state)),
+                None => {
+                    let state = map.entry(k.to_owned()).or_default();
+                    self.timer.time(|| (self.f)(msg, state))
+                }
+            }
+        };
+        emit_all(outputs, &self.next, &self.metrics, stamp);
+    }
+
+    fn control(&self, port: usize, event: Control) {
+        for e in self.ports.align(port, event) {
+            self.next.control(e);
+        }
+    }
+
+    fn ports(&self) -> Option<&Ports> {
+        Some(&self.ports)
+    }
+}

@@ -1,0 +1,173 @@
+//! The exchange: an edge that routes each message by key to the shard that owns the key's
+//! group. On the sending shard it is the operator's entry ([`Exchange`]): a local key is a
+//! direct call, a remote one goes into that shard's ring through an [`Outbox`]. On the
+//! receiving shard a drain task per exchange edge feeds the rings' events into the operator,
+//! each ring on its own input port.
+//!
+//! Control events are broadcast: into the local port and into every outgoing ring, so every
+//! shard's operator hears every input. A ring whose port is *held* (it delivered a barrier the
+//! other ports have not) is not drained until the barrier is forwarded: alignment.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::task::Poll;
+
+use crate::event::{Control, Event, Stamp};
+use crate::ops::{Downstream, Input};
+use crate::runtime::ring::Consumer;
+use crate::runtime::shard::{Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList};
+
+/// This shard's sending side of one exchange towards one other shard.
+pub(crate) struct Outbox<T> {
+    pub(crate) spill: Spill<Event<T>>,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    /// Queues one event; it is published with the rest of its batch by `ShardCore::flush`.
+    #[inline]
+    fn send(&self, item: Event<T>) {
+        self.spill.send(item, false, true);
+    }
+
+    /// Moves spilled events into the ring as the consumer makes room; on `closing`, empties
+    /// the overflow and closes the ring.
+    pub(crate) async fn mover(self: Rc<Self>, closing: Rc<Notify>, relief: Rc<WaitList>) {
+        let closed = Cell::new(false);
+        loop {
+            futures_lite::future::or(self.spill.spilled(), async {
+                closing.notified().await;
+                closed.set(true);
+            })
+            .await;
+            while !self.spill.move_overflow() {
+                self.spill.space().await;
+            }
+            self.spill.relieve(&relief);
+            if closed.get() {
+                self.spill.close();
+                return;
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Publish for Outbox<T> {
+    fn publish(&self) {
+        self.spill.publish_pending()
+    }
+}
+
+/// The entry of an exchange edge on the sending shard.
+pub(crate) struct Exchange<T> {
+    pub(crate) route: Box<dyn Fn(&T) -> usize>,
+    pub(crate) me: usize,
+    /// By destination shard; `None` for this shard.
+    pub(crate) outboxes: Vec<Option<Rc<Outbox<T>>>>,
+    /// The operator's local input (its local port).
+    pub(crate) local: Downstream<T>,
+}
+
+impl<T: Send + 'static> Input<T> for Exchange<T> {
+    #[inline]
+    fn data(&self, msg: T, stamp: Stamp) {
+        let dst = self.route(&msg);
+        match self.outboxes.get(dst) {
+            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp)),
+            _ if dst == self.me => self.local.data(msg, stamp),
+            _ => unreachable!("route() returned shard {dst} out of range"),
+        }
+    }
+
+    fn control(&self, _port: usize, event: Control) {
+        self.local.control(event);
+        for outbox in self.outboxes.iter().flatten() {
+            outbox.send(Event::Control(event));
+        }
+    }
+}
+
+impl<T> Exchange<T> {
+    #[inline]
+    fn route(&self, msg: &T) -> usize {
+        (self.route)(msg)
+    }
+}
+
+/// The receiving side of one exchange edge on one shard: what the shard's stop sequence needs.
+pub(crate) struct ExchangeRuntime {
+    /// Position of the target operator in the plan's topological order (stop order).
+    pub(crate) order: usize,
+    /// Drains the rings from other shards into the operator; ends when they are closed.
+    pub(crate) drain: Option<LocalFuture>,
+    /// Move overflow into the outgoing rings; end (closing the rings) once `closing` fires.
+    pub(crate) movers: Vec<LocalFuture>,
+    pub(crate) closing: Vec<Rc<Notify>>,
+}
+
+/// Runs events that other shards routed here into the operator, until every other shard has
+/// closed its ring to us. Ring `i` arrives on port `ports[i]`.
+pub(crate) async fn drain<T: Send + 'static>(
+    mut rings: Vec<(Consumer<Event<T>>, usize)>,
+    target: Rc<dyn Input<T>>,
+    gauges: Rc<[Gauge]>,
+    core: Rc<ShardCore>,
+) {
+    loop {
+        let mut drained = 0;
+        for (ring, port) in rings.iter_mut() {
+            let port = *port;
+            if held(&*target, port) {
+                continue;
+            }
+            drained += ring.drain_until(|event| match event {
+                Event::Data(msg, stamp) => {
+                    target.data(msg, stamp);
+                    true
+                }
+                Event::Control(c) => {
+                    target.control(port, c);
+                    // Stop at a barrier the other ports have not delivered yet.
+                    !held(&*target, port)
+                }
+            });
+        }
+        if drained == 0 {
+            if rings.iter().all(|(r, _)| r.is_finished()) {
+                return;
+            }
+            // Park until a producer publishes. With `--poll spin` the executor itself keeps
+            // polling its io_uring instead of sleeping, so the doorbell's wake-up is picked up
+            // at once. (Spinning here, in the task, would keep glommio from polling I/O at all
+            // until its preemption timer fires.) A held ring is not polled (it may well have
+            // data): the task waits for the operator to release its port instead.
+            std::future::poll_fn(|cx| {
+                let mut ready = false;
+                for (ring, port) in rings.iter_mut() {
+                    if held(&*target, *port) {
+                        if let Some(p) = target.ports() {
+                            p.on_release(cx.waker());
+                        }
+                        // Re-check after registering: the release may have just happened.
+                        ready |= !held(&*target, *port);
+                    } else {
+                        ready |= ring.poll_ready(cx).is_ready();
+                    }
+                }
+                if ready {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            continue;
+        }
+        core.flush();
+        core.backpressure(&gauges).await;
+        glommio::yield_if_needed().await;
+    }
+}
+
+fn held<T>(target: &dyn Input<T>, port: usize) -> bool {
+    target.ports().is_some_and(|p| p.is_held(port))
+}

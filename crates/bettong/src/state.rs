@@ -1,0 +1,147 @@
+//! Keyed state and key groups.
+//!
+//! A key belongs to one of [`KEY_GROUPS`] groups (`stable_hash(key) % KEY_GROUPS`), and each
+//! shard owns a contiguous range of groups. State is kept (and will be snapshotted) per
+//! operator, and can be grouped by key group, so a checkpoint restores onto any shard count:
+//! only the group → shard assignment changes.
+//!
+//! ```
+//! use bettong::state::{key_group, shard_of_group, KEY_GROUPS};
+//! let g = key_group(12345);
+//! assert!(g < KEY_GROUPS);
+//! // Groups are split into contiguous ranges: the first group is on shard 0, the last on the last.
+//! assert_eq!(shard_of_group(0, 4), 0);
+//! assert_eq!(shard_of_group(KEY_GROUPS - 1, 4), 3);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::Key;
+
+/// The fixed number of key groups. A power of two above any sensible shard count; changing
+/// it changes where every key lives, so it is part of the checkpoint format.
+pub const KEY_GROUPS: usize = 4096;
+
+/// The key group of a key's stable hash.
+#[inline]
+pub fn key_group(hash: u64) -> usize {
+    (hash % KEY_GROUPS as u64) as usize
+}
+
+/// The shard that owns `group` when the engine runs `shards` shards: groups are split into
+/// `shards` contiguous ranges of (nearly) equal size.
+#[inline]
+pub fn shard_of_group(group: usize, shards: usize) -> usize {
+    group * shards.max(1) / KEY_GROUPS
+}
+
+/// The shard that owns a key with stable hash `hash` (its group's shard).
+///
+/// ```
+/// use bettong::Key;
+/// let s = bettong::state::shard_for("IBM".stable_hash(), 2);
+/// assert!(s < 2);
+/// ```
+#[inline]
+pub fn shard_for(hash: u64, shards: usize) -> usize {
+    shard_of_group(key_group(hash), shards)
+}
+
+/// The state entities of one state operator on one shard, one per key, created with
+/// `S::default()` when the key is first seen.
+pub(crate) struct KeyedState<K: Key + ?Sized, S> {
+    pub(crate) map: RefCell<HashMap<K::Owned, S, FxBuildHasher>>,
+}
+
+impl<K: Key + ?Sized, S> Default for KeyedState<K, S> {
+    fn default() -> Self {
+        KeyedState {
+            map: RefCell::new(HashMap::default()),
+        }
+    }
+}
+
+/// What the runtime sees of an operator's keyed state, without knowing its types.
+pub(crate) trait StateView {
+    /// How many state entities the operator holds on this shard.
+    fn entities(&self) -> usize;
+    /// How many entities fall in each key group (the unit a checkpoint is written in).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn entities_by_group(&self) -> Vec<(usize, usize)>;
+}
+
+impl<K: Key + ?Sized, S> StateView for KeyedState<K, S>
+where
+    K::Owned: std::borrow::Borrow<K>,
+{
+    fn entities(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    fn entities_by_group(&self) -> Vec<(usize, usize)> {
+        let mut counts: HashMap<usize, usize> = HashMap::new();
+        for k in self.map.borrow().keys() {
+            let k: &K = std::borrow::Borrow::borrow(k);
+            *counts.entry(key_group(k.stable_hash())).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_split_into_contiguous_equal_ranges() {
+        for shards in [1, 2, 3, 4, 7, 64] {
+            let mut owned = vec![0usize; shards];
+            let mut last = 0;
+            for g in 0..KEY_GROUPS {
+                let s = shard_of_group(g, shards);
+                assert!(s >= last, "ranges are contiguous");
+                last = s;
+                owned[s] += 1;
+            }
+            let (min, max) = (owned.iter().min().unwrap(), owned.iter().max().unwrap());
+            assert!(max - min <= 1, "{shards} shards: {owned:?}");
+        }
+    }
+
+    #[test]
+    fn key_to_shard_is_stable() {
+        // Values computed independently (Python: FNV-1a 64 + the murmur3 finaliser, then
+        // `hash % 4096 * shards // 4096`).
+        let keys = ["GE", "  GE", "IBM", "INSM", "the", "of", "", "wallaroo"];
+        let groups: Vec<usize> = keys.iter().map(|k| key_group(k.stable_hash())).collect();
+        let at2: Vec<usize> = keys.iter().map(|k| shard_for(k.stable_hash(), 2)).collect();
+        let at4: Vec<usize> = keys.iter().map(|k| shard_for(k.stable_hash(), 4)).collect();
+        assert_eq!(groups, GROUPS);
+        assert_eq!(at2, AT2);
+        assert_eq!(at4, AT4);
+    }
+
+    #[test]
+    fn state_counts_entities_by_group() {
+        let state: KeyedState<str, u64> = KeyedState::default();
+        for k in ["GE", "IBM", "GE2"] {
+            state.map.borrow_mut().insert(k.to_string(), 1);
+        }
+        assert_eq!(state.entities(), 3);
+        let by_group = state.entities_by_group();
+        assert_eq!(by_group.iter().map(|(_, n)| n).sum::<usize>(), 3);
+        assert!(
+            by_group.contains(&(1715, 1)),
+            "GE is in group 1715: {by_group:?}"
+        );
+    }
+
+    const GROUPS: [usize; 8] = [1715, 72, 1887, 1354, 2865, 3769, 2342, 3600];
+    const AT2: [usize; 8] = [0, 0, 0, 0, 1, 1, 1, 1];
+    const AT4: [usize; 8] = [1, 0, 1, 1, 2, 3, 2, 3];
+}
