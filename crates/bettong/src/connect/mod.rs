@@ -37,6 +37,7 @@
 //!                 ctx.emit(line, Stamp::at(bettong::now_ns()));
 //!                 ctx.flush();
 //!                 ctx.backpressure().await;
+//!                 ctx.yield_if_needed().await;
 //!             }
 //!         }
 //!     }
@@ -249,6 +250,12 @@ impl<T: 'static> SourceContext<T> {
     /// reading until then, which is how backpressure reaches its peers.
     pub async fn backpressure(&self) {
         self.inner.core.backpressure(&self.inner.down.gauges).await
+    }
+
+    /// Lets the shard's other tasks run if this one has had the core long enough (glommio's
+    /// task quota): call it in a loop that does not otherwise wait, like a file read.
+    pub async fn yield_if_needed(&self) {
+        glommio::yield_if_needed().await
     }
 
     /// True once the engine is stopping.

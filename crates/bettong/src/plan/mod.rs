@@ -200,16 +200,13 @@ impl Graph {
         let mut nodes = Vec::with_capacity(self.nodes.len());
         let mut computations = 0;
         for spec in self.nodes.values() {
-            let name = match (&spec.name, spec.role) {
-                (Some(n), _) => n.clone(),
-                (None, _) => {
+            let name = match &spec.name {
+                Some(n) => n.clone(),
+                None => {
                     computations += 1;
                     format!("{} #{computations}", spec.kind)
                 }
             };
-            if spec.role == Role::Operator && spec.name.is_none() {
-                // numbered above
-            }
             nodes.push(PlanNode {
                 name,
                 kind: spec.kind,

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
@@ -26,7 +26,10 @@ use futures_lite::AsyncReadExt;
 pub struct Doorbell {
     ring_end: UnixStream,
     read_end: Mutex<Option<UnixStream>>,
-    waiters: Mutex<Vec<Arc<Waiter>>>,
+    /// Weak: a waiter lives as long as the ring or task that parks on it, and a doorbell must
+    /// not keep it (nor, through the waiter's own reference, itself) alive. Dead entries are
+    /// pruned at each ring, so the list stays as long as the live waiters.
+    waiters: Mutex<Vec<Weak<Waiter>>>,
 }
 
 impl Doorbell {
@@ -68,12 +71,16 @@ impl Doorbell {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
-                        let waiters = bell.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                        for w in waiters.iter() {
-                            if w.rung.swap(false, Ordering::AcqRel) {
-                                w.waker.wake();
+                        let mut waiters = bell.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                        waiters.retain(|w| match w.upgrade() {
+                            Some(w) => {
+                                if w.rung.swap(false, Ordering::AcqRel) {
+                                    w.waker.wake();
+                                }
+                                true
                             }
-                        }
+                            None => false,
+                        });
                     }
                 }
             }
@@ -102,10 +109,11 @@ impl Waiter {
             bell: bell.cloned(),
         });
         if let Some(b) = bell {
-            b.waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(w.clone());
+            let mut list = b.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            // Prune waiters whose rings or tasks are gone, so that pushers and engines that
+            // come and go leave nothing behind.
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(&w));
         }
         w
     }
@@ -143,6 +151,24 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waiters that are gone do not stay on the doorbell's list (every pusher and ring makes
+    /// one; the list used to grow forever).
+    #[test]
+    fn dropped_waiters_leave_the_list() {
+        let bell = Doorbell::new().unwrap();
+        let keep = Waiter::new(Some(&bell));
+        for _ in 0..100 {
+            drop(Waiter::new(Some(&bell)));
+        }
+        let live = bell.waiters.lock().unwrap().len();
+        assert!(live <= 2, "{live} entries for 1 live waiter");
+        drop(keep);
+        // The doorbell is not kept alive by its waiters' list.
+        let weak = Arc::downgrade(&bell);
+        drop(bell);
+        assert!(weak.upgrade().is_none());
+    }
     use std::sync::atomic::AtomicU64;
 
     /// A task on a glommio shard parks 2000 times and is woken each time from another thread

@@ -132,7 +132,14 @@ pub(crate) async fn drain<T: Send + 'static>(
             });
         }
         if drained == 0 {
-            if rings.iter().all(|(r, _)| r.is_finished()) {
+            // Forget the rings whose producer has closed and that are empty: they will never
+            // carry anything again, and a closed ring's `poll_ready` is always ready, so keeping
+            // one in the wait below would turn it into a busy loop that never yields. With three
+            // or more shards that loop starved this shard's own stop task, which therefore never
+            // closed this shard's rings to the others, whose drains then spun the same way (the
+            // SIGTERM hang at 3+ shards).
+            rings.retain(|(r, _)| !r.is_finished());
+            if rings.is_empty() {
                 return;
             }
             // Park until a producer publishes. With `--poll spin` the executor itself keeps

@@ -1,0 +1,407 @@
+//! The plan: diamonds, several sinks, several pipelines, names, a user-written source, and
+//! control events, checked for exact outputs on 1 to 4 unpinned shards.
+
+mod common;
+#[allow(dead_code)]
+#[path = "../examples/file_source.rs"]
+mod file_source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bettong::{
+    Application, CallbackSink, Control, EngineConfig, Error, InProcessSource, Opened, Pipeline,
+    PolledSink, Sink, SinkContext, SinkInput, SinkShard, Sinks, Source, SourceContext, Stamp,
+    TcpSink,
+};
+use common::wait_finished;
+
+fn config(shards: usize) -> EngineConfig {
+    EngineConfig {
+        cores: (0..shards).collect(),
+        pin: false,
+        ..EngineConfig::default()
+    }
+}
+
+/// Split then merge: every number goes through both branches and meets itself again at a
+/// keyed state computation (which counts each value), on 1–4 shards.
+#[test]
+fn diamond_gives_exact_outputs() {
+    for shards in 1..=4 {
+        let numbers = InProcessSource::new(|n: &u64| n);
+        let (sink, mut outputs) = PolledSink::new(1 << 16);
+        let src = Pipeline::source("Numbers", numbers.clone());
+        let tens = src.clone().to(|n: u64| Some(n * 10)).name("times ten");
+        let ones = src.to(|n: u64| Some(n + 1)).name("plus one");
+        let app = Application::new(
+            "diamond",
+            tens.merge(ones)
+                .key_by(|v: &u64| v)
+                .to_state(|v: u64, seen: &mut u64| {
+                    *seen += 1;
+                    Some((v, *seen))
+                })
+                .name("count values")
+                .to_sink("Counts", sink),
+        );
+        let engine = bettong::Engine::start(app, config(shards)).unwrap();
+        let mut pusher = numbers.pusher().unwrap();
+        for n in 0..1000u64 {
+            pusher.push(n).unwrap();
+        }
+        drop(pusher);
+        wait_finished(&engine, 2000);
+        let summary = engine.stop().unwrap();
+        let mut got = Vec::new();
+        outputs.poll(|o| got.push(o));
+        got.sort_unstable();
+        // The model: each value's outputs count 1..=its multiplicity.
+        let mut mult: BTreeMap<u64, u64> = BTreeMap::new();
+        for n in 0..1000u64 {
+            *mult.entry(n * 10).or_default() += 1;
+            *mult.entry(n + 1).or_default() += 1;
+        }
+        let want: Vec<(u64, u64)> = mult
+            .iter()
+            .flat_map(|(v, m)| (1..=*m).map(move |c| (*v, c)))
+            .collect();
+        assert_eq!(got, want, "{shards} shard(s)");
+        assert_eq!(summary.messages_in, 1000);
+        assert_eq!(summary.messages_out, 2000);
+        assert_eq!(
+            summary.state_entities,
+            vec![("count values".to_string(), mult.len() as u64)],
+            "every value is one state entity, on exactly one shard"
+        );
+    }
+}
+
+/// `to_sinks`: every output reaches both TCP sinks, each with its own encoder.
+#[test]
+fn to_sinks_delivers_every_output_to_both_tcp_sinks() {
+    for shards in [1, 2, 3] {
+        let text_sink = common::Sink::bind();
+        let binary_sink = common::Sink::bind();
+        let numbers = InProcessSource::new(|n: &u64| n);
+        let app = Application::new(
+            "two sinks",
+            Pipeline::source("Numbers", numbers.clone()).to_sinks(
+                Sinks::new()
+                    .sink(
+                        "Text",
+                        TcpSink::new(|n: &u64, out: &mut Vec<u8>| {
+                            out.extend_from_slice(format!("{n}\n").as_bytes())
+                        }),
+                    )
+                    .sink(
+                        "Binary",
+                        TcpSink::new(|n: &u64, out: &mut Vec<u8>| {
+                            out.extend_from_slice(&n.to_be_bytes())
+                        }),
+                    ),
+            ),
+        );
+        let mut cfg = config(shards);
+        cfg.outputs = vec![
+            (Some("Binary".to_string()), binary_sink.addr),
+            (Some("Text".to_string()), text_sink.addr),
+        ];
+        let engine = bettong::Engine::start(app, cfg).unwrap();
+        let mut pusher = numbers.pusher().unwrap();
+        for n in 0..500u64 {
+            pusher.push(n).unwrap();
+        }
+        drop(pusher);
+        wait_finished(&engine, 500);
+        let summary = engine.stop().unwrap();
+        assert_eq!(summary.messages_out, 1000, "500 outputs to each of 2 sinks");
+        let mut text: Vec<u64> = text_sink
+            .finish()
+            .concat()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| std::str::from_utf8(l).unwrap().parse().unwrap())
+            .collect();
+        let mut binary: Vec<u64> = binary_sink
+            .finish()
+            .iter()
+            .flat_map(|conn| {
+                assert_eq!(conn.len() % 8, 0, "whole records per connection");
+                conn.chunks(8)
+                    .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        text.sort_unstable();
+        binary.sort_unstable();
+        let want: Vec<u64> = (0..500).collect();
+        assert_eq!(text, want, "{shards} shard(s): text sink");
+        assert_eq!(binary, want, "{shards} shard(s): binary sink");
+    }
+}
+
+/// An application of two pipelines, one of which shares its source with a third branch.
+#[test]
+fn two_pipelines_run_both() {
+    for shards in [1, 2, 4] {
+        let a = InProcessSource::new(|n: &u64| n);
+        let b = InProcessSource::new(|s: &String| s.as_str());
+        let (sums, mut sum_out) = PolledSink::new(1 << 12);
+        let (lens, mut len_out) = PolledSink::new(1 << 12);
+        let (upper, mut upper_out) = PolledSink::new(1 << 12);
+        let numbers = Pipeline::source("Numbers", a.clone());
+        let words = Pipeline::source("Words", b.clone());
+        let app = Application::new(
+            "two pipelines",
+            numbers
+                .to_state(|n: u64, sum: &mut u64| {
+                    *sum += n;
+                    Some(*sum)
+                })
+                .to_sink("Sums", sums),
+        )
+        .pipeline(
+            words
+                .clone()
+                .to(|w: String| Some(w.len()))
+                .to_sink("Lengths", lens),
+        )
+        .pipeline(
+            words
+                .to(|w: String| Some(w.to_uppercase()))
+                .to_sink("Upper", upper),
+        );
+        assert_eq!(app.source_names(), ["Numbers", "Words"]);
+        let engine = bettong::Engine::start(app, config(shards)).unwrap();
+        let (mut pa, mut pb) = (a.pusher().unwrap(), b.pusher().unwrap());
+        for n in 1..=100u64 {
+            pa.push(n).unwrap();
+        }
+        for w in ["alpha", "be", "gamma"] {
+            pb.push(w.to_string()).unwrap();
+        }
+        drop((pa, pb));
+        wait_finished(&engine, 100 + 3);
+        engine.stop().unwrap();
+        let mut got_sums = Vec::new();
+        sum_out.poll(|s| got_sums.push(s));
+        // One state entity (no key_by): 100 running sums, each above the last, ending at the
+        // total (pushes reach it through different shards, so their order is not fixed).
+        got_sums.sort_unstable();
+        assert_eq!(got_sums.len(), 100);
+        assert!(got_sums.windows(2).all(|w| w[0] < w[1]), "{got_sums:?}");
+        assert_eq!(got_sums.last(), Some(&5050));
+        let mut got_lens = Vec::new();
+        len_out.poll(|l| got_lens.push(l));
+        got_lens.sort_unstable();
+        assert_eq!(got_lens, [2, 5, 5]);
+        let mut got_upper = Vec::new();
+        upper_out.poll(|u| got_upper.push(u));
+        got_upper.sort();
+        assert_eq!(got_upper, ["ALPHA", "BE", "GAMMA"]);
+    }
+}
+
+/// Names: unnamed computations get unique defaults (two merged branches do not collide), the
+/// plan lists operators with their edges, and two operators with one name are refused.
+#[test]
+fn plan_names_and_duplicates() {
+    let src = || Pipeline::source("N", InProcessSource::new(|n: &u64| n));
+    let app = Application::new(
+        "defaults",
+        src()
+            .clone()
+            .to(|n: u64| Some(n))
+            .merge(src().to(|n: u64| Some(n)))
+            .to_sink("Out", CallbackSink::new(|_: &u64| {})),
+    );
+    let err = app.describe().unwrap_err();
+    assert!(
+        matches!(&err, Error::Plan(m) if m.contains("`N`")),
+        "two sources named N: {err}"
+    );
+
+    let n = Pipeline::source("N", InProcessSource::new(|n: &u64| n));
+    let app = Application::new(
+        "defaults",
+        n.clone()
+            .to(|n: u64| Some(n))
+            .merge(n.to(|n: u64| Some(n + 1)))
+            .key_by(|n: &u64| n)
+            .to_state(|n: u64, _: &mut ()| Some(n))
+            .to_sink("Out", CallbackSink::new(|_: &u64| {})),
+    );
+    assert_eq!(
+        app.describe().unwrap(),
+        "0 N (source) -> 1, 2\n\
+         1 to #1 (to) -> 3\n\
+         2 to #2 (to) -> 3\n\
+         3 merge #3 (merge) -> 4~\n\
+         4 to_state #4 (to_state) -> 5\n\
+         5 Out (sink)\n"
+    );
+
+    let dup = Application::new(
+        "dup",
+        Pipeline::source("N", InProcessSource::new(|n: &u64| n))
+            .to(|n: u64| Some(n))
+            .name("step")
+            .to(|n: u64| Some(n))
+            .name("step")
+            .to_sink("Out", CallbackSink::new(|_: &u64| {})),
+    );
+    match bettong::Engine::start(dup, config(1)) {
+        Err(Error::Plan(m)) => assert!(m.contains("`step`"), "{m}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("two operators named step were accepted"),
+    }
+}
+
+/// A source implemented outside the engine (`examples/file_source.rs`) feeds word count.
+#[test]
+fn user_file_source_runs() {
+    let dir = std::env::temp_dir().join(format!("bettong-plan-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lines.frames");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("the quick {} fox jumps over {} dogs", i % 7, i % 3))
+        .collect();
+    let mut bytes = Vec::new();
+    for l in &lines {
+        bettong::codec::write_frame(&mut bytes, l.as_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let mut model: HashMap<String, u64> = HashMap::new();
+    let mut words = 0;
+    for l in &lines {
+        for w in bettong_apps::word_count::split(l) {
+            *model.entry(w).or_default() += 1;
+            words += 1;
+        }
+    }
+    for shards in [1, 2, 3] {
+        let (app, counts) = file_source::word_count(path.clone());
+        let engine = bettong::Engine::start(app, config(shards)).unwrap();
+        wait_finished(&engine, words);
+        let summary = engine.stop().unwrap();
+        assert_eq!(summary.messages_in, lines.len() as u64);
+        let mut finals: HashMap<String, u64> = HashMap::new();
+        let mut seen = 0;
+        for (w, n) in counts.lock().unwrap().iter() {
+            seen += 1;
+            let e = finals.entry(w.clone()).or_default();
+            *e = (*e).max(*n);
+        }
+        assert_eq!(seen, words, "one output per word");
+        assert_eq!(finals, model, "{shards} shard(s)");
+    }
+    // A missing file is refused at start, naming the file.
+    let (app, _) = file_source::word_count(dir.join("missing.frames"));
+    match bettong::Engine::start(app, config(1)) {
+        Err(e @ Error::Connector { .. }) => assert!(e.to_string().contains("missing.frames")),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("a missing file was accepted"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user source that emits a watermark per shard, and a user sink that records the control
+/// events it sees: behind the exchange, each sink instance sees the minimum watermark over
+/// all shards' inputs, never going back, and end of stream exactly once.
+#[test]
+fn control_events_are_aligned_across_shards() {
+    struct Ticks;
+    impl Source for Ticks {
+        type Out = u64;
+        type Part = usize;
+        fn open(&self, _: &str, _: Option<&str>, shards: usize) -> Result<Opened<usize>, Error> {
+            Ok(Opened::per_shard(shards, |s| s))
+        }
+        // Not `async fn`: that would borrow `self`, and a source's future must be 'static.
+        #[allow(clippy::manual_async_fn)]
+        fn run(&self, shard: usize, ctx: SourceContext<u64>) -> impl Future<Output = ()> + 'static {
+            async move {
+                let base = 1_000 * (shard as u64 + 1);
+                for i in 0..100 {
+                    ctx.emit(
+                        base + i,
+                        Stamp {
+                            ingest_ns: bettong::now_ns(),
+                            event_ns: base + i,
+                        },
+                    );
+                }
+                ctx.watermark(base);
+                ctx.watermark(base / 2); // an older watermark changes nothing
+                ctx.flush();
+                ctx.stopping().await;
+            }
+        }
+    }
+    type Seen = Arc<Mutex<Vec<(usize, Control)>>>;
+    struct Recorder(Seen);
+    struct RecorderShard(Seen, usize);
+    impl SinkInput<u64> for RecorderShard {
+        fn write(&self, _: u64, _: Stamp) {}
+        fn control(&self, event: Control) {
+            self.0.lock().unwrap().push((self.1, event));
+        }
+    }
+    impl Sink<u64> for Recorder {
+        type Part = ();
+        fn open(&self, _: &str, _: Option<&str>, shards: usize) -> Result<Opened<()>, Error> {
+            Ok(Opened::per_shard(shards, |_| ()))
+        }
+        fn start(&self, _: (), ctx: SinkContext) -> SinkShard<u64> {
+            SinkShard::new(RecorderShard(self.0.clone(), ctx.shard()))
+        }
+    }
+    for shards in 1..=4 {
+        let seen: Seen = Arc::default();
+        let app = Application::new(
+            "ticks",
+            Pipeline::source("Ticks", Ticks)
+                .key_by(|n: &u64| n)
+                .to_state(|n: u64, _: &mut ()| Some(n))
+                .to_sink("Recorder", Recorder(seen.clone())),
+        );
+        let engine = bettong::Engine::start(app, config(shards)).unwrap();
+        wait_finished(&engine, 100 * shards as u64);
+        let summary = engine.stop().unwrap();
+        assert_eq!(summary.messages_out, 100 * shards as u64);
+        let seen = seen.lock().unwrap();
+        for shard in 0..shards {
+            let events: Vec<Control> = seen
+                .iter()
+                .filter(|(s, _)| *s == shard)
+                .map(|(_, e)| *e)
+                .collect();
+            let marks: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Control::Watermark(t) => Some(*t),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                marks.windows(2).all(|w| w[0] < w[1]),
+                "shard {shard}: {marks:?}"
+            );
+            // Every shard's state hears every shard's source: the watermark reaches 1000 (the
+            // smallest source's) while all are open; as sources end, the rest pass.
+            assert_eq!(
+                marks.first(),
+                Some(&1_000),
+                "shard {shard} of {shards}: {events:?}"
+            );
+            assert_eq!(
+                events.iter().filter(|e| **e == Control::End).count(),
+                1,
+                "shard {shard}: {events:?}"
+            );
+            assert_eq!(events.last(), Some(&Control::End));
+        }
+    }
+}
