@@ -516,7 +516,13 @@ async fn drain<T: Send + 'static>(
             drained += c.drain(|(msg, ingest)| local(msg, ingest));
         }
         if drained == 0 {
-            if consumers.iter().all(Consumer::is_finished) {
+            // Forget the rings whose producer has closed and that are empty: they will never
+            // carry anything again, and a closed ring's `poll_ready` is always ready, so keeping
+            // one in the wait below would turn it into a busy loop that never yields. With three
+            // or more shards that loop starved this shard's own stop task, which therefore never
+            // closed this shard's rings to the others, whose drains then spun the same way.
+            consumers.retain(|c| !c.is_finished());
+            if consumers.is_empty() {
                 return;
             }
             // Park until a producer publishes. With `--poll spin` the executor itself keeps
