@@ -164,6 +164,12 @@ fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
     drop(out);
     let summary = engine.join()?;
     eprintln!("{summary}");
+    if summary.undelivered > 0 {
+        return Err(format!(
+            "{} output(s) could not be delivered: no sink acknowledged them within the drain timeout",
+            summary.undelivered
+        ));
+    }
     Ok(())
 }
 

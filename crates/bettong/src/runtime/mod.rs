@@ -45,7 +45,8 @@ use reporter::{Reporter, ShardPeriod};
 use shard::{RingRegistry, ShardBuilder};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
-/// process everything, flush the sinks. Cheap to clone and usable from any thread (a signal
+/// process everything, flush the sinks, all within `EngineConfig::drain_timeout` (what is still
+/// open then is cut, and outputs not delivered are counted in `Summary::undelivered`). Cheap to clone and usable from any thread (a signal
 /// handler thread, the embedding program).
 #[derive(Clone)]
 pub struct StopHandle(Arc<StopSignal>);
@@ -462,6 +463,27 @@ async fn run_shard(plan: ShardPlan) -> Summary {
     drop(started);
 
     stop.stopped(index).await;
+    // The drain deadline: whatever is still open when it passes (an idle client, a sink that
+    // does not read or does not listen) is cut, so that the stop ends in bounded time. Outputs
+    // no sink acknowledged by then are counted as undelivered.
+    if let Some(timeout) = config.drain_timeout {
+        let (conns, core, relief) = (conns.clone(), core.clone(), relief.clone());
+        let buffers: Vec<_> = sinks.iter().map(|(buffer, _)| buffer.clone()).collect();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(timeout).await;
+            let cut = conns.cut();
+            if cut > 0 {
+                eprintln!(
+                    "bettong: shard {index}: drain timeout ({timeout:?}): cutting {cut} open connection(s)"
+                );
+            }
+            core.metrics.cut_connections(cut as u64);
+            for buffer in &buffers {
+                buffer.abandon(&relief);
+            }
+        })
+        .detach();
+    }
     conns.stop();
     for a in accepts {
         a.await;
@@ -485,6 +507,7 @@ async fn run_shard(plan: ShardPlan) -> Summary {
     for (buffer, task) in sinks {
         buffer.finish();
         task.await;
+        core.metrics.sink_report(buffer.report());
     }
     for (finish, task) in sink_tasks {
         finish.notify();
