@@ -76,6 +76,10 @@ pub(crate) struct SinkBuffer {
     /// What the connection had not acknowledged when `abandon` cut it: final, since the cut
     /// also drops what the kernel still held.
     unacked_at_abandon: Cell<Option<u64>>,
+    /// When the current connection was made, and how many connections in a row failed within
+    /// a second of being made: a sink that accepts and drops at once is retried with back-off.
+    connected_at: Cell<Option<std::time::Instant>>,
+    flaps: Cell<u32>,
     report: Cell<SinkReport>,
 }
 
@@ -91,6 +95,8 @@ impl SinkBuffer {
             abandoned: Cell::new(false),
             conn_fd: Cell::new(None),
             unacked_at_abandon: Cell::new(None),
+            connected_at: Cell::new(None),
+            flaps: Cell::new(0),
             report: Cell::new(SinkReport::default()),
         }
     }
@@ -285,6 +291,15 @@ impl SinkBuffer {
             // Cut by `abandon`: nothing more is sent, what is kept counts as undelivered.
             return;
         }
+        let short = self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        self.flaps.set(if short {
+            self.flaps.get().saturating_add(1)
+        } else {
+            0
+        });
         {
             eprintln!(
                 "bettong: shard {shard}: sink {addr}: connection lost ({e}); reconnecting, {} message(s) ({} bytes) not acknowledged will be sent again",
@@ -345,6 +360,14 @@ impl SinkBuffer {
     async fn connect(&self, addr: SocketAddr, shard: usize) -> Option<TcpStream> {
         let mut delay = Duration::from_millis(10);
         let mut reported = false;
+        if self.flaps.get() > 0 {
+            // The last connection failed soon after it was made: wait before the next one.
+            let wait = Duration::from_millis(10 << self.flaps.get().min(7));
+            futures_lite::future::or(self.wake_writer.notified(), async {
+                glommio::timer::sleep(wait).await
+            })
+            .await;
+        }
         loop {
             if self.abandoned.get() {
                 return None;
@@ -377,6 +400,7 @@ impl SinkBuffer {
                     if reported {
                         eprintln!("bettong: shard {shard}: sink {addr}: connected");
                     }
+                    self.connected_at.set(Some(std::time::Instant::now()));
                     return Some(s);
                 }
                 Err(e) => {
