@@ -282,7 +282,7 @@ fn no_sink_listening_is_given_up_at_the_drain_timeout() {
 
 /// How the sink lets its connections go.
 #[derive(Clone, Copy, Debug)]
-enum Drop {
+enum Close {
     /// An ordinary close (FIN).
     Fin,
     /// An abortive close (SO_LINGER 0: RST).
@@ -300,7 +300,7 @@ enum Drop {
 /// acknowledged but the sink had not read yet would be lost at the sink, where no TCP sender
 /// can see them (see `net::sink`).
 fn dropping_sink(
-    how: Drop,
+    how: Close,
     drop_after: usize,
 ) -> (
     SocketAddr,
@@ -320,14 +320,32 @@ fn dropping_sink(
             let (received, streams) = (received.clone(), streams.clone());
             std::thread::spawn(move || {
                 let mut readers = Vec::new();
-                for s in listener.incoming() {
-                    let Ok(mut s) = s else { break };
+                let mut dropping = false;
+                loop {
+                    let s = if dropping {
+                        // Connections already queued are dropped the same way (shut down,
+                        // then read to their end), never closed with data unread.
+                        listener.set_nonblocking(true).unwrap();
+                        match listener.accept() {
+                            Ok((s, _)) => s,
+                            Err(_) => break,
+                        }
+                    } else {
+                        match listener.accept() {
+                            Ok((s, _)) => s,
+                            Err(_) => break,
+                        }
+                    };
+                    let mut s = s;
+                    s.set_nonblocking(false).unwrap();
+                    // Under the lock, so that the drop shuts this one down or we do.
+                    let mut list = streams.lock().unwrap();
                     if received.load(Ordering::SeqCst) >= drop_after {
-                        // Connected after the drop was called: refuse it the same way.
-                        drop(s);
-                        break;
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        dropping = true;
                     }
-                    streams.lock().unwrap().push(s.try_clone().unwrap());
+                    list.push(s.try_clone().unwrap());
+                    drop(list);
                     let (received, drop_tx) = (received.clone(), drop_tx.clone());
                     readers.push(std::thread::spawn(move || {
                         let mut bytes = Vec::new();
@@ -343,7 +361,7 @@ fn dropping_sink(
                                 }
                             }
                         }
-                        if let Drop::Rst = how {
+                        if let Close::Rst = how {
                             set_linger_zero(&s);
                         }
                         bytes
@@ -353,7 +371,7 @@ fn dropping_sink(
             })
         };
         drop_rx.recv().unwrap();
-        // Drop: stop every connection's TCP from taking more, then let the readers finish.
+        // The drop: stop every connection's TCP from taking more, then let the readers finish.
         for s in streams.lock().unwrap().iter() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -421,7 +439,7 @@ fn set_linger_zero(s: &TcpStream) {
 /// The sink drops its connections in the middle of the run and comes back on the same port:
 /// no output is lost (every count of every word arrives), duplicates are possible and are
 /// never more than the engine reports as resent.
-fn sink_drop_loses_nothing(how: Drop) {
+fn sink_drop_loses_nothing(how: Close) {
     let (addr, sink, back) = dropping_sink(how, 40_000);
     let engine = start("0,1", addr, &[]);
     let (conns, expected) = traffic(4, 3000);
@@ -461,10 +479,10 @@ fn sink_drop_loses_nothing(how: Drop) {
 
 #[test]
 fn sink_dropped_with_fin_and_back_loses_nothing() {
-    sink_drop_loses_nothing(Drop::Fin);
+    sink_drop_loses_nothing(Close::Fin);
 }
 
 #[test]
 fn sink_dropped_with_rst_and_back_loses_nothing() {
-    sink_drop_loses_nothing(Drop::Rst);
+    sink_drop_loses_nothing(Close::Rst);
 }
