@@ -164,5 +164,11 @@ fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
         let _ = out.flush();
     })?;
     eprintln!("{summary}");
+    if summary.undelivered > 0 {
+        return Err(format!(
+            "{} output(s) could not be delivered: no sink acknowledged them within the drain timeout",
+            summary.undelivered
+        ));
+    }
     Ok(())
 }

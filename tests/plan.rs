@@ -116,7 +116,10 @@ fn to_sinks_delivers_every_output_to_both_tcp_sinks() {
         drop(pusher);
         wait_finished(&engine, 500);
         let summary = engine.stop().unwrap();
-        assert_eq!(summary.messages_out, 1000, "500 outputs to each of 2 sinks");
+        assert_eq!(
+            summary.messages_out, 1000,
+            "{shards} shard(s): 500 outputs to each of 2 sinks\n{summary}"
+        );
         let mut text: Vec<u64> = text_sink
             .finish()
             .concat()

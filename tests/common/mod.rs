@@ -131,6 +131,40 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Sends SIGTERM and waits at most `bound` for the process to exit; returns its status,
+    /// how long the exit took and the whole stderr. Fails the test (after killing the
+    /// process) if it is still running after `bound`.
+    pub fn terminate_within(mut self, bound: Duration) -> (ExitStatus, Duration, String) {
+        let start = Instant::now();
+        // SAFETY: sending a signal to our own child process, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > bound {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                if let Some(t) = self.stderr_thread.take() {
+                    let _ = t.join();
+                }
+                panic!(
+                    "bettong still running {bound:?} after SIGTERM; stderr:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = start.elapsed();
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let err = self.stderr.lock().unwrap().join("\n");
+        (status, took, err)
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.child.kill();

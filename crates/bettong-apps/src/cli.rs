@@ -42,6 +42,10 @@ pub struct EngineArgs {
     /// JSON lines to FILE
     #[arg(long, value_name = "FILE")]
     pub metrics_json: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, read open connections and deliver outputs for at most this long, then
+    /// cut what is still open and count outputs not delivered (e.g. 5s, 500ms; 0 = no bound)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl EngineArgs {
@@ -62,6 +66,7 @@ impl EngineArgs {
             poll: self.poll,
             metrics_interval: (!self.metrics_interval.is_zero()).then_some(self.metrics_interval),
             metrics_json: self.metrics_json.clone(),
+            drain_timeout: (!self.drain_timeout.is_zero()).then_some(self.drain_timeout),
         })
     }
 }

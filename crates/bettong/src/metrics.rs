@@ -121,6 +121,12 @@ pub struct ShardMetrics {
     truncated: Cell<u64>,
     connections: Cell<u64>,
     pauses: Cell<u64>,
+    /// Delivery by the TCP sinks (see `net::sink`) and connections cut at the drain timeout.
+    undelivered: Cell<u64>,
+    resent_messages: Cell<u64>,
+    resent_bytes: Cell<u64>,
+    reconnects: Cell<u64>,
+    cut_connections: Cell<u64>,
     /// Time per computation (sampled), by registration order, for the current period.
     computations: RefCell<Vec<(String, Histogram<u64>)>>,
 }
@@ -182,6 +188,11 @@ impl Default for ShardMetrics {
             truncated: Cell::new(0),
             connections: Cell::new(0),
             pauses: Cell::new(0),
+            undelivered: Cell::new(0),
+            resent_messages: Cell::new(0),
+            resent_bytes: Cell::new(0),
+            reconnects: Cell::new(0),
+            cut_connections: Cell::new(0),
             computations: RefCell::new(Vec::new()),
         }
     }
@@ -217,6 +228,22 @@ impl ShardMetrics {
     /// A source or drain stopped reading because a ring or sink buffer downstream was full.
     pub fn pause(&self) {
         bump(&self.pauses);
+    }
+
+    /// What a TCP sink's writer did, once it has ended: outputs it could not deliver (they
+    /// were counted by [`output`](Self::output) when encoded, and are taken off `out` in the
+    /// summary), and what it sent again after reconnecting.
+    pub(crate) fn sink_report(&self, r: crate::net::sink::SinkReport) {
+        let add = |c: &Cell<u64>, n: u64| c.set(c.get() + n);
+        add(&self.undelivered, r.undelivered);
+        add(&self.resent_messages, r.resent_messages);
+        add(&self.resent_bytes, r.resent_bytes);
+        add(&self.reconnects, r.reconnects);
+    }
+
+    /// Source connections still open at the drain timeout, which the stop cut.
+    pub(crate) fn cut_connections(&self, n: u64) {
+        self.cut_connections.set(self.cut_connections.get() + n);
     }
 
     /// An output was encoded into a sink buffer; `ingest_ns` is when its input was read.
@@ -266,7 +293,11 @@ impl ShardMetrics {
         Summary {
             latency,
             messages_in: self.messages_in.get(),
-            messages_out: self.messages_out.get(),
+            // Encoded minus never delivered: once the sinks have ended, what was delivered.
+            messages_out: self
+                .messages_out
+                .get()
+                .saturating_sub(self.undelivered.get()),
             filtered: self.filtered.get(),
             decode_errors: self.decode_errors.get(),
             frame_errors: self.frame_errors.get(),
@@ -274,6 +305,11 @@ impl ShardMetrics {
             connections: self.connections.get(),
             pauses: self.pauses.get(),
             state_entities: Vec::new(),
+            undelivered: self.undelivered.get(),
+            resent_messages: self.resent_messages.get(),
+            resent_bytes: self.resent_bytes.get(),
+            reconnects: self.reconnects.get(),
+            cut_connections: self.cut_connections.get(),
         }
     }
 }
@@ -291,7 +327,9 @@ pub struct Summary {
     pub latency: Histogram<u64>,
     /// Frames accepted at sources.
     pub messages_in: u64,
-    /// Outputs encoded into sinks.
+    /// Outputs delivered: encoded into a sink and, for a TCP sink, acknowledged by the TCP of
+    /// a sink connection (outputs the stop gave up on are left out: see `undelivered`). The
+    /// live figures (`Progress`, the periodic lines) count outputs as they are encoded.
     pub messages_out: u64,
     /// Messages a step dropped without output.
     pub filtered: u64,
@@ -307,6 +345,17 @@ pub struct Summary {
     pub pauses: u64,
     /// State entities held at the end, per state operator (summed over shards).
     pub state_entities: Vec<(String, u64)>,
+    /// Outputs that no sink connection acknowledged before the stop's drain timeout ran out.
+    pub undelivered: u64,
+    /// Outputs a TCP sink sent again after its connection failed (the old peer may have
+    /// received some of them: duplicates are possible, never losses).
+    pub resent_messages: u64,
+    /// Bytes sent again after reconnecting.
+    pub resent_bytes: u64,
+    /// Sink connections lost and made again.
+    pub reconnects: u64,
+    /// Source connections still open at the drain timeout, which the stop cut.
+    pub cut_connections: u64,
 }
 
 impl Default for Summary {
@@ -328,6 +377,11 @@ impl Summary {
         self.truncated += other.truncated;
         self.connections += other.connections;
         self.pauses += other.pauses;
+        self.undelivered += other.undelivered;
+        self.resent_messages += other.resent_messages;
+        self.resent_bytes += other.resent_bytes;
+        self.reconnects += other.reconnects;
+        self.cut_connections += other.cut_connections;
         for (name, n) in &other.state_entities {
             self.add_state(name, *n);
         }
@@ -412,6 +466,15 @@ impl fmt::Display for Summary {
             f,
             "errors: decode {}, oversized frame {}, cut mid-frame {}",
             self.decode_errors, self.frame_errors, self.truncated
+        )?;
+        writeln!(
+            f,
+            "delivery: undelivered {}, resent {}, resent bytes {}, sink reconnects {}, cut connections {}",
+            self.undelivered,
+            self.resent_messages,
+            self.resent_bytes,
+            self.reconnects,
+            self.cut_connections
         )?;
         write!(
             f,

@@ -30,7 +30,7 @@
 //!             sum.0 += n;
 //!             Some(sum.0)
 //!         })
-//!         .to_sink(sink),
+//!         .to_sink("Sums", sink),
 //! );
 //! let config = EngineConfig { cores: vec![0], pin: false, ..EngineConfig::default() };
 //! let engine = Engine::start(app, config).unwrap();

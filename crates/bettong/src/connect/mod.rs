@@ -268,6 +268,12 @@ impl<T: 'static> SourceContext<T> {
         self.inner.core.stop.wait().await
     }
 
+    /// Resolves once the stop's drain timeout has passed (never, without one): whatever the
+    /// source still reads must be cut off now so the stop ends in bounded time.
+    pub async fn drain_deadline(&self) {
+        self.inner.core.deadline.wait().await
+    }
+
     /// Runs `task` on this shard. The shard waits for every task a source spawned before it
     /// ends the source's stream.
     pub fn spawn(&self, task: impl Future<Output = ()> + 'static) {
@@ -350,6 +356,12 @@ impl SinkContext {
     /// Resolves once the engine is stopping.
     pub async fn stopping(&self) {
         self.core.stop.wait().await
+    }
+
+    /// Resolves once the stop's drain timeout has passed (never, without one): give up
+    /// delivering, count what was not delivered, and end the task.
+    pub async fn drain_deadline(&self) {
+        self.core.deadline.wait().await
     }
 
     /// Resolves once everything upstream of the sink on this shard is done: deliver what is

@@ -110,7 +110,22 @@ impl<D: Decoder> Source for TcpSource<D> {
             ctx.stopping().await;
             conns.stop();
             accept.await;
-            conns.until_all_closed().await;
+            // Read every open connection to its end, or until the drain timeout cuts the ones
+            // still open (an idle client must not hold the stop forever).
+            let cut = async {
+                ctx.drain_deadline().await;
+                let cut = conns.cut();
+                if cut > 0 {
+                    eprintln!(
+                        "bettong: shard {}: source {}: drain timeout: cutting {cut} open connection(s)",
+                        core.index,
+                        ctx.name()
+                    );
+                }
+                core.metrics.cut_connections(cut as u64);
+                conns.until_all_closed().await;
+            };
+            futures_lite::future::or(conns.until_all_closed(), cut).await;
         }
     }
 }
@@ -169,20 +184,27 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
         let buffer = Rc::new(SinkBuffer::new(core.config.sink_buffer));
         ctx.add_gauge(buffer.gauge.clone());
         let writer = buffer.clone().writer(addr, core.index, core.relief.clone());
-        let finishing = {
-            let buffer = buffer.clone();
-            async move {
+        let b = buffer.clone();
+        let task = async move {
+            let finishing = async {
                 ctx.finishing().await;
-                buffer.finish();
-            }
+                b.finish();
+            };
+            // At the drain deadline the writer gives up (cuts a pending write, counts what the
+            // peer has not acknowledged as undelivered) and ends.
+            let give_up = async {
+                ctx.drain_deadline().await;
+                b.abandon(&core.relief);
+                std::future::pending::<((), ())>().await
+            };
+            futures_lite::future::or(futures_lite::future::zip(writer, finishing), give_up).await;
+            core.metrics.sink_report(b.report());
         };
         SinkShard::new(TcpSinkInput {
             buffer,
             encoder: self.encoder.clone(),
         })
-        .with_task(async move {
-            futures_lite::future::zip(writer, finishing).await;
-        })
+        .with_task(task)
     }
 }
 

@@ -2,9 +2,9 @@
 //! so the kernel spreads connections over the cores) and one task per connection that reads
 //! frames and runs them through the graph.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 
 use futures_lite::AsyncReadExt;
@@ -27,6 +27,8 @@ pub(crate) struct Connections {
     open: Cell<usize>,
     pub(crate) stopping: Cell<bool>,
     changed: WaitList,
+    /// The socket of each open connection, so that the drain timeout can cut it.
+    fds: RefCell<Vec<RawFd>>,
 }
 
 impl Connections {
@@ -46,6 +48,20 @@ impl Connections {
             }
         })
         .await
+    }
+
+    /// Shuts down every connection still open (the drain timeout ran out): their reads end
+    /// at once, after what was already received, and the clients see the connection close.
+    /// Returns how many were cut.
+    pub(crate) fn cut(&self) -> usize {
+        let fds = self.fds.borrow();
+        for &fd in fds.iter() {
+            // SAFETY: an fd is in `fds` only while its connection task owns the open stream
+            // (removed before the stream is dropped, on this same thread); shutdown changes the
+            // socket's state and never closes or reuses the fd.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        fds.len()
     }
 
     /// Waits until every connection has been read to its end.
@@ -121,9 +137,13 @@ fn spawn_connection(
 ) {
     conns.open.set(conns.open.get() + 1);
     core.metrics.connection();
+    let fd = stream.as_raw_fd();
+    conns.fds.borrow_mut().push(fd);
     let (source, core, conns) = (source.clone(), core.clone(), conns.clone());
     glommio::spawn_local(async move {
         serve(stream, &source, &core, max_frame).await;
+        // `serve` has dropped the stream: forget its fd before anything else can reuse it.
+        conns.fds.borrow_mut().retain(|&f| f != fd);
         conns.open.set(conns.open.get() - 1);
         conns.changed.wake_all();
     })

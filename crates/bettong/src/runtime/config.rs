@@ -70,6 +70,11 @@ pub struct EngineConfig {
     pub metrics_interval: Option<Duration>,
     /// Also append each period's metrics as a JSON line to this file.
     pub metrics_json: Option<PathBuf>,
+    /// The longest a stop may take (`None`: no bound). From the stop request, the engine
+    /// reads open connections to their end, drains and flushes; at this deadline it cuts the
+    /// connections still open and gives up on sinks that have not acknowledged everything,
+    /// counting those outputs as undelivered.
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +90,7 @@ impl Default for EngineConfig {
             poll: Poll::Park,
             metrics_interval: None,
             metrics_json: None,
+            drain_timeout: Some(Duration::from_secs(5)),
         }
     }
 }

@@ -7,11 +7,11 @@
 //! let app = Application::new(
 //!     "echo",
 //!     Pipeline::source("In", TcpSource::new(|b: &[u8]| -> Result<Vec<u8>, DecodeError> { Ok(b.to_vec()) }))
-//!         .to_sink(TcpSink::new(|b: &Vec<u8>, out: &mut Vec<u8>| bettong::codec::write_frame(out, b))),
+//!         .to_sink("Out", TcpSink::new(|b: &Vec<u8>, out: &mut Vec<u8>| bettong::codec::write_frame(out, b))),
 //! );
 //! let mut config = EngineConfig::default();
 //! config.inputs = vec![(None, "127.0.0.1:7000".parse().unwrap())];
-//! config.outputs = vec!["127.0.0.1:5555".parse().unwrap()];
+//! config.outputs = vec![(None, "127.0.0.1:5555".parse().unwrap())];
 //! let engine = Engine::start(app, config).expect("engine starts");
 //! println!("listening on {:?}", engine.sources());
 //! engine.stop_handle().stop();
@@ -47,7 +47,8 @@ use reporter::{Reporter, ShardPeriod};
 use shard::{RingRegistry, ShardCore};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
-/// process everything, flush the sinks. Cheap to clone and usable from any thread (a signal
+/// process everything, flush the sinks, all within `EngineConfig::drain_timeout` (what is still
+/// open then is cut, and outputs not delivered are counted in `Summary::undelivered`). Cheap to clone and usable from any thread (a signal
 /// handler thread, the embedding program).
 #[derive(Clone)]
 pub struct StopHandle(Arc<StopSignal>);
@@ -478,6 +479,17 @@ async fn run_shard(start: ShardStart) -> Summary {
 
     stop.stopped(index).await;
     core.stop.set();
+    // The drain deadline: whatever is still open when it passes (an idle client, a sink that
+    // does not read or does not listen) is given up by its connector, so that the stop ends
+    // in bounded time. Outputs no sink acknowledged by then are counted as undelivered.
+    if let Some(timeout) = config.drain_timeout {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(timeout).await;
+            core.deadline.set();
+        })
+        .detach();
+    }
     for s in sources {
         s.await;
     }

@@ -175,6 +175,8 @@ pub(crate) struct ShardCore {
     pub(crate) relief: Rc<WaitList>,
     /// Set when the engine stops.
     pub(crate) stop: Latch,
+    /// Set when the stop's drain timeout has passed: connectors give up what is still open.
+    pub(crate) deadline: Latch,
     /// This shard's doorbell, for rings whose other end is on a host thread.
     pub(crate) bell: Arc<Doorbell>,
     publishers: RefCell<Vec<Rc<dyn Publish>>>,
@@ -195,6 +197,7 @@ impl ShardCore {
             metrics: Rc::new(ShardMetrics::default()),
             relief: Rc::new(WaitList::default()),
             stop: Latch::default(),
+            deadline: Latch::default(),
             publishers: RefCell::new(Vec::new()),
         }
     }
