@@ -7,26 +7,46 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::AsyncRead;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::codec::FrameReader;
+use crate::codec::{FrameReader, ReadBuffers};
 use crate::metrics::now_ns;
 use crate::runtime::shard::{ShardCore, SourceRuntime, WaitList};
 
-/// Bytes read per `read` call at most (plus room for one `--max-frame` frame): large enough
-/// that a busy connection delivers hundreds of small frames per system call.
+/// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
+/// buffer of its own size): large enough that it delivers hundreds of small frames per system
+/// call. These buffers are lent from a per-shard pool only while a connection's reads fill its
+/// buffer, and given back when its socket has nothing more to read.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// The buffer a connection reads into first, and keeps while its traffic is light.
+const SMALL_READ_BUFFER: usize = 16 * 1024;
+
+/// Large read buffers a shard keeps when no connection is using them (1 MiB).
+const POOLED_READ_BUFFERS: usize = 4;
 
 /// Decode errors logged per connection before the rest are only counted.
 const LOGGED_ERRORS: u64 = 10;
 
-/// Connections still being served on this shard, and the shutdown latch.
-#[derive(Default)]
+/// Connections still being served on this shard, the shutdown latch, and the shard's pool of
+/// large read buffers.
 pub(crate) struct Connections {
     open: Cell<usize>,
     pub(crate) stopping: Cell<bool>,
     changed: WaitList,
+    buffers: Rc<ReadBuffers>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            open: Cell::new(0),
+            stopping: Cell::new(false),
+            changed: WaitList::default(),
+            buffers: ReadBuffers::new(READ_BUFFER, POOLED_READ_BUFFERS),
+        }
+    }
 }
 
 impl Connections {
@@ -86,7 +106,16 @@ pub(crate) async fn accept_loop(
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => spawn_connection(stream, &source, &core, &conns, max_frame),
+            Some(Ok(stream)) => {
+                spawn_connection(stream, &source, &core, &conns, max_frame);
+                // Let the new connection's task run (read what is there, and see the end of a
+                // short-lived connection) before accepting the next one. Without this, accept
+                // never waits while the kernel's queue holds connections, so a burst of
+                // connections was all accepted before any was served: every one of them stayed
+                // open (up to the listen backlog, 1024 per shard) even after its client had
+                // closed it, each with its read buffer.
+                futures_lite::future::yield_now().await;
+            }
             Some(Err(e)) => {
                 eprintln!(
                     "bettong: shard {}: source {}: accept failed: {e}",
@@ -128,7 +157,8 @@ fn spawn_connection(
     core.metrics.connection();
     let (source, core, conns) = (source.clone(), core.clone(), conns.clone());
     glommio::spawn_local(async move {
-        serve(stream, &source, &core, max_frame).await;
+        let frames = FrameReader::adaptive(SMALL_READ_BUFFER, conns.buffers.clone(), max_frame);
+        serve(stream, frames, &source, &core).await;
         conns.open.set(conns.open.get() - 1);
         conns.changed.wake_all();
     })
@@ -137,16 +167,34 @@ fn spawn_connection(
 
 /// Reads one connection to its end. A frame over `max_frame` ends the connection (the stream
 /// cannot be resynchronised); a payload the decoder rejects is logged, counted and skipped.
-async fn serve(mut stream: TcpStream, source: &SourceRuntime, core: &ShardCore, max_frame: usize) {
+async fn serve(
+    mut stream: TcpStream,
+    mut frames: FrameReader,
+    source: &SourceRuntime,
+    core: &ShardCore,
+) {
     let peer = stream.peer_addr().map_or_else(
         |_| "unknown peer".to_string(),
         |a: SocketAddr| a.to_string(),
     );
     let metrics = &core.metrics;
-    let mut frames = FrameReader::new(READ_BUFFER, max_frame);
     let mut errors = 0u64;
     loop {
-        let n = match stream.read(frames.spare()).await {
+        // A read that has to wait means the socket is drained: the connection is idle, so its
+        // reader gives back its buffer (or all of it but a partial frame) while it waits. The
+        // next poll reads into whatever `spare` hands out then (glommio waits for readiness,
+        // not into the buffer, so changing it between polls is fine).
+        let read = std::future::poll_fn(|cx| {
+            match std::pin::Pin::new(&mut stream).poll_read(cx, frames.spare()) {
+                std::task::Poll::Pending => {
+                    frames.idle();
+                    std::task::Poll::Pending
+                }
+                ready => ready,
+            }
+        })
+        .await;
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
