@@ -4,8 +4,9 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncRead;
 use glommio::net::{TcpListener, TcpStream};
@@ -87,9 +88,124 @@ impl Connections {
     }
 }
 
+/// File descriptors the accept loops leave free for the rest of the engine: each shard's sink
+/// connections (and a reconnection of each), the metrics file, a few spare. A source stops
+/// accepting while fewer than this remain under `RLIMIT_NOFILE`, so running out of descriptors
+/// never keeps a sink from connecting: outputs keep flowing for the connections already open.
+pub(crate) fn fd_reserve(shards: usize, sinks: usize) -> usize {
+    16 + shards * (sinks + 1) * 2
+}
+
+/// The first and the longest pause of an accept loop that cannot accept (no descriptors left).
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// An accept loop's state while it cannot accept: how long it waits next, and a log that says
+/// so at most once a second (with the count of the lines it left out).
+struct Backoff {
+    delay: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            delay: BACKOFF_MIN,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// The pause to take now; each one doubles the next, up to [`BACKOFF_MAX`].
+    fn next_delay(&mut self) -> Duration {
+        let d = self.delay;
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    /// Accepting works again.
+    fn reset(&mut self) {
+        self.delay = BACKOFF_MIN;
+    }
+
+    /// Logs `what` unless a line was logged less than a second ago (then only counts it).
+    fn log(&mut self, core: &ShardCore, source: &SourceRuntime, what: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let more = match self.suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more since the last report)"),
+        };
+        eprintln!(
+            "bettong: shard {}: source {}: {}{more}",
+            core.index,
+            source.name,
+            what()
+        );
+        self.last_log = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, or `None` when unlimited or unknown.
+fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+/// The lowest descriptor number free now (what the next socket would get), or `None` if none is.
+fn lowest_free_fd(open_fd: RawFd) -> Option<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates `open_fd` (an fd the caller keeps open for the call)
+    // onto the lowest free descriptor; the duplicate belongs to nobody else and is closed at
+    // once, so no descriptor is leaked or closed twice.
+    let fd = unsafe { libc::fcntl(open_fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is the duplicate made just above, owned here and not used after.
+    unsafe { libc::close(fd) };
+    Some(fd)
+}
+
+/// True when descriptor `fd` being the lowest free one (as an accepted socket's is) leaves
+/// fewer than `reserve` descriptors under `limit`.
+fn near_fd_limit(fd: RawFd, limit: Option<u64>, reserve: usize) -> bool {
+    limit.is_some_and(|lim| (fd.max(0) as u64).saturating_add(reserve as u64) >= lim)
+}
+
+/// Accept errors that mean "no descriptor or memory for a new socket now": retrying at once
+/// only fails again, so the loop backs off.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Accepts connections for one source until the shard stops, then takes the connections that
 /// were already waiting in the kernel's queue (a client that connected just before the stop
 /// has data in flight that must not be lost), then closes the listener.
+///
+/// Near the descriptor limit (fewer than `fd_reserve` left) or when accept fails for lack of
+/// descriptors, it stops accepting and retries with exponential back-off (5 ms to 1 s), logging
+/// at most one line a second: the connections already open keep being served, the sinks keep
+/// the descriptors they need, and new clients wait in the listen queue until some close.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     listener_fd: RawFd,
@@ -97,8 +213,37 @@ pub(crate) async fn accept_loop(
     core: Rc<ShardCore>,
     conns: Rc<Connections>,
     max_frame: usize,
+    fd_reserve: usize,
 ) {
+    let mut backoff = Backoff::new();
+    let mut limit = fd_limit();
+    // Set while accepting is paused; the loop waits, then checks again before accepting.
+    let mut paused = false;
     loop {
+        if paused {
+            let stopped = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(backoff.next_delay()).await;
+                    false
+                },
+                async {
+                    conns.until_stopping().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                break;
+            }
+            // The limit may have been raised meanwhile (`prlimit`).
+            limit = fd_limit();
+            match lowest_free_fd(listener_fd) {
+                Some(fd) if !near_fd_limit(fd, limit, fd_reserve) => {}
+                _ => continue,
+            }
+            paused = false;
+            backoff.reset();
+        }
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             conns.until_stopping().await;
             None
@@ -107,7 +252,19 @@ pub(crate) async fn accept_loop(
         match accepted {
             None => break,
             Some(Ok(stream)) => {
+                let fd = stream.as_raw_fd();
                 spawn_connection(stream, &source, &core, &conns, max_frame);
+                if near_fd_limit(fd, limit, fd_reserve) {
+                    paused = true;
+                    backoff.log(&core, &source, || {
+                        format!(
+                            "fewer than {fd_reserve} file descriptors left under the limit of {} \
+                             (RLIMIT_NOFILE; raise it with `ulimit -n`): not accepting new \
+                             connections until some close",
+                            limit.unwrap_or(0)
+                        )
+                    });
+                }
                 // Let the new connection's task run (read what is there, and see the end of a
                 // short-lived connection) before accepting the next one. Without this, accept
                 // never waits while the kernel's queue holds connections, so a burst of
@@ -117,11 +274,23 @@ pub(crate) async fn accept_loop(
                 futures_lite::future::yield_now().await;
             }
             Some(Err(e)) => {
-                eprintln!(
-                    "bettong: shard {}: source {}: accept failed: {e}",
-                    core.index, source.name
-                );
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                let exhausted = match &e {
+                    glommio::GlommioError::IoError(io) => is_exhaustion(io),
+                    _ => false,
+                };
+                // Any other failure (an aborted handshake, say) concerns one connection: log
+                // it (rate-limited too) and go on after a short pause.
+                paused = exhausted;
+                backoff.log(&core, &source, || {
+                    if exhausted {
+                        format!("accept failed: {e}; not accepting new connections until descriptors are free (raise the limit with `ulimit -n`)")
+                    } else {
+                        format!("accept failed: {e}")
+                    }
+                });
+                if !exhausted {
+                    glommio::timer::sleep(BACKOFF_MIN).await;
+                }
             }
         }
     }

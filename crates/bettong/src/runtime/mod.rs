@@ -37,7 +37,7 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::metrics::{self, LiveCounters, Progress, Summary};
-use crate::net::source::{accept_loop, Connections};
+use crate::net::source::{accept_loop, fd_reserve, Connections};
 use crate::pipeline::Application;
 use config::{EngineConfig, Poll};
 use doorbell::{Doorbell, Waiter};
@@ -456,6 +456,7 @@ async fn run_shard(plan: ShardPlan) -> Summary {
             core.clone(),
             conns.clone(),
             config.max_frame,
+            fd_reserve(shards, config.outputs.len()),
         )));
     }
     let _ = started.send(Ok(()));
