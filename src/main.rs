@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use bettong::runtime::StartError;
 use bettong::{Application, Engine, StopHandle};
 use bettong_apps::cli::EngineArgs;
 use bettong_giles::bench::{self, BenchArgs};
@@ -69,6 +70,21 @@ enum GenCommand {
     MarketSpread(GenMarketSpreadArgs),
 }
 
+/// Exit status of a usage error: a bad flag value, as clap's own (`Cli::parse` exits with it).
+const USAGE_ERROR: u8 = 2;
+
+/// Why a command failed, and the exit status that says so.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { status: 1, message }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -77,16 +93,16 @@ fn main() -> ExitCode {
         Command::Passthrough(args) => run_app(bettong_apps::passthrough::application(), &args),
         Command::Gen {
             data: GenCommand::MarketSpread(args),
-        } => gen_market_spread(&args),
-        Command::Send(args) => send(&args),
-        Command::Receive(args) => receive(&args),
-        Command::Bench { app } => bench(app),
+        } => gen_market_spread(&args).map_err(Failure::from),
+        Command::Send(args) => send(&args).map_err(Failure::from),
+        Command::Receive(args) => receive(&args).map_err(Failure::from),
+        Command::Bench { app } => bench(app).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bettong: {e}");
-            ExitCode::FAILURE
+        Err(Failure { status, message }) => {
+            eprintln!("bettong: {message}");
+            ExitCode::from(status)
         }
     }
 }
@@ -125,7 +141,7 @@ fn receive(args: &ReceiveArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs an application until SIGINT or SIGTERM, then stops it cleanly and prints the summary.
+/// Runs a benchmark and prints its report.
 fn bench(app: BenchCommand) -> Result<(), String> {
     let (report, json) = match app {
         BenchCommand::MarketSpread(args) => (bench::market_spread(&args)?, args.json),
@@ -140,11 +156,21 @@ fn bench(app: BenchCommand) -> Result<(), String> {
     Ok(())
 }
 
-fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
-    let config = args.to_config()?;
+/// Runs an application until SIGINT, SIGTERM or SIGHUP, then stops it cleanly and prints the
+/// summary. A bad flag (found by `to_config`, or by the engine at start: an address in use,
+/// sources that do not match) exits with status 2, like clap's own usage errors.
+fn run_app(app: Application, args: &EngineArgs) -> Result<(), Failure> {
+    let usage = |message: String| Failure {
+        status: USAGE_ERROR,
+        message,
+    };
+    let config = args.to_config().map_err(usage)?;
     let signals = Signals::block()?;
     let pin = config.pin;
-    let engine = Engine::start(app, config)?;
+    let engine = Engine::start(app, config).map_err(|e| match e {
+        StartError::Config(m) => usage(m),
+        StartError::System(m) => Failure::from(m),
+    })?;
     signals.forward_to(engine.stop_handle());
     let mut out = std::io::stdout().lock();
     for (shard, core) in engine.cores().iter().enumerate() {
@@ -167,7 +193,12 @@ fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM, taken by one thread with `sigwait` so that shards never see them.
+/// SIGINT, SIGTERM and SIGHUP, taken by one thread with `sigwait` so that shards never see them.
+///
+/// SIGHUP (the terminal that started the engine closed, or `kill -HUP`) stops the engine as
+/// SIGTERM does: a clean drain. Its default action would kill the process mid-stream and lose
+/// what is in flight; an engine that must outlive its terminal is run under `nohup`, `setsid` or
+/// a service manager, not left to ignore the signal.
 struct Signals {
     set: libc::sigset_t,
 }
@@ -183,8 +214,9 @@ impl Signals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err("cannot block SIGINT/SIGTERM".to_string());
+                return Err("cannot block SIGINT/SIGTERM/SIGHUP".to_string());
             }
             Ok(Signals { set })
         }

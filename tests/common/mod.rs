@@ -126,9 +126,14 @@ impl Engine {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its status and whole stderr.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the process to exit; returns its status and whole stderr.
+    pub fn signal_and_wait(mut self, signal: i32) -> (ExitStatus, String) {
         // SAFETY: sending a signal to our own child process, which has not been reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = wait_with_deadline(&mut self.child);
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
@@ -151,7 +156,10 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < until, "bettong did not exit after SIGTERM");
+        assert!(
+            Instant::now() < until,
+            "bettong did not exit after a signal"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

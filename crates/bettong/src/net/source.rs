@@ -166,6 +166,8 @@ fn fd_limit() -> Option<u64> {
     {
         return None;
     }
+    // rlim_t is u64 on Linux's common targets, but not on every one.
+    #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
 }
 

@@ -86,6 +86,47 @@ impl StopHandle {
     }
 }
 
+/// Why [`Engine::start`] failed.
+///
+/// ```
+/// use bettong::runtime::StartError;
+/// let e = StartError::Config("--max-frame 0 is out of range".into());
+/// assert!(e.is_config());
+/// let s: String = e.into(); // so `?` works in functions that return `Result<_, String>`
+/// assert!(s.contains("--max-frame"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The configuration cannot work: a setting out of range, an address that does not match
+    /// the application's sources or is in use. The `bettong` command exits with status 2.
+    Config(String),
+    /// The system refused what a shard needs (io_uring, locked memory, a thread).
+    System(String),
+}
+
+impl StartError {
+    /// True for a configuration error (a usage error on the command line).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_))
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(m) | StartError::System(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        e.to_string()
+    }
+}
+
 /// A running engine.
 pub struct Engine {
     shards: Vec<glommio::ExecutorJoinHandle<Summary>>,
@@ -98,34 +139,40 @@ pub struct Engine {
 
 impl Engine {
     /// Binds every source's listeners, starts one shard per configured core and returns once
-    /// every shard is accepting connections.
-    pub fn start(app: Application, config: EngineConfig) -> Result<Engine, String> {
+    /// every shard is accepting connections. Checks the configuration first
+    /// ([`EngineConfig::validate`]).
+    pub fn start(app: Application, config: EngineConfig) -> Result<Engine, StartError> {
+        use StartError::{Config, System};
         // Calibrate the clock now rather than on a shard's first message.
         let _ = metrics::now_ns();
+        config.validate().map_err(Config)?;
         let n = config.cores.len();
-        if n == 0 {
-            return Err("no cores to run on".to_string());
-        }
         if config.pin {
             let online = config::online_cores();
             if let Some(c) = config.cores.iter().find(|c| !online.contains(c)) {
-                return Err(format!(
-                    "core {c} is not available to this process (available: {online:?})"
-                ));
+                return Err(Config(format!(
+                    "--cores: core {c} is not available to this process (available: {online:?})"
+                )));
             }
         }
-        let addrs = resolve_inputs(&app, &config)?;
+        let addrs = resolve_inputs(&app, &config).map_err(Config)?;
         // Every shard gets its own listener on each source's port (SO_REUSEPORT), bound here so
         // that port 0 resolves to one real port that all shards share.
         let mut sources = Vec::new();
         let mut listeners: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
         for (name, addr) in &addrs {
+            probe_port(*addr).map_err(|e| {
+                Config(format!("--in: source {name}: cannot listen on {addr}: {e}"))
+            })?;
             let mut bound = *addr;
             for shard_listeners in listeners.iter_mut() {
-                let l = bind_reuseport(bound)
-                    .map_err(|e| format!("source {name}: cannot listen on {bound}: {e}"))?;
-                bound = l.local_addr().map_err(|e| e.to_string())?;
+                let l = bind_reuseport(bound).map_err(|e| {
+                    Config(format!(
+                        "--in: source {name}: cannot listen on {bound}: {e}"
+                    ))
+                })?;
+                bound = l.local_addr().map_err(|e| System(e.to_string()))?;
                 shard_listeners.push((name.clone(), l));
             }
             sources.push((name.clone(), bound));
@@ -135,7 +182,7 @@ impl Engine {
         let bells = (0..n)
             .map(|_| Doorbell::new())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot create shard doorbells: {e}"))?;
+            .map_err(|e| System(format!("cannot create shard doorbells: {e}")))?;
         let rings = Arc::new(RingRegistry::new(bells.clone()));
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
@@ -145,9 +192,11 @@ impl Engine {
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
         let (period_tx, period_rx) = mpsc::channel::<ShardPeriod>();
         let reporter = match config.metrics_interval {
-            Some(interval) => {
-                Some(Reporter::new(n, interval, config.metrics_json.as_ref())?.spawn(period_rx))
-            }
+            Some(interval) => Some(
+                Reporter::new(n, interval, config.metrics_json.as_ref())
+                    .map_err(|e| Config(format!("--metrics-json: {e}")))?
+                    .spawn(period_rx),
+            ),
             None => None,
         };
         let mut shards = Vec::with_capacity(n);
@@ -186,20 +235,22 @@ impl Engine {
                     glommio::spawn_local(bell.serve()).detach();
                     run_shard(plan).await
                 })
-                .map_err(|e| format!("cannot start shard {index} on core {core}: {e}"))?;
+                .map_err(|e| System(format!("cannot start shard {index} on core {core}: {e}")))?;
             shards.push(handle);
         }
         drop((started_tx, live_tx, period_tx));
         for _ in 0..n {
             match started_rx.recv() {
                 Ok(Ok(())) => {}
+                // The only error a shard reports is a mismatch between the application's sinks
+                // and --out.
                 Ok(Err(e)) => {
                     stop.stop();
-                    return Err(e);
+                    return Err(Config(format!("--out: {e}")));
                 }
                 Err(_) => {
                     stop.stop();
-                    return Err("a shard exited during start-up".to_string());
+                    return Err(System(shard_failure(shards)));
                 }
             }
         }
@@ -328,6 +379,99 @@ fn resolve_inputs(
         });
     }
     Ok(out)
+}
+
+/// Why a shard exited during start-up: the error of the first shard whose executor failed
+/// (typically io_uring refused), with what to do about it.
+///
+/// Each shard is joined on a thread of its own, because a shard that did start may wait for
+/// one that did not (a keyed stage waits for its rings to close) and never end; this waits for
+/// the first failure only, and leaves the others to end with the process.
+fn shard_failure(shards: Vec<glommio::ExecutorJoinHandle<Summary>>) -> String {
+    let (tx, rx) = mpsc::channel();
+    for (i, h) in shards.into_iter().enumerate() {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("bettong-join".to_string())
+            .spawn(move || {
+                if let Err(e) = h.join() {
+                    let _ = tx.send((i, e));
+                }
+            });
+    }
+    drop(tx);
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok((i, e)) => format!("shard {i} could not start: {}", explain_glommio(&e)),
+        Err(_) => "a shard exited during start-up (no error reported)".to_string(),
+    }
+}
+
+/// A glommio start-up error, with a hint for the usual causes.
+fn explain_glommio(e: &glommio::GlommioError<()>) -> String {
+    const MEMLOCK: &str = "io_uring needs locked memory: raise the limit (RLIMIT_MEMLOCK), e.g. \
+        `ulimit -l unlimited` in the shell, LimitMEMLOCK=infinity in a systemd unit, or \
+        --ulimit memlock=-1 for docker";
+    const NO_URING: &str = "io_uring is not available: it needs Linux 5.8 or later, and may be \
+        disabled by the sysctl kernel.io_uring_disabled or by a seccomp profile (as in default \
+        container profiles)";
+    let io = match e {
+        glommio::GlommioError::ReactorError(glommio::ReactorErrorKind::MemLockLimit(
+            have,
+            want,
+        )) => {
+            return format!(
+                "the locked-memory limit is {have} bytes and io_uring needs {want}: {MEMLOCK}"
+            )
+        }
+        glommio::GlommioError::IoError(io) => io,
+        other => return other.to_string(),
+    };
+    // glommio passes its memlock check on as an `Other` I/O error: "MemLockLimit(have/want)".
+    let text = io.to_string();
+    if let Some(rest) = text.strip_prefix("MemLockLimit(") {
+        let (have, want) = rest
+            .trim_end_matches(')')
+            .split_once('/')
+            .unwrap_or(("?", "?"));
+        return format!(
+            "the locked-memory limit is {have} bytes and io_uring needs {want}: {MEMLOCK}"
+        );
+    }
+    match io.raw_os_error() {
+        Some(libc::ENOMEM) => format!("{io}: {MEMLOCK}"),
+        Some(libc::EPERM | libc::ENOSYS) => format!("{io}: {NO_URING}"),
+        Some(libc::EMFILE | libc::ENFILE) => {
+            format!("{io}: out of file descriptors, raise the limit with `ulimit -n`")
+        }
+        _ => text,
+    }
+}
+
+/// Fails if another socket (another program, or another engine) listens on `addr`.
+///
+/// The shards' listeners use SO_REUSEPORT so that they can share one port, but SO_REUSEPORT
+/// would equally let them share it with any other listener of the same user that sets it, and
+/// the kernel would then split connections between two programs. So the port is first bound
+/// without SO_REUSEPORT: that fails with EADDRINUSE when anyone listens there. (SO_REUSEADDR is
+/// set, as on the real listeners, so connections in TIME_WAIT from an earlier run do not count.)
+///
+/// A race remains: the probe must be closed before the shards' listeners can bind, and a
+/// program that binds the port with SO_REUSEPORT in the microseconds between the two would
+/// share it. Port 0 needs no probe: the kernel never picks a port that is in use.
+fn probe_port(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            "the address is already in use by another listener",
+        )),
+        other => other,
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
