@@ -248,7 +248,7 @@ pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
     }
     if let Some(c) = cores.iter().find(|c| **c > MAX_CORE) {
         return Err(format!(
-            "core list `{text}` names core {c}, above the highest core number {MAX_CORE}"
+            "core {c} is not available: core numbers go up to {MAX_CORE} (in `{text}`)"
         ));
     }
     if cores.is_empty() {
