@@ -69,6 +69,21 @@ enum GenCommand {
     MarketSpread(GenMarketSpreadArgs),
 }
 
+/// Exit status of a usage error: a bad flag value, as clap's own (`Cli::parse` exits with it).
+const USAGE_ERROR: u8 = 2;
+
+/// Why a command failed, and the exit status that says so.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { status: 1, message }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -77,16 +92,16 @@ fn main() -> ExitCode {
         Command::Passthrough(args) => run_app(bettong_apps::passthrough::application(), &args),
         Command::Gen {
             data: GenCommand::MarketSpread(args),
-        } => gen_market_spread(&args),
-        Command::Send(args) => send(&args),
-        Command::Receive(args) => receive(&args),
-        Command::Bench { app } => bench(app),
+        } => gen_market_spread(&args).map_err(Failure::from),
+        Command::Send(args) => send(&args).map_err(Failure::from),
+        Command::Receive(args) => receive(&args).map_err(Failure::from),
+        Command::Bench { app } => bench(app).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bettong: {e}");
-            ExitCode::FAILURE
+        Err(Failure { status, message }) => {
+            eprintln!("bettong: {message}");
+            ExitCode::from(status)
         }
     }
 }
@@ -140,11 +155,17 @@ fn bench(app: BenchCommand) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs an application until SIGINT or SIGTERM (the engine's own `run_until_signal`, as any
-/// embedding program would), printing the shard placement and the `ready` line once it runs,
-/// and the summary on stderr at the end.
-fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
-    let config = args.to_config()?;
+/// Runs an application until SIGINT, SIGTERM or SIGHUP (the engine's own `run_until_signal`,
+/// as any embedding program would), printing the shard placement and the `ready` line once it
+/// runs, and the summary on stderr at the end. A bad flag (found by `to_config`, or by the
+/// engine at start: an address in use, sources that do not match) exits with status 2, like
+/// clap's own usage errors; outputs that could not be delivered exit with status 1.
+fn run_app(app: Application, args: &EngineArgs) -> Result<(), Failure> {
+    let usage = |message: String| Failure {
+        status: USAGE_ERROR,
+        message,
+    };
+    let config = args.to_config().map_err(usage)?;
     let pin = config.pin;
     let summary = bettong::run_until_signal(app, config, |engine| {
         let mut out = std::io::stdout().lock();
@@ -162,13 +183,20 @@ fn run_app(app: Application, args: &EngineArgs) -> Result<(), String> {
             .collect();
         let _ = writeln!(out, "ready {}", listening.join(" "));
         let _ = out.flush();
+    })
+    .map_err(|e| {
+        if e.is_usage() {
+            usage(e.to_string())
+        } else {
+            Failure::from(e.to_string())
+        }
     })?;
     eprintln!("{summary}");
     if summary.undelivered > 0 {
-        return Err(format!(
+        return Err(Failure::from(format!(
             "{} output(s) could not be delivered: no sink acknowledged them within the drain timeout",
             summary.undelivered
-        ));
+        )));
     }
     Ok(())
 }

@@ -124,7 +124,8 @@ fn a_core_that_does_not_exist_is_a_clear_error() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // A usage error, as every bad flag value.
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("core 4096 is not available"), "{err}");
 }

@@ -28,8 +28,15 @@ pub struct Engine {
 impl Engine {
     /// Starts `bettong ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Engine {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bettong"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
+        cmd.args(args);
+        Engine::start_command(cmd)
+    }
+
+    /// Starts `cmd` (a `bettong` command, set up by the caller: arguments, limits) and waits
+    /// for its `ready` line.
+    pub fn start_command(mut cmd: Command) -> Engine {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -119,9 +126,14 @@ impl Engine {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its status and whole stderr.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the process to exit; returns its status and whole stderr.
+    pub fn signal_and_wait(mut self, signal: i32) -> (ExitStatus, String) {
         // SAFETY: sending a signal to our own child process, which has not been reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = wait_with_deadline(&mut self.child);
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
@@ -178,7 +190,10 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < until, "bettong did not exit after SIGTERM");
+        assert!(
+            Instant::now() < until,
+            "bettong did not exit after a signal"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -247,6 +262,11 @@ impl Sink {
             .collect()
     }
 
+    /// Connections the engine has opened to this sink so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
     /// Total bytes received so far.
     pub fn bytes(&self) -> usize {
         self.conns
@@ -255,6 +275,48 @@ impl Sink {
             .iter()
             .map(|b| b.lock().unwrap().len())
             .sum()
+    }
+}
+
+/// Splits a byte stream into frame payloads; panics if it does not end on a frame boundary.
+pub fn payloads(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 4, "torn header at the end of the stream");
+        let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        assert!(
+            bytes.len() >= 4 + len,
+            "torn frame at the end of the stream"
+        );
+        out.push(bytes[4..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    out
+}
+
+/// A process's resident memory in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// How many file descriptors a process has open (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits (up to [`DEADLINE`]) until `done` returns true, checking every millisecond.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

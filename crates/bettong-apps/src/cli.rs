@@ -5,8 +5,29 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bettong::runtime::config::{online_cores, parse_inputs, CoreList, EngineConfig, Poll};
+use bettong::runtime::config::{
+    check_metrics_interval, check_range, online_cores, parse_inputs, CoreList, EngineConfig, Poll,
+    MAX_FRAME_LIMIT, MAX_RING_CAPACITY, MAX_SINK_BUFFER,
+};
 use bettong::units::{parse_duration, parse_usize};
+
+// Value parsers: clap reports their errors as usage errors (exit status 2) naming the flag.
+
+fn parse_max_frame(text: &str) -> Result<usize, String> {
+    check_range("--max-frame", parse_usize(text)?, 1, MAX_FRAME_LIMIT)
+}
+
+fn parse_ring_capacity(text: &str) -> Result<usize, String> {
+    check_range("--ring-capacity", parse_usize(text)?, 1, MAX_RING_CAPACITY)
+}
+
+fn parse_sink_buffer(text: &str) -> Result<usize, String> {
+    check_range("--sink-buffer", parse_usize(text)?, 1, MAX_SINK_BUFFER)
+}
+
+fn parse_metrics_interval(text: &str) -> Result<Duration, String> {
+    check_metrics_interval(parse_duration(text)?)
+}
 
 /// The engine flags that every application command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -23,20 +44,21 @@ pub struct EngineArgs {
     /// Do not pin shard threads to their cores
     #[arg(long)]
     pub no_pin: bool,
-    /// Largest frame a source accepts, in bytes
-    #[arg(long, default_value = "16384", value_parser = parse_usize)]
+    /// Largest frame a source accepts, in bytes (1 to 64 MiB)
+    #[arg(long, default_value = "16384", value_parser = parse_max_frame)]
     pub max_frame: usize,
-    /// Messages each cross-shard ring holds
-    #[arg(long, default_value = "4096", value_parser = parse_usize)]
+    /// Messages each cross-shard ring holds (1 to 2^24)
+    #[arg(long, default_value = "4096", value_parser = parse_ring_capacity)]
     pub ring_capacity: usize,
-    /// Bytes each shard buffers per sink before its sources stop reading
-    #[arg(long, default_value = "262144", value_parser = parse_usize)]
+    /// Bytes each shard buffers per sink before its sources stop reading (1 to 1 GiB)
+    #[arg(long, default_value = "262144", value_parser = parse_sink_buffer)]
     pub sink_buffer: usize,
     /// How an idle shard waits: park, spin, or spin:MICROS (spin that long, then park)
     #[arg(long, default_value = "park")]
     pub poll: Poll,
-    /// Print msgs/s and start-to-end latency on stderr this often (e.g. 2s, 500ms; 0 = off)
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Print msgs/s and start-to-end latency on stderr this often (e.g. 2s, 500ms; 1ms to 24h,
+    /// or 0 = off)
+    #[arg(long, default_value = "2s", value_parser = parse_metrics_interval)]
     pub metrics_interval: Duration,
     /// Append each interval's metrics (with per-computation and power-of-two latency bins) as
     /// JSON lines to FILE
@@ -49,14 +71,12 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// The configuration these flags describe.
+    /// The configuration these flags describe, checked ([`EngineConfig::validate`]): an error
+    /// names the flag, and is a usage error (the `bettong` command exits with status 2).
     pub fn to_config(&self) -> Result<EngineConfig, String> {
-        let outputs = parse_inputs(&self.out)?;
-        if self.ring_capacity == 0 || self.sink_buffer == 0 {
-            return Err("--ring-capacity and --sink-buffer must be above 0".to_string());
-        }
-        Ok(EngineConfig {
-            inputs: parse_inputs(&self.inputs)?,
+        let outputs = parse_inputs(&self.out).map_err(|e| format!("--out: {e}"))?;
+        let config = EngineConfig {
+            inputs: parse_inputs(&self.inputs).map_err(|e| format!("--in: {e}"))?,
             outputs,
             cores: self.cores.clone().map_or_else(online_cores, |c| c.0),
             pin: !self.no_pin,
@@ -67,6 +87,8 @@ impl EngineArgs {
             metrics_interval: (!self.metrics_interval.is_zero()).then_some(self.metrics_interval),
             metrics_json: self.metrics_json.clone(),
             drain_timeout: (!self.drain_timeout.is_zero()).then_some(self.drain_timeout),
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }

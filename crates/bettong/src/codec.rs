@@ -194,6 +194,63 @@ impl fmt::Display for FrameTooLarge {
     }
 }
 
+/// A shard's stock of large read buffers, lent to the connections that are busy right now.
+///
+/// A connection that is idle holds no read buffer at all, and one with a little traffic holds a
+/// small one; only a connection whose reads fill its buffer borrows a large one, and gives it
+/// back as soon as its socket has nothing more to read (see [`FrameReader::idle`]). So memory
+/// follows the traffic, not the number of connections, and a burst of busy connections reuses
+/// the same few buffers instead of allocating (and zeroing) new ones. Not `Send`: one per shard.
+///
+/// ```
+/// use bettong::codec::ReadBuffers;
+/// let pool = ReadBuffers::new(1024, 2);
+/// assert_eq!(pool.size(), 1024);
+/// assert_eq!(pool.free(), 0);
+/// ```
+#[derive(Debug)]
+pub struct ReadBuffers {
+    size: usize,
+    keep: usize,
+    free: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+impl ReadBuffers {
+    /// A pool of `size`-byte buffers that keeps at most `keep` of them while they are unused
+    /// (the rest are freed, so a burst does not pin its memory).
+    pub fn new(size: usize, keep: usize) -> std::rc::Rc<Self> {
+        std::rc::Rc::new(ReadBuffers {
+            size,
+            keep,
+            free: std::cell::RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The size of the buffers this pool lends.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How many unused buffers the pool holds now.
+    pub fn free(&self) -> usize {
+        self.free.borrow().len()
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0; self.size])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if buf.len() == self.size && free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
 /// Reassembles frames from the byte stream of one connection, reading straight into its own
 /// buffer and handing out payloads that borrow it, so a frame is never copied.
 ///
@@ -206,38 +263,182 @@ impl fmt::Display for FrameTooLarge {
 /// assert_eq!(r.next_frame(), Ok(Some(&b"abc"[..])));
 /// assert_eq!(r.next_frame(), Ok(None));
 /// ```
+///
+/// A reader made with [`FrameReader::adaptive`] sizes its buffer to the traffic: none while
+/// the connection is idle, a small one for the first read, a large one (borrowed from the
+/// shard's [`ReadBuffers`]) once a read fills the buffer, and one that fits a frame larger
+/// than that.
+///
+/// ```
+/// use bettong::codec::{FrameReader, ReadBuffers};
+/// let pool = ReadBuffers::new(1024, 4);
+/// let mut r = FrameReader::adaptive(64, pool.clone(), 16);
+/// assert_eq!(r.capacity(), 0); // nothing until the first read
+/// let n = r.spare().len();
+/// assert_eq!(n, 64);
+/// r.filled(n); // the read filled the buffer: the next one gets a large buffer
+/// assert_eq!(r.spare().len() + r.buffered(), 1024);
+/// while let Ok(Some(_)) = r.next_frame() {}
+/// r.idle(); // the socket had nothing more: the large buffer goes back to the pool
+/// assert_eq!((r.capacity(), pool.free()), (0, 1));
+/// ```
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
     max_frame: usize,
+    /// The first buffer's size (all sizes are the same for a fixed reader).
+    small: usize,
+    /// Where large buffers come from; `None` for a fixed-size reader.
+    pool: Option<std::rc::Rc<ReadBuffers>>,
+    /// Total size (header included) of the incomplete frame at `start`, when its header is in.
+    need: usize,
+    /// The last read filled all the space it was given: more is probably waiting.
+    grow: bool,
+    /// Start the next fresh buffer large (the traffic that went idle was heavy).
+    hint_large: bool,
+    /// The length of the last slice [`spare`](Self::spare) handed out.
+    last_spare: usize,
 }
 
 impl FrameReader {
-    /// A reader with a `capacity`-byte buffer (grown to fit a frame of `max_frame` bytes).
+    /// A reader with a fixed `capacity`-byte buffer (grown to fit a frame of `max_frame` bytes).
     pub fn new(capacity: usize, max_frame: usize) -> Self {
+        let size = capacity.max(max_frame.saturating_add(4));
         FrameReader {
-            buf: vec![0; capacity.max(max_frame + 4)],
+            buf: vec![0; size],
             start: 0,
             end: 0,
             max_frame,
+            small: size,
+            pool: None,
+            need: 0,
+            grow: false,
+            hint_large: false,
+            last_spare: 0,
         }
     }
 
-    /// The free space to read into. Moves a partial frame to the front first when that makes
+    /// A reader that holds no buffer until its first read, then one of `small` bytes, and
+    /// borrows one from `pool` while reads fill its buffer (or a frame needs the room); a frame
+    /// larger than the pool's buffers gets a buffer of its own size. [`idle`](Self::idle) gives
+    /// the memory back.
+    pub fn adaptive(small: usize, pool: std::rc::Rc<ReadBuffers>, max_frame: usize) -> Self {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_frame,
+            // At least a header and a little more, so the space handed out is never empty.
+            small: small.max(16),
+            pool: Some(pool),
+            need: 0,
+            grow: false,
+            hint_large: false,
+            last_spare: 0,
+        }
+    }
+
+    /// The size of the buffer held now (0 for an idle adaptive reader).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The buffer size class that holds `bytes`: small, the pool's size, or exactly `bytes`.
+    fn class(&self, bytes: usize) -> usize {
+        match &self.pool {
+            None => self.small,
+            Some(_) if bytes <= self.small => self.small,
+            Some(pool) => bytes.max(pool.size()),
+        }
+    }
+
+    /// Moves the buffered bytes into a buffer of `size` bytes and releases the old one.
+    fn resize(&mut self, size: usize) {
+        let mut new = match &self.pool {
+            Some(pool) if size == pool.size() => pool.take(),
+            _ => vec![0; size],
+        };
+        let data = self.end - self.start;
+        new[..data].copy_from_slice(&self.buf[self.start..self.end]);
+        let old = std::mem::replace(&mut self.buf, new);
+        if let Some(pool) = &self.pool {
+            pool.give(old);
+        }
+        self.start = 0;
+        self.end = data;
+    }
+
+    /// The free space to read into. Grows the buffer when the last read filled it or the frame
+    /// being received does not fit, and moves a partial frame to the front when that makes
     /// room, so the space is never empty.
     pub fn spare(&mut self) -> &mut [u8] {
-        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < 4096) {
+        let mut want = if self.buf.is_empty() {
+            if self.hint_large {
+                self.class(self.small + 1)
+            } else {
+                self.small
+            }
+        } else {
+            self.buf.len()
+        };
+        if self.grow {
+            // The pool's size (a fixed reader's class is its one size, so it never grows).
+            want = want.max(self.class(self.small + 1));
+            self.grow = false;
+        }
+        want = self.class(want.max(self.need));
+        if want > self.buf.len() {
+            self.resize(want);
+        } else if self.start > 0
+            && (self.start == self.end
+                || self.buf.len() - self.end < 4096
+                || self.start + self.need > self.buf.len())
+        {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+        self.last_spare = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
     /// Records that `n` bytes were read into [`spare`](Self::spare).
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
+        if self.pool.is_some() {
+            // A read that fills all it was given leaves more in the socket: read more per call.
+            self.grow = n > 0 && n == self.last_spare;
+            if self.grow {
+                self.hint_large = true;
+            } else if n <= self.small / 4 {
+                self.hint_large = false;
+            }
+        }
+    }
+
+    /// Tells the reader that its socket has nothing more to read for now. An adaptive reader
+    /// gives its memory back: all of it when no partial frame is buffered, else all but a
+    /// buffer that fits the partial frame. (A fixed reader keeps its buffer.)
+    pub fn idle(&mut self) {
+        if self.pool.is_none() {
+            return;
+        }
+        self.grow = false;
+        let data = self.end - self.start;
+        if data == 0 {
+            let old = std::mem::take(&mut self.buf);
+            if let Some(pool) = &self.pool {
+                pool.give(old);
+            }
+            self.start = 0;
+            self.end = 0;
+            return;
+        }
+        let keep = self.class(data.max(self.need));
+        if keep < self.buf.len() {
+            self.resize(keep);
+        }
     }
 
     /// The next whole frame's payload, `None` if the buffer holds only part of one, or an error
@@ -246,6 +447,7 @@ impl FrameReader {
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameTooLarge> {
         let avail = self.end - self.start;
         if avail < 4 {
+            self.need = 0;
             return Ok(None);
         }
         let h = &self.buf[self.start..self.start + 4];
@@ -256,11 +458,15 @@ impl FrameReader {
                 max: self.max_frame,
             });
         }
-        if avail < 4 + len {
+        // `len <= max_frame`, which callers bound (the engine: 64 MiB), so this cannot overflow.
+        let total = len.saturating_add(4);
+        if avail < total {
+            self.need = total;
             return Ok(None);
         }
-        let payload = self.start + 4..self.start + 4 + len;
-        self.start += 4 + len;
+        self.need = 0;
+        let payload = self.start + 4..self.start + total;
+        self.start += total;
         Ok(Some(&self.buf[payload]))
     }
 
@@ -370,5 +576,96 @@ mod tests {
         feed(&mut r, &[0, 0, 0, 5, 1, 2]);
         assert_eq!(r.next_frame(), Ok(None));
         assert_eq!(r.buffered(), 6);
+    }
+
+    fn pool() -> std::rc::Rc<ReadBuffers> {
+        ReadBuffers::new(256, 2)
+    }
+
+    #[test]
+    fn adaptive_reader_grows_on_full_reads_and_returns_memory_when_idle() {
+        let pool = pool();
+        let mut r = FrameReader::adaptive(32, pool.clone(), 100);
+        assert_eq!(r.capacity(), 0);
+        // A small read: the buffer stays small.
+        feed(&mut r, &framed(&[b"abc"]));
+        assert_eq!(r.capacity(), 32);
+        assert_eq!(r.next_frame(), Ok(Some(&b"abc"[..])));
+        r.idle();
+        assert_eq!(r.capacity(), 0, "an idle connection holds no buffer");
+        // Reads that fill the buffer: the next read gets a pool buffer.
+        let wire = framed(&[&[7u8; 26][..]; 40]);
+        let mut got = 0;
+        let mut chunks = wire.as_slice();
+        while !chunks.is_empty() {
+            let spare = r.spare();
+            let n = spare.len().min(chunks.len());
+            spare[..n].copy_from_slice(&chunks[..n]);
+            r.filled(n);
+            chunks = &chunks[n..];
+            while let Some(p) = r.next_frame().unwrap() {
+                assert_eq!(p, &[7u8; 26][..]);
+                got += 1;
+            }
+        }
+        assert_eq!(got, 40);
+        assert_eq!(r.capacity(), 256);
+        r.idle();
+        assert_eq!((r.capacity(), pool.free()), (0, 1));
+        // The next burst starts large again (the hint), from the pool.
+        assert_eq!(r.spare().len(), 256);
+        assert_eq!(pool.free(), 0);
+    }
+
+    #[test]
+    fn adaptive_reader_grows_for_a_large_frame_and_shrinks_to_a_partial_one() {
+        let pool = pool();
+        let mut r = FrameReader::adaptive(32, pool.clone(), 1000);
+        let big = vec![9u8; 600];
+        let wire = framed(&[&big, b"tail"]);
+        let mut got = Vec::new();
+        let mut rest = wire.as_slice();
+        while !rest.is_empty() {
+            // Reads of at most 20 bytes, and no more than the space handed out.
+            let spare = r.spare();
+            let n = spare.len().min(rest.len()).min(20);
+            spare[..n].copy_from_slice(&rest[..n]);
+            r.filled(n);
+            rest = &rest[n..];
+            while let Some(p) = r.next_frame().unwrap() {
+                got.push(p.to_vec());
+            }
+        }
+        assert_eq!(got, vec![big, b"tail".to_vec()]);
+        assert!(
+            r.capacity() >= 604,
+            "grew to fit the frame: {}",
+            r.capacity()
+        );
+        // A partial small frame, then idle: the big buffer is released, the partial kept.
+        feed(&mut r, &[0, 0, 0, 5, b'x']);
+        r.idle();
+        assert_eq!((r.capacity(), r.buffered()), (32, 5));
+        feed(&mut r, b"yzwv");
+        assert_eq!(r.next_frame(), Ok(Some(&b"xyzwv"[..])));
+    }
+
+    #[test]
+    fn pool_keeps_a_bounded_number_of_buffers() {
+        let pool = ReadBuffers::new(64, 2);
+        let bufs: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        for b in bufs {
+            pool.give(b);
+        }
+        assert_eq!(pool.free(), 2);
+        pool.give(vec![0; 10]); // not the pool's size: dropped
+        assert_eq!(pool.free(), 2);
+    }
+
+    #[test]
+    fn fixed_reader_keeps_its_buffer_when_idle() {
+        let mut r = FrameReader::new(64, 16);
+        r.idle();
+        assert_eq!(r.capacity(), 64);
     }
 }

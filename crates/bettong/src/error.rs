@@ -29,6 +29,23 @@ pub enum Error {
     Io(std::io::Error),
 }
 
+impl Error {
+    /// True for an error in what the user asked for (a setting, an address, the application's
+    /// graph) rather than in the system: the `bettong` command exits with status 2 for these,
+    /// as for any usage error.
+    ///
+    /// ```
+    /// assert!(bettong::Error::Config("--max-frame 0".into()).is_usage());
+    /// assert!(!bettong::Error::Shard("io_uring".into()).is_usage());
+    /// ```
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::Config(_) | Error::Plan(_) | Error::Connector { .. }
+        )
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,4 +1,4 @@
-//! Running an engine until SIGINT or SIGTERM: what the `bettong` command does, for any program
+//! Running an engine until SIGINT, SIGTERM or SIGHUP: what the `bettong` command does, for any program
 //! that embeds the engine. Nothing here is installed unless the program calls
 //! [`run_until_signal`]: the engine crate sets no process-wide signal handlers of its own.
 
@@ -12,7 +12,7 @@ use crate::runtime::config::EngineConfig;
 use crate::runtime::Engine;
 
 /// Starts `app`, calls `on_ready` once every shard runs (print the listening addresses, start
-/// a load, …), and runs until SIGINT or SIGTERM; then stops cleanly (stop accepting, read every
+/// a load, …), and runs until SIGINT, SIGTERM or SIGHUP; then stops cleanly (stop accepting, read every
 /// open connection to its end, process everything, flush the sinks) and returns the summary.
 /// A second signal during the stop exits the process at once with status 130.
 ///
@@ -66,7 +66,12 @@ pub fn run_until_signal(
     result
 }
 
-/// SIGINT and SIGTERM blocked in the calling thread, and the mask before.
+/// SIGINT, SIGTERM and SIGHUP blocked in the calling thread, and the mask before.
+///
+/// SIGHUP (the terminal that started the engine closed, or `kill -HUP`) stops the engine as
+/// SIGTERM does: a clean drain. Its default action would kill the process mid-stream and lose
+/// what is in flight. Under `nohup` the signal stays ignored (an ignored signal never reaches
+/// `sigwait`), so the engine keeps running.
 struct SignalMask {
     set: libc::sigset_t,
     old: libc::sigset_t,
@@ -83,6 +88,7 @@ impl SignalMask {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
                 return Err(Error::Io(std::io::Error::last_os_error()));
             }

@@ -15,7 +15,7 @@ use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, So
 use crate::error::Error;
 use crate::event::Stamp;
 use crate::net::sink::SinkBuffer;
-use crate::net::source::{accept_loop, Connections};
+use crate::net::source::{accept_loop, fd_reserve, Connections};
 use crate::runtime::config::parse_addr;
 use crate::runtime::shard::SourceRuntime;
 
@@ -64,6 +64,8 @@ impl<D: Decoder> Source for TcpSource<D> {
         };
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
         let mut bound = parse_addr(address).map_err(connector)?;
+        crate::runtime::probe_port(bound)
+            .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
         let mut parts = Vec::with_capacity(shards);
         for _ in 0..shards {
             let l = crate::runtime::bind_reuseport(bound)
@@ -106,6 +108,7 @@ impl<D: Decoder> Source for TcpSource<D> {
                 core.clone(),
                 conns.clone(),
                 core.config.max_frame,
+                fd_reserve(core.shards, core.config.outputs.len()),
             ));
             ctx.stopping().await;
             conns.stop();

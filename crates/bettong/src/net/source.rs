@@ -6,29 +6,51 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::AsyncRead;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::codec::FrameReader;
+use crate::codec::{FrameReader, ReadBuffers};
 use crate::metrics::now_ns;
 use crate::runtime::shard::{ShardCore, SourceRuntime, WaitList};
 
-/// Bytes read per `read` call at most (plus room for one `--max-frame` frame): large enough
-/// that a busy connection delivers hundreds of small frames per system call.
+/// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
+/// buffer of its own size): large enough that it delivers hundreds of small frames per system
+/// call. These buffers are lent from a per-shard pool only while a connection's reads fill its
+/// buffer, and given back when its socket has nothing more to read.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// The buffer a connection reads into first, and keeps while its traffic is light.
+const SMALL_READ_BUFFER: usize = 16 * 1024;
+
+/// Large read buffers a shard keeps when no connection is using them (1 MiB).
+const POOLED_READ_BUFFERS: usize = 4;
 
 /// Decode errors logged per connection before the rest are only counted.
 const LOGGED_ERRORS: u64 = 10;
 
-/// Connections still being served on this shard, and the shutdown latch.
-#[derive(Default)]
+/// Connections still being served on this shard, the shutdown latch, and the shard's pool of
+/// large read buffers.
 pub(crate) struct Connections {
     open: Cell<usize>,
     pub(crate) stopping: Cell<bool>,
     changed: WaitList,
     /// The socket of each open connection, so that the drain timeout can cut it.
     fds: RefCell<Vec<RawFd>>,
+    buffers: Rc<ReadBuffers>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            open: Cell::new(0),
+            stopping: Cell::new(false),
+            changed: WaitList::default(),
+            fds: RefCell::new(Vec::new()),
+            buffers: ReadBuffers::new(READ_BUFFER, POOLED_READ_BUFFERS),
+        }
+    }
 }
 
 impl Connections {
@@ -78,9 +100,126 @@ impl Connections {
     }
 }
 
+/// File descriptors the accept loops leave free for the rest of the engine: each shard's sink
+/// connections (and a reconnection of each), the metrics file, a few spare. A source stops
+/// accepting while fewer than this remain under `RLIMIT_NOFILE`, so running out of descriptors
+/// never keeps a sink from connecting: outputs keep flowing for the connections already open.
+pub(crate) fn fd_reserve(shards: usize, sinks: usize) -> usize {
+    16 + shards * (sinks + 1) * 2
+}
+
+/// The first and the longest pause of an accept loop that cannot accept (no descriptors left).
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// An accept loop's state while it cannot accept: how long it waits next, and a log that says
+/// so at most once a second (with the count of the lines it left out).
+struct Backoff {
+    delay: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            delay: BACKOFF_MIN,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// The pause to take now; each one doubles the next, up to [`BACKOFF_MAX`].
+    fn next_delay(&mut self) -> Duration {
+        let d = self.delay;
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    /// Accepting works again.
+    fn reset(&mut self) {
+        self.delay = BACKOFF_MIN;
+    }
+
+    /// Logs `what` unless a line was logged less than a second ago (then only counts it).
+    fn log(&mut self, core: &ShardCore, source: &SourceRuntime, what: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let more = match self.suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more since the last report)"),
+        };
+        eprintln!(
+            "bettong: shard {}: source {}: {}{more}",
+            core.index,
+            source.name,
+            what()
+        );
+        self.last_log = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, or `None` when unlimited or unknown.
+fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    // rlim_t is u64 on Linux's common targets, but not on every one.
+    #[allow(clippy::unnecessary_cast)]
+    Some(lim.rlim_cur as u64)
+}
+
+/// The lowest descriptor number free now (what the next socket would get), or `None` if none is.
+fn lowest_free_fd(open_fd: RawFd) -> Option<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates `open_fd` (an fd the caller keeps open for the call)
+    // onto the lowest free descriptor; the duplicate belongs to nobody else and is closed at
+    // once, so no descriptor is leaked or closed twice.
+    let fd = unsafe { libc::fcntl(open_fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is the duplicate made just above, owned here and not used after.
+    unsafe { libc::close(fd) };
+    Some(fd)
+}
+
+/// True when descriptor `fd` being the lowest free one (as an accepted socket's is) leaves
+/// fewer than `reserve` descriptors under `limit`.
+fn near_fd_limit(fd: RawFd, limit: Option<u64>, reserve: usize) -> bool {
+    limit.is_some_and(|lim| (fd.max(0) as u64).saturating_add(reserve as u64) >= lim)
+}
+
+/// Accept errors that mean "no descriptor or memory for a new socket now": retrying at once
+/// only fails again, so the loop backs off.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Accepts connections for one source until the shard stops, then takes the connections that
 /// were already waiting in the kernel's queue (a client that connected just before the stop
 /// has data in flight that must not be lost), then closes the listener.
+///
+/// Near the descriptor limit (fewer than `fd_reserve` left) or when accept fails for lack of
+/// descriptors, it stops accepting and retries with exponential back-off (5 ms to 1 s), logging
+/// at most one line a second: the connections already open keep being served, the sinks keep
+/// the descriptors they need, and new clients wait in the listen queue until some close.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     listener_fd: RawFd,
@@ -88,8 +227,37 @@ pub(crate) async fn accept_loop(
     core: Rc<ShardCore>,
     conns: Rc<Connections>,
     max_frame: usize,
+    fd_reserve: usize,
 ) {
+    let mut backoff = Backoff::new();
+    let mut limit = fd_limit();
+    // Set while accepting is paused; the loop waits, then checks again before accepting.
+    let mut paused = false;
     loop {
+        if paused {
+            let stopped = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(backoff.next_delay()).await;
+                    false
+                },
+                async {
+                    conns.until_stopping().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                break;
+            }
+            // The limit may have been raised meanwhile (`prlimit`).
+            limit = fd_limit();
+            match lowest_free_fd(listener_fd) {
+                Some(fd) if !near_fd_limit(fd, limit, fd_reserve) => {}
+                _ => continue,
+            }
+            paused = false;
+            backoff.reset();
+        }
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             conns.until_stopping().await;
             None
@@ -97,13 +265,46 @@ pub(crate) async fn accept_loop(
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => spawn_connection(stream, &source, &core, &conns, max_frame),
+            Some(Ok(stream)) => {
+                let fd = stream.as_raw_fd();
+                spawn_connection(stream, &source, &core, &conns, max_frame);
+                if near_fd_limit(fd, limit, fd_reserve) {
+                    paused = true;
+                    backoff.log(&core, &source, || {
+                        format!(
+                            "fewer than {fd_reserve} file descriptors left under the limit of {} \
+                             (RLIMIT_NOFILE; raise it with `ulimit -n`): not accepting new \
+                             connections until some close",
+                            limit.unwrap_or(0)
+                        )
+                    });
+                }
+                // Let the new connection's task run (read what is there, and see the end of a
+                // short-lived connection) before accepting the next one. Without this, accept
+                // never waits while the kernel's queue holds connections, so a burst of
+                // connections was all accepted before any was served: every one of them stayed
+                // open (up to the listen backlog, 1024 per shard) even after its client had
+                // closed it, each with its read buffer.
+                futures_lite::future::yield_now().await;
+            }
             Some(Err(e)) => {
-                eprintln!(
-                    "bettong: shard {}: source {}: accept failed: {e}",
-                    core.index, source.name
-                );
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                let exhausted = match &e {
+                    glommio::GlommioError::IoError(io) => is_exhaustion(io),
+                    _ => false,
+                };
+                // Any other failure (an aborted handshake, say) concerns one connection: log
+                // it (rate-limited too) and go on after a short pause.
+                paused = exhausted;
+                backoff.log(&core, &source, || {
+                    if exhausted {
+                        format!("accept failed: {e}; not accepting new connections until descriptors are free (raise the limit with `ulimit -n`)")
+                    } else {
+                        format!("accept failed: {e}")
+                    }
+                });
+                if !exhausted {
+                    glommio::timer::sleep(BACKOFF_MIN).await;
+                }
             }
         }
     }
@@ -141,7 +342,8 @@ fn spawn_connection(
     conns.fds.borrow_mut().push(fd);
     let (source, core, conns) = (source.clone(), core.clone(), conns.clone());
     glommio::spawn_local(async move {
-        serve(stream, &source, &core, max_frame).await;
+        let frames = FrameReader::adaptive(SMALL_READ_BUFFER, conns.buffers.clone(), max_frame);
+        serve(stream, frames, &source, &core).await;
         // `serve` has dropped the stream: forget its fd before anything else can reuse it.
         conns.fds.borrow_mut().retain(|&f| f != fd);
         conns.open.set(conns.open.get() - 1);
@@ -152,16 +354,34 @@ fn spawn_connection(
 
 /// Reads one connection to its end. A frame over `max_frame` ends the connection (the stream
 /// cannot be resynchronised); a payload the decoder rejects is logged, counted and skipped.
-async fn serve(mut stream: TcpStream, source: &SourceRuntime, core: &ShardCore, max_frame: usize) {
+async fn serve(
+    mut stream: TcpStream,
+    mut frames: FrameReader,
+    source: &SourceRuntime,
+    core: &ShardCore,
+) {
     let peer = stream.peer_addr().map_or_else(
         |_| "unknown peer".to_string(),
         |a: SocketAddr| a.to_string(),
     );
     let metrics = &core.metrics;
-    let mut frames = FrameReader::new(READ_BUFFER, max_frame);
     let mut errors = 0u64;
     loop {
-        let n = match stream.read(frames.spare()).await {
+        // A read that has to wait means the socket is drained: the connection is idle, so its
+        // reader gives back its buffer (or all of it but a partial frame) while it waits. The
+        // next poll reads into whatever `spare` hands out then (glommio waits for readiness,
+        // not into the buffer, so changing it between polls is fine).
+        let read = std::future::poll_fn(|cx| {
+            match std::pin::Pin::new(&mut stream).poll_read(cx, frames.spare()) {
+                std::task::Poll::Pending => {
+                    frames.idle();
+                    std::task::Poll::Pending
+                }
+                ready => ready,
+            }
+        })
+        .await;
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {

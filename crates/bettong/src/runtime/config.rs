@@ -6,6 +6,60 @@ use std::time::Duration;
 
 use crate::units::{parse_u64, parse_usize};
 
+/// The largest `max_frame` the engine accepts (64 MiB): a connection may need a buffer this
+/// large, and lengths stay far from overflowing.
+pub const MAX_FRAME_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The shortest metrics interval (a shorter one floods stderr and starves the shards).
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The longest metrics interval (one day).
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The most messages a cross-shard ring may hold (2^24).
+pub const MAX_RING_CAPACITY: usize = 1 << 24;
+
+/// The most bytes a shard may buffer per sink (1 GiB).
+pub const MAX_SINK_BUFFER: usize = 1 << 30;
+
+/// Core numbers go up to this (the size of the kernel's default CPU set, minus one).
+pub const MAX_CORE: usize = 1023;
+
+/// Checks that `value` is within `min..=max`; the error names `flag`.
+///
+/// ```
+/// use bettong::runtime::config::check_range;
+/// assert!(check_range("--max-frame", 0, 1, 10).unwrap_err().contains("--max-frame"));
+/// assert_eq!(check_range("--max-frame", 5, 1, 10), Ok(5));
+/// ```
+pub fn check_range(flag: &str, value: usize, min: usize, max: usize) -> Result<usize, String> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{flag} {value} is out of range: it must be between {min} and {max}"
+        ))
+    }
+}
+
+/// Checks a metrics interval: 0 (off), or between 1 ms and one day.
+///
+/// ```
+/// use std::time::Duration;
+/// use bettong::runtime::config::check_metrics_interval;
+/// assert!(check_metrics_interval(Duration::from_nanos(1)).is_err());
+/// assert!(check_metrics_interval(Duration::ZERO).is_ok());
+/// ```
+pub fn check_metrics_interval(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() || (MIN_METRICS_INTERVAL..=MAX_METRICS_INTERVAL).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "--metrics-interval {d:?} is out of range: use 0 (off) or 1ms to 24h"
+        ))
+    }
+}
+
 /// How an idle shard waits for work.
 ///
 /// ```
@@ -77,6 +131,76 @@ pub struct EngineConfig {
     pub drain_timeout: Option<Duration>,
 }
 
+impl EngineConfig {
+    /// Checks every setting, so that a bad one is a clear error at start, never a failure (or
+    /// a panic) later. Each message names the command-line flag that sets the field.
+    ///
+    /// ```
+    /// use bettong::runtime::config::EngineConfig;
+    /// let mut config = EngineConfig::default();
+    /// assert!(config.validate().is_ok());
+    /// config.max_frame = 0;
+    /// assert!(config.validate().unwrap_err().contains("--max-frame"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        check_range("--max-frame", self.max_frame, 1, MAX_FRAME_LIMIT)?;
+        check_range("--ring-capacity", self.ring_capacity, 1, MAX_RING_CAPACITY)?;
+        check_range("--sink-buffer", self.sink_buffer, 1, MAX_SINK_BUFFER)?;
+        if let Some(d) = self.metrics_interval {
+            if d.is_zero() {
+                return Err("--metrics-interval 0 means off: leave it at None".to_string());
+            }
+            check_metrics_interval(d)?;
+        }
+        check_cores(&self.cores).map_err(|e| format!("--cores: {e}"))?;
+        check_inputs(&self.inputs).map_err(|e| format!("--in: {e}"))?;
+        Ok(())
+    }
+}
+
+/// A core list must name at least one core, each once, none above [`MAX_CORE`].
+fn check_cores(cores: &[usize]) -> Result<(), String> {
+    if cores.is_empty() {
+        return Err("empty core list".to_string());
+    }
+    if let Some(c) = cores.iter().find(|c| **c > MAX_CORE) {
+        return Err(format!(
+            "core {c} is above the highest core number {MAX_CORE}"
+        ));
+    }
+    let mut seen = cores.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != cores.len() {
+        return Err("the core list names a core twice".to_string());
+    }
+    Ok(())
+}
+
+/// Each source once, each fixed address (port not 0) for one source only, and at most one
+/// address without a name.
+fn check_inputs(inputs: &[(Option<String>, SocketAddr)]) -> Result<(), String> {
+    for (i, (name, addr)) in inputs.iter().enumerate() {
+        let earlier = &inputs[..i];
+        match name {
+            Some(n) if earlier.iter().any(|(m, _)| m.as_ref() == Some(n)) => {
+                return Err(format!("source {n} is given more than once"));
+            }
+            None if earlier.iter().any(|(m, _)| m.is_none()) => {
+                return Err(
+                    "more than one address without a source name: give NAME@HOST:PORT for each"
+                        .to_string(),
+                );
+            }
+            _ => {}
+        }
+        if addr.port() != 0 && earlier.iter().any(|(_, a)| a == addr) {
+            return Err(format!("{addr} is given for two sources"));
+        }
+    }
+    Ok(())
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -118,10 +242,20 @@ pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
                 if a > b {
                     return Err(format!("core range `{part}` runs backwards"));
                 }
+                if b > MAX_CORE {
+                    return Err(format!(
+                        "core range `{part}` goes above the highest core number {MAX_CORE}"
+                    ));
+                }
                 cores.extend(a..=b);
             }
             None => cores.push(parse_usize(part)?),
         }
+    }
+    if let Some(c) = cores.iter().find(|c| **c > MAX_CORE) {
+        return Err(format!(
+            "core {c} is not available: core numbers go up to {MAX_CORE} (in `{text}`)"
+        ));
     }
     if cores.is_empty() {
         return Err("empty core list".to_string());
@@ -170,15 +304,30 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// let ins = bettong::runtime::config::parse_inputs("Orders@127.0.0.1:7000,Nbbo@127.0.0.1:7001").unwrap();
 /// assert_eq!(ins[1].0.as_deref(), Some("Nbbo"));
 /// ```
+///
+/// A source given twice (by name, or a second unnamed address) and one address given for two
+/// sources are errors:
+///
+/// ```
+/// use bettong::runtime::config::parse_inputs;
+/// assert!(parse_inputs("A@127.0.0.1:7000,A@127.0.0.1:7001").is_err());
+/// assert!(parse_inputs("127.0.0.1:7000,127.0.0.1:7001").is_err());
+/// assert!(parse_inputs("A@127.0.0.1:7000,B@127.0.0.1:7000").is_err());
+/// assert!(parse_inputs("A@127.0.0.1:0,B@127.0.0.1:0").is_ok());
+/// ```
 pub fn parse_inputs(text: &str) -> Result<Vec<(Option<String>, SocketAddr)>, String> {
-    text.split(',')
+    let inputs = text
+        .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|part| match part.rsplit_once('@') {
+            Some(("", _)) => Err(format!("`{part}`: the source name before @ is empty")),
             Some((name, addr)) => Ok((Some(name.to_string()), parse_addr(addr)?)),
             None => Ok((None, parse_addr(part)?)),
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    check_inputs(&inputs)?;
+    Ok(inputs)
 }
 
 #[cfg(test)]
@@ -198,6 +347,39 @@ mod tests {
         assert_eq!("park".parse::<Poll>(), Ok(Poll::Park));
         assert_eq!("spin".parse::<Poll>(), Ok(Poll::Spin));
         assert!("nap".parse::<Poll>().is_err());
+    }
+
+    #[test]
+    fn validate_names_the_flag() {
+        let ok = EngineConfig {
+            cores: vec![0],
+            ..EngineConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |f: fn(&mut EngineConfig), flag: &str| {
+            let mut c = ok.clone();
+            f(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(flag), "{e} does not name {flag}");
+        };
+        bad(|c| c.max_frame = 0, "--max-frame");
+        bad(|c| c.max_frame = usize::MAX, "--max-frame");
+        bad(|c| c.ring_capacity = 0, "--ring-capacity");
+        bad(|c| c.sink_buffer = usize::MAX, "--sink-buffer");
+        bad(
+            |c| c.metrics_interval = Some(Duration::from_nanos(1)),
+            "--metrics-interval",
+        );
+        bad(|c| c.cores = vec![1, 1], "--cores");
+        bad(
+            |c| {
+                let a: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+                c.inputs = vec![(Some("A".into()), a), (Some("A".into()), a)];
+            },
+            "--in",
+        );
+        assert!(parse_cores("0-100000000000").is_err());
+        assert!(parse_cores("5000").is_err());
     }
 
     #[test]

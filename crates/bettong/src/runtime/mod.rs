@@ -22,6 +22,7 @@
 pub mod config;
 pub mod doorbell;
 pub(crate) mod exchange;
+mod failure;
 mod reporter;
 pub mod ring;
 pub mod router;
@@ -109,16 +110,14 @@ impl Engine {
     pub fn start(app: Application, config: EngineConfig) -> Result<Engine, Error> {
         // Calibrate the clocks now rather than on a shard's first message.
         let _ = metrics::wall_clock_ns(metrics::now_ns());
+        config.validate().map_err(Error::Config)?;
         let plan = Arc::new(app.plan()?);
         let n = config.cores.len();
-        if n == 0 {
-            return Err(Error::Config("no cores to run on".to_string()));
-        }
         if config.pin {
             let online = config::online_cores();
             if let Some(c) = config.cores.iter().find(|c| !online.contains(c)) {
                 return Err(Error::Config(format!(
-                    "core {c} is not available to this process (available: {online:?})"
+                    "--cores: core {c} is not available to this process (available: {online:?})"
                 )));
             }
         }
@@ -135,7 +134,24 @@ impl Engine {
                 _ => outputs.get(&id),
             }
             .map(|a| a.to_string());
-            let (opened, shown) = endpoint.open(&node.name, address.as_deref(), n)?;
+            let flag = if node.role == Role::Source {
+                "--in"
+            } else {
+                "--out"
+            };
+            let (opened, shown) =
+                endpoint
+                    .open(&node.name, address.as_deref(), n)
+                    .map_err(|e| match e {
+                        // Name the flag the address came from.
+                        Error::Connector { name, message } if address.is_some() => {
+                            Error::Connector {
+                                name: format!("{flag}: {name}"),
+                                message,
+                            }
+                        }
+                        e => e,
+                    })?;
             if opened.len() != n {
                 return Err(Error::Connector {
                     name: node.name.clone(),
@@ -225,7 +241,10 @@ impl Engine {
             let failed = match started_rx.recv() {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
-                Err(_) => Error::Shard("a shard exited during start-up".to_string()),
+                Err(_) => {
+                    stop.stop();
+                    return Err(Error::Shard(failure::shard_failure(shards)));
+                }
             };
             stop.stop();
             for h in shards {
@@ -385,6 +404,33 @@ fn assign(
         }));
     }
     Ok(out)
+}
+
+/// Fails if another socket (another program, or another engine) listens on `addr`.
+///
+/// The shards' listeners use SO_REUSEPORT so that they can share one port, but SO_REUSEPORT
+/// would equally let them share it with any other listener of the same user that sets it, and
+/// the kernel would then split connections between two programs. So the port is first bound
+/// without SO_REUSEPORT: that fails with EADDRINUSE when anyone listens there. (SO_REUSEADDR is
+/// set, as on the real listeners, so connections in TIME_WAIT from an earlier run do not count.)
+///
+/// A race remains: the probe must be closed before the shards' listeners can bind, and a
+/// program that binds the port with SO_REUSEPORT in the microseconds between the two would
+/// share it. Port 0 needs no probe: the kernel never picks a port that is in use.
+pub(crate) fn probe_port(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            "the address is already in use by another listener",
+        )),
+        other => other,
+    }
 }
 
 /// Binds a listening socket that this engine's other shards can share (SO_REUSEPORT).
