@@ -66,7 +66,7 @@ pub fn check_metrics_interval(d: Duration) -> Result<Duration, String> {
 /// use bettong::runtime::config::Poll;
 /// assert_eq!("spin:50".parse::<Poll>(), Ok(Poll::SpinFor(std::time::Duration::from_micros(50))));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Poll {
     /// Sleep in the kernel at once (lowest CPU use; a wake-up costs tens of µs).
     Park,

@@ -1,38 +1,8 @@
 //! Explaining a failed start: which shard could not start and why (io_uring, locked memory,
 //! descriptors), with what to do about it.
 
-use std::sync::mpsc;
-use std::time::Duration;
-
-use crate::metrics::Summary;
-
-/// Why a shard exited during start-up: the error of the first shard whose executor failed
-/// (typically io_uring refused), with what to do about it.
-///
-/// Each shard is joined on a thread of its own, because a shard that did start may wait for
-/// one that did not (a keyed stage waits for its rings to close) and never end; this waits for
-/// the first failure only, and leaves the others to end with the process.
-pub(crate) fn shard_failure(shards: Vec<glommio::ExecutorJoinHandle<Summary>>) -> String {
-    let (tx, rx) = mpsc::channel();
-    for (i, h) in shards.into_iter().enumerate() {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("bettong-join".to_string())
-            .spawn(move || {
-                if let Err(e) = h.join() {
-                    let _ = tx.send((i, e));
-                }
-            });
-    }
-    drop(tx);
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok((i, e)) => format!("shard {i} could not start: {}", explain_glommio(&e)),
-        Err(_) => "a shard exited during start-up (no error reported)".to_string(),
-    }
-}
-
 /// A glommio start-up error, with a hint for the usual causes.
-fn explain_glommio(e: &glommio::GlommioError<()>) -> String {
+pub(crate) fn explain_glommio(e: &glommio::GlommioError<()>) -> String {
     const MEMLOCK: &str = "io_uring needs locked memory: raise the limit (RLIMIT_MEMLOCK), e.g. \
         `ulimit -l unlimited` in the shell, LimitMEMLOCK=infinity in a systemd unit, or \
         --ulimit memlock=-1 for docker";

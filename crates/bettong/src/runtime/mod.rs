@@ -22,6 +22,7 @@
 pub mod config;
 pub mod doorbell;
 pub(crate) mod exchange;
+mod executors;
 mod failure;
 mod reporter;
 pub mod ring;
@@ -34,16 +35,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
-
-use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::error::Error;
 use crate::metrics::{self, LiveCounters, Progress, Summary};
 use crate::pipeline::Application;
 use crate::plan::{instantiate, Plan, Role, ShardBuild};
-use config::{EngineConfig, Poll};
+use config::EngineConfig;
 use doorbell::{Doorbell, Waiter};
+use executors::{Executor, Kind};
 use reporter::{Reporter, ShardPeriod};
 use shard::{RingRegistry, ShardCore};
 
@@ -92,7 +91,7 @@ impl StopHandle {
 
 /// A running engine.
 pub struct Engine {
-    shards: Vec<glommio::ExecutorJoinHandle<Summary>>,
+    shards: Vec<executors::Outcome>,
     stop: StopHandle,
     sources: Vec<(String, SocketAddr)>,
     endpoints: Vec<(String, String)>,
@@ -174,10 +173,23 @@ impl Engine {
             })
             .collect();
 
-        let bells = (0..n)
-            .map(|_| Doorbell::new())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Shard(format!("cannot create shard doorbells: {e}")))?;
+        // The shards' executors: reused from earlier engines where possible (see
+        // `executors`), each with its doorbell.
+        let mut executors = Vec::with_capacity(n);
+        for index in 0..n {
+            let kind = Kind {
+                core: config.pin.then_some(config.cores[index]),
+                poll: config.poll,
+            };
+            match Executor::take(kind, &format!("bettong-shard-{index}")) {
+                Ok(e) => executors.push(e),
+                Err(e) => {
+                    executors.into_iter().for_each(Executor::give_back);
+                    return Err(e);
+                }
+            }
+        }
+        let bells: Vec<Arc<Doorbell>> = executors.iter().map(|e| e.bell.clone()).collect();
         let rings = Arc::new(RingRegistry::new(bells.clone()));
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
@@ -195,46 +207,24 @@ impl Engine {
             None => None,
         };
         let mut shards = Vec::with_capacity(n);
-        for (index, shard_parts) in parts.into_iter().enumerate() {
-            let core = config.cores[index];
-            let placement = if config.pin {
-                Placement::Fixed(core)
-            } else {
-                Placement::Unbound
-            };
-            let mut builder = LocalExecutorBuilder::new(placement)
-                .name(&format!("bettong-shard-{index}"))
-                // Shards do no file I/O, so they need little of glommio's registered memory,
-                // and it counts against the locked-memory limit (often 8 MiB in all).
-                .io_memory(256 * 1024);
-            match config.poll {
-                Poll::Park => {}
-                Poll::Spin => builder = builder.spin_before_park(Duration::from_secs(365 * 86_400)),
-                Poll::SpinFor(d) => builder = builder.spin_before_park(d),
-            }
-            let bell = bells[index].clone();
+        for ((index, shard_parts), executor) in parts.into_iter().enumerate().zip(executors) {
             let start = ShardStart {
                 index,
                 shards: n,
                 plan: plan.clone(),
                 config: config.clone(),
                 parts: shard_parts,
-                bell: bell.clone(),
+                bell: executor.bell.clone(),
                 rings: rings.clone(),
                 stop: stop.clone(),
                 started: started_tx.clone(),
                 live: live_tx.clone(),
                 periods: period_tx.clone(),
             };
-            let handle = builder
-                .spawn(move || async move {
-                    glommio::spawn_local(bell.serve()).detach();
-                    run_shard(start).await
-                })
-                .map_err(|e| {
-                    Error::Shard(format!("cannot start shard {index} on core {core}: {e}"))
-                })?;
-            shards.push(handle);
+            shards.push(executor.run(
+                format!("bettong-shard-{index}"),
+                Box::new(move || Box::pin(run_shard(start))),
+            ));
         }
         drop((started_tx, live_tx, period_tx));
         for _ in 0..n {
@@ -242,13 +232,15 @@ impl Engine {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
                 Err(_) => {
+                    // A shard died (panicked) while building: the others may wait on it for
+                    // ever, so they are stopped but not waited for.
                     stop.stop();
-                    return Err(Error::Shard(failure::shard_failure(shards)));
+                    return Err(Error::Shard("a shard exited during start-up".to_string()));
                 }
             };
             stop.stop();
-            for h in shards {
-                let _ = h.join();
+            for outcome in shards {
+                let _ = outcome.recv();
             }
             return Err(failed);
         }
@@ -300,10 +292,12 @@ impl Engine {
     pub fn join(mut self) -> Result<Summary, Error> {
         let mut total = Summary::default();
         let mut failed = None;
-        for (i, h) in std::mem::take(&mut self.shards).into_iter().enumerate() {
-            match h.join() {
+        for (i, outcome) in std::mem::take(&mut self.shards).into_iter().enumerate() {
+            match outcome.recv() {
                 Ok(s) => total.merge(&s),
-                Err(e) => failed = failed.or(Some(Error::Shard(format!("shard {i} failed: {e}")))),
+                Err(_) => {
+                    failed = failed.or(Some(Error::Shard(format!("shard {i} failed (panicked)"))))
+                }
             }
         }
         if let Some(r) = self.reporter.take() {
@@ -325,8 +319,8 @@ impl Drop for Engine {
             return;
         }
         self.stop.stop();
-        for h in std::mem::take(&mut self.shards) {
-            let _ = h.join();
+        for outcome in std::mem::take(&mut self.shards) {
+            let _ = outcome.recv();
         }
         if let Some(r) = self.reporter.take() {
             let _ = r.join();
@@ -487,14 +481,16 @@ async fn run_shard(start: ShardStart) -> Summary {
         let _ = periods.send(ShardPeriod::Done(core.metrics.take_period()));
         return core.metrics.snapshot();
     }
+    // Tasks that run until the shard ends; cancelled then, because glommio does not drop
+    // the tasks still pending when an executor ends (what they hold would leak).
+    let mut background = Vec::new();
     if let Some(interval) = config.metrics_interval {
-        glommio::spawn_local(reporter::shard_periods(
+        background.push(glommio::spawn_local(reporter::shard_periods(
             index,
             interval,
             core.metrics.clone(),
             periods.clone(),
-        ))
-        .detach();
+        )));
     }
     let ShardBuild {
         sources,
@@ -530,11 +526,10 @@ async fn run_shard(start: ShardStart) -> Summary {
     // in bounded time. Outputs no sink acknowledged by then are counted as undelivered.
     if let Some(timeout) = config.drain_timeout {
         let core = core.clone();
-        glommio::spawn_local(async move {
+        background.push(glommio::spawn_local(async move {
             glommio::timer::sleep(timeout).await;
             core.deadline.set();
-        })
-        .detach();
+        }));
     }
     for s in sources {
         s.await;
@@ -556,6 +551,9 @@ async fn run_shard(start: ShardStart) -> Summary {
         if let Some(t) = task {
             t.await;
         }
+    }
+    for task in background {
+        task.cancel().await;
     }
     let _ = periods.send(ShardPeriod::Done(core.metrics.take_period()));
     let mut summary = core.metrics.snapshot();
