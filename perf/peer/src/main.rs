@@ -1,0 +1,951 @@
+//! The peer comparison of `perf/peer.sh`: Market Spread (decode, key by symbol, per-symbol state,
+//! check) run by a hand-written loop, by timely dataflow and by bettong, in-process and over TCP,
+//! on the same generated data with the same output count checked.
+//!
+//! ```text
+//! bettong-peer gen DIR MESSAGES [REJECTED_ORDERS]        # the data (bettong_giles::gen)
+//! bettong-peer run VARIANT --data DIR [--workers W] [--messages N] [--rate R] [--json FILE]
+//! ```
+//!
+//! Variants (one process per run; `--workers` is timely's workers or bettong's shards):
+//!
+//! * `loop`: the ceiling. One thread: decode each frame, `HashMap<symbol, SymbolData>` with
+//!   bettong's hasher (Fx), [`check_now`]. No engine.
+//! * `timely`: `timely::execute(Config::process(W))`; each worker decodes its share of the
+//!   stream and feeds its own input handle, advancing the epoch every 1024 records (and stepping,
+//!   with at most 64 epochs in flight); an `Exchange` by symbol into a `unary` operator holding
+//!   the map; outputs counted in an `inspect`.
+//! * `bettong`: the engine with an [`InProcessSource`] keyed by symbol and a [`CallbackSink`]
+//!   counting outputs; W shards (`--poll park`) and W host pusher threads, each decoding its share
+//!   and pushing every message to the shard that owns its symbol.
+//! * `timely-tcp`: bettong-giles' sender blasts the framed files at two std listeners (Orders,
+//!   Nbbo); one reader thread per connection cuts frames and hands chunks to a timely worker
+//!   (Orders to worker 0, Nbbo to the last one), which decodes and feeds its input as above; each
+//!   worker encodes its OrderResults into its own connection to bettong-giles' receiver,
+//!   flushed whenever it runs out of input.
+//! * `bettong-tcp`: what `bettong bench market-spread` does (the same application, sender,
+//!   receiver, priming and checks), inlined so that the CPU time covers the same span as
+//!   `timely-tcp`'s.
+//!
+//! With `--rate R` (in-process `timely` and `bettong`, one worker/shard) the run is open-loop: the
+//! i-th message is due at `start + i/R`, sent when due (late ones at once), and the latency of each
+//! OrderResult is measured from its message's *due* time to its output, so queueing shows.
+//!
+//! Every run reports msgs/s (timed messages / wall time from the first timed message until every
+//! message is processed and every output counted) and CPU ns per message (this process's
+//! `getrusage` user + system time over the same span, all threads, divided by the timed messages).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bettong::metrics::now_ns;
+use bettong::runtime::config::{online_cores, EngineConfig, Poll};
+use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline};
+use bettong_apps::market_spread::{
+    check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order,
+    OrderResult, SymbolData,
+};
+use bettong_giles::gen::{self, GenMarketSpreadArgs};
+use bettong_giles::receiver::{ReceiveArgs, Receiver};
+use bettong_giles::sender::{self, SendArgs};
+use rustc_hash::FxBuildHasher;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type SymbolMap = HashMap<[u8; 4], SymbolData, FxBuildHasher>;
+
+/// Records per epoch fed to timely.
+const EPOCH: usize = 1024;
+/// Epochs a timely input may run ahead of its probe before the worker steps until it catches up
+/// (bettong's pusher rings hold 4096 messages; this bounds timely's queues comparably).
+const MAX_EPOCHS_IN_FLIGHT: u64 = 64;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("gen") => gen_cmd(&args[1..]),
+        Some("run") => run_cmd(&args[1..]),
+        _ => Err("usage: bettong-peer gen DIR MESSAGES [REJECTED_ORDERS] | \
+                  bettong-peer run VARIANT --data DIR [--workers W] [--messages N] [--rate R] [--json FILE]"
+            .to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!("bettong-peer: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `gen DIR MESSAGES [REJECTED_ORDERS]`: half orders, half NBBO updates, as `bench market-spread`.
+fn gen_cmd(args: &[String]) -> Result<(), String> {
+    let [dir, messages, rest @ ..] = args else {
+        return Err("gen DIR MESSAGES [REJECTED_ORDERS]".into());
+    };
+    let messages: u64 = messages.parse().map_err(|e| format!("{messages}: {e}"))?;
+    let mut g = GenMarketSpreadArgs::new(dir);
+    g.nbbo = messages / 2;
+    g.orders = messages - g.nbbo;
+    if let Some(r) = rest.first() {
+        g.rejected_orders = Some(r.parse().map_err(|e| format!("{r}: {e}"))?);
+    }
+    let summary = gen::generate(&g)?;
+    eprintln!("{summary}");
+    Ok(())
+}
+
+struct RunArgs {
+    variant: String,
+    data: PathBuf,
+    workers: usize,
+    messages: Option<u64>,
+    rate: Option<u64>,
+    json: Option<PathBuf>,
+}
+
+fn run_cmd(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    let variant = it.next().ok_or("run VARIANT")?.clone();
+    let mut a = RunArgs {
+        variant,
+        data: PathBuf::new(),
+        workers: 1,
+        messages: None,
+        rate: None,
+        json: None,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--data" => a.data = PathBuf::from(value),
+            "--workers" => a.workers = num()?.max(1) as usize,
+            "--messages" => a.messages = Some(num()?),
+            "--rate" => a.rate = Some(num()?),
+            "--json" => a.json = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    let data = Arc::new(Data::load(&a.data, a.messages)?);
+    let r = match (a.variant.as_str(), a.rate) {
+        ("loop", None) => hand_loop(&data),
+        ("timely", None) => timely_inproc(&data, a.workers),
+        ("bettong", None) => bettong_inproc(&data, a.workers),
+        ("timely", Some(rate)) => timely_latency(&data, rate),
+        ("bettong", Some(rate)) => bettong_latency(&data, rate),
+        ("timely-tcp", None) => timely_tcp(&data, a.workers),
+        ("bettong-tcp", None) => bettong_tcp(&data, a.workers),
+        (v, _) => Err(format!("unknown variant {v} (or --rate not supported for it)")),
+    }?;
+    if r.outputs != data.expected_out {
+        return Err(format!(
+            "{}: {} outputs, the data implies {}",
+            a.variant, r.outputs, data.expected_out
+        ));
+    }
+    let json = format!(
+        concat!(
+            "{{\"variant\":\"{}\",\"workers\":{},\"messages\":{},\"outputs\":{},\"expected_out\":{},",
+            "\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"cpu_ns_per_msg\":{:.1},\"rate\":{},",
+            "\"latency_ns\":{}}}"
+        ),
+        a.variant,
+        a.workers,
+        r.messages,
+        r.outputs,
+        data.expected_out,
+        r.seconds,
+        r.messages as f64 / r.seconds,
+        r.cpu_ns as f64 / r.messages.max(1) as f64,
+        a.rate.map_or("null".to_string(), |r| r.to_string()),
+        r.latency.as_ref().map_or("null".to_string(), |h| format!(
+            "{{\"samples\":{},\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}}",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        )),
+    );
+    println!("{json}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// User + system CPU time of this process (every thread), in ns.
+fn cpu_ns() -> u64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+struct Outcome {
+    messages: u64,
+    outputs: u64,
+    seconds: f64,
+    cpu_ns: u64,
+    latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// A span measured in wall time and in this process's CPU time.
+struct Span {
+    wall: Instant,
+    cpu: u64,
+}
+
+impl Span {
+    fn start() -> Span {
+        Span {
+            wall: Instant::now(),
+            cpu: cpu_ns(),
+        }
+    }
+    fn end(self, messages: u64, outputs: u64) -> Outcome {
+        let seconds = self.wall.elapsed().as_secs_f64();
+        Outcome {
+            messages,
+            outputs,
+            seconds,
+            cpu_ns: cpu_ns() - self.cpu,
+            latency: None,
+        }
+    }
+}
+
+/// The generated data, as framed bytes in memory.
+struct Data {
+    dir: PathBuf,
+    /// The initial NBBO (one per symbol), sent first and waited for: not timed.
+    initial: Vec<u8>,
+    /// Orders and NBBO updates interleaved, framed (`[u32 BE len][payload]`).
+    stream: Vec<u8>,
+    /// Frame offsets into `stream`.
+    offsets: Vec<usize>,
+    symbols: u64,
+    orders: u64,
+    nbbo: u64,
+    expected_out: u64,
+}
+
+fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let frame = rest.get(..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(frame)
+    })
+}
+
+impl Data {
+    /// Loads `dir`; `messages` (if given) keeps that many of the interleaved stream.
+    fn load(dir: &Path, messages: Option<u64>) -> Result<Data, String> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        };
+        let initial = read(gen::INITIAL_NBBO_FILE)?;
+        let orders = read(gen::ORDERS_FILE)?;
+        let nbbo = read(gen::NBBO_FILE)?;
+        let symbols = frames(&initial).count() as u64;
+        let mut rejected: Vec<[u8; 4]> = Vec::new();
+        for f in frames(&initial) {
+            if let Ok(MarketMessage::Nbbo(n)) = decode(&f[4..]) {
+                if is_rejected_spread(n.bid(), n.offer()) {
+                    rejected.push(*n.symbol());
+                }
+            }
+        }
+        let limit = messages.unwrap_or(u64::MAX);
+        let mut stream = Vec::with_capacity(orders.len() + nbbo.len());
+        let mut offsets = Vec::new();
+        let (mut o, mut n) = (frames(&orders), frames(&nbbo));
+        let (mut n_orders, mut n_nbbo, mut expected_out) = (0, 0, 0);
+        while (offsets.len() as u64) < limit {
+            let next = if offsets.len() % 2 == 0 {
+                o.next().or_else(|| n.next())
+            } else {
+                n.next().or_else(|| o.next())
+            };
+            let Some(f) = next else { break };
+            match decode(&f[4..]) {
+                Ok(MarketMessage::Order(ord)) => {
+                    n_orders += 1;
+                    if rejected.contains(ord.symbol()) {
+                        expected_out += 1;
+                    }
+                }
+                Ok(MarketMessage::Nbbo(_)) => n_nbbo += 1,
+                Err(e) => return Err(format!("bad record in {}: {e}", dir.display())),
+            }
+            offsets.push(stream.len());
+            stream.extend_from_slice(f);
+        }
+        Ok(Data {
+            dir: dir.to_path_buf(),
+            initial,
+            stream,
+            offsets,
+            symbols,
+            orders: n_orders,
+            nbbo: n_nbbo,
+            expected_out,
+        })
+    }
+
+    fn messages(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    /// Part `k` of `parts` contiguous shares of the stream, as framed bytes.
+    fn part(&self, k: usize, parts: usize) -> &[u8] {
+        let n = self.offsets.len();
+        let (a, b) = (k * n / parts, (k + 1) * n / parts);
+        let at = |i: usize| if i == n { self.stream.len() } else { self.offsets[i] };
+        &self.stream[at(a)..at(b)]
+    }
+}
+
+fn decoded(frame: &[u8]) -> MarketMessage {
+    decode(&frame[4..]).expect("the data was checked at load")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hand-written loop.
+
+#[inline(never)]
+fn run_loop(bytes: &[u8], map: &mut SymbolMap) -> u64 {
+    let mut outputs = 0;
+    for f in frames(bytes) {
+        let msg = decoded(f);
+        let state = map.entry(*msg.symbol()).or_default();
+        if let Some(r) = check_now(msg, state) {
+            std::hint::black_box(&r);
+            outputs += 1;
+        }
+    }
+    outputs
+}
+
+fn hand_loop(data: &Data) -> Result<Outcome, String> {
+    let mut map = SymbolMap::default();
+    run_loop(&data.initial, &mut map);
+    let span = Span::start();
+    let outputs = run_loop(&data.stream, &mut map);
+    Ok(span.end(data.messages(), outputs))
+}
+
+// ---------------------------------------------------------------------------------------------
+// timely dataflow.
+
+/// A market message as timely data. timely's `Exchange` asks for serde; in one process it moves
+/// the values and never serializes them, but the impls are real (the 42/53 wire bytes).
+#[derive(Clone, Copy)]
+struct Msg(MarketMessage);
+
+impl serde::Serialize for Msg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            MarketMessage::Order(o) => s.serialize_bytes(o.as_bytes()),
+            MarketMessage::Nbbo(n) => s.serialize_bytes(n.as_bytes()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Msg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Msg, D::Error> {
+        let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
+        decode(&bytes).map(Msg).map_err(serde::de::Error::custom)
+    }
+}
+
+fn route(m: &Msg) -> u64 {
+    // The symbol's 4 bytes, mixed (timely picks the worker from the hash).
+    (u32::from_le_bytes(*m.0.symbol()) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+}
+
+type TimelyInput =
+    timely::dataflow::InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<Msg>>>;
+type TimelyProbe = timely::dataflow::ProbeHandle<u64>;
+
+/// Builds the Market Spread dataflow on a worker: input → exchange by symbol → check → `out`.
+/// `processed` counts checked messages (per batch).
+fn spread_dataflow(
+    worker: &mut timely::worker::Worker,
+    processed: Arc<AtomicU64>,
+    mut out: impl FnMut(&OrderResult) + 'static,
+) -> (TimelyInput, TimelyProbe) {
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::{Inspect, Operator, Probe};
+    let mut input = TimelyInput::new();
+    let probe = TimelyProbe::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut map = SymbolMap::default();
+        input
+            .to_stream(scope)
+            .unary(Exchange::new(route), "check market data", move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data: &mut Vec<Msg>| {
+                        let mut session = output.session(&cap);
+                        let n = data.len() as u64;
+                        for Msg(m) in data.drain(..) {
+                            let state = map.entry(*m.symbol()).or_default();
+                            if let Some(r) = check_now(m, state) {
+                                session.give(r);
+                            }
+                        }
+                        processed.fetch_add(n, Ordering::Relaxed);
+                    });
+                }
+            })
+            .container::<Vec<OrderResult>>()
+            .inspect(move |r| out(r))
+            .probe_with(&probe);
+    });
+    (input, probe)
+}
+
+/// Feeds framed bytes into a timely input, advancing the epoch every [`EPOCH`] records.
+struct Feeder {
+    in_epoch: usize,
+    /// The highest epoch any worker's input has reached, where inputs fill unevenly (TCP): an
+    /// idle worker jumps its input there, so a busy one is never held back by its epoch count.
+    global: Option<Arc<AtomicU64>>,
+}
+
+impl Feeder {
+    fn feed(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        input: &mut TimelyInput,
+        probe: &TimelyProbe,
+        bytes: &[u8],
+    ) {
+        for f in frames(bytes) {
+            input.send(Msg(decoded(f)));
+            self.in_epoch += 1;
+            if self.in_epoch == EPOCH {
+                self.advance(worker, input, probe);
+            }
+        }
+    }
+
+    fn advance(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        input: &mut TimelyInput,
+        probe: &TimelyProbe,
+    ) {
+        self.in_epoch = 0;
+        let next = *input.time() + 1;
+        input.advance_to(next);
+        if let Some(g) = &self.global {
+            g.fetch_max(next, Ordering::Relaxed);
+        }
+        worker.step();
+        let behind = next.saturating_sub(MAX_EPOCHS_IN_FLIGHT);
+        while probe.less_than(&behind) {
+            worker.step();
+        }
+    }
+}
+
+fn timely_inproc(data: &Arc<Data>, workers: usize) -> Result<Outcome, String> {
+    let outputs = Arc::new(AtomicU64::new(0));
+    let processed = Arc::new(AtomicU64::new(0));
+    let span = Arc::new(std::sync::Mutex::new(None::<Span>));
+    let (o, p, s, d) = (outputs.clone(), processed.clone(), span.clone(), data.clone());
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let outputs = o.clone();
+        let (mut input, probe) = spread_dataflow(worker, p.clone(), move |_| {
+            outputs.fetch_add(1, Ordering::Relaxed);
+        });
+        // Priming (not timed): worker 0 sends the initial NBBO in epoch 0; all wait for it.
+        let mut feeder = Feeder { in_epoch: 0, global: None };
+        if index == 0 {
+            for f in frames(&d.initial) {
+                input.send(Msg(decoded(f)));
+            }
+        }
+        input.advance_to(1);
+        while probe.less_than(&1) {
+            worker.step();
+        }
+        timely::synchronization::Barrier::new(worker).wait();
+        if index == 0 {
+            *s.lock().unwrap() = Some(Span::start());
+        }
+        feeder.feed(worker, &mut input, &probe, d.part(index, workers));
+        drop(input);
+        while worker.step() {}
+    })?;
+    guards
+        .join()
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()?;
+    let span = span.lock().unwrap().take().ok_or("no span")?;
+    let _ = processed;
+    Ok(span.end(data.messages(), outputs.load(Ordering::Relaxed)))
+}
+
+/// Open-loop latency on one timely worker: message i is due at start + i/rate; the worker sends
+/// what is due, flushes its input and steps; an output's latency is its order's due time to the
+/// `inspect` that sees it. The epoch advances every [`EPOCH`] records, as in the throughput runs.
+fn timely_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
+    let (stream, due_of) = measured_stream(data)?;
+    let gap = 1_000_000_000 / rate.max(1);
+    let due: Arc<Vec<AtomicU64>> = Arc::new((0..due_of).map(|_| AtomicU64::new(0)).collect());
+    let hist = Arc::new(std::sync::Mutex::new(histogram()));
+    let outputs = Arc::new(AtomicU64::new(0));
+    let initial = data.initial.clone();
+    let (dd, hh, oo) = (due.clone(), hist.clone(), outputs.clone());
+    let result = Arc::new(std::sync::Mutex::new(None::<Outcome>));
+    let rr = result.clone();
+    let n = stream.len() as u64;
+    let guards = timely::execute(timely::Config::process(1), move |worker| {
+        let (d2, hh, oo) = (dd.clone(), hh.clone(), oo.clone());
+        let (mut input, probe) =
+            spread_dataflow(worker, Arc::new(AtomicU64::new(0)), move |r: &OrderResult| {
+                let t = now_ns();
+                if let Some(d) = d2.get(r.account as usize) {
+                    let _ = hh.lock().unwrap().record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
+                }
+                oo.fetch_add(1, Ordering::Relaxed);
+            });
+        for f in frames(&initial) {
+            input.send(Msg(decoded(f)));
+        }
+        input.advance_to(1);
+        while probe.less_than(&1) {
+            worker.step();
+        }
+        let span = Span::start();
+        let start = now_ns();
+        let mut in_epoch = 0;
+        for (i, m) in stream.iter().enumerate() {
+            let at = start + gap * i as u64;
+            while now_ns() < at {
+                worker.step();
+            }
+            if let MarketMessage::Order(o) = m {
+                if let Some(d) = dd.get(o.account() as usize) {
+                    d.store(at, Ordering::Release);
+                }
+            }
+            input.send(Msg(*m));
+            in_epoch += 1;
+            if in_epoch == EPOCH {
+                in_epoch = 0;
+                let next = *input.time() + 1;
+                input.advance_to(next);
+            }
+            input.flush();
+            worker.step();
+        }
+        drop(input);
+        while worker.step() {}
+        *rr.lock().unwrap() = Some(span.end(n, 0));
+    })?;
+    guards.join().into_iter().collect::<Result<Vec<()>, String>>()?;
+    let mut r = result.lock().unwrap().take().ok_or("no result")?;
+    r.outputs = outputs.load(Ordering::Relaxed);
+    r.latency = Some(hist.lock().unwrap().clone());
+    Ok(r)
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// The stream decoded, with every order on a rejected symbol renumbered through its account
+/// field (0, 1, 2…) so that its output says which message it answers; other orders get account
+/// `u32::MAX`. Returns the messages and the number of measured orders.
+fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
+    let mut rejected: Vec<[u8; 4]> = Vec::new();
+    for f in frames(&data.initial) {
+        if let MarketMessage::Nbbo(n) = decoded(f) {
+            if is_rejected_spread(n.bid(), n.offer()) {
+                rejected.push(*n.symbol());
+            }
+        }
+    }
+    let mut measured = 0u32;
+    let stream = frames(&data.stream)
+        .map(|f| match decoded(f) {
+            MarketMessage::Order(o) => {
+                let account = if rejected.contains(o.symbol()) {
+                    measured += 1;
+                    measured - 1
+                } else {
+                    u32::MAX
+                };
+                MarketMessage::Order(Order::new(
+                    o.side(),
+                    account,
+                    *o.order_id(),
+                    *o.symbol(),
+                    o.qty(),
+                    o.price(),
+                    *o.transact_time(),
+                ))
+            }
+            other => other,
+        })
+        .collect();
+    Ok((stream, measured as usize))
+}
+
+// ---------------------------------------------------------------------------------------------
+// bettong in-process.
+
+fn engine_config(shards: usize) -> EngineConfig {
+    let online = online_cores();
+    EngineConfig {
+        cores: online.iter().copied().cycle().take(shards).collect(),
+        pin: shards <= online.len(),
+        poll: Poll::Park,
+        ..EngineConfig::default()
+    }
+}
+
+fn wait_finished(engine: &Engine, total: u64) {
+    while engine.progress().finished < total {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn bettong_inproc(data: &Data, shards: usize) -> Result<Outcome, String> {
+    let market = InProcessSource::new(symbol_key);
+    let outputs = Arc::new(AtomicU64::new(0));
+    let out = outputs.clone();
+    let sink = CallbackSink::new(move |_: &OrderResult| {
+        out.fetch_add(1, Ordering::Relaxed);
+    });
+    let app = Application::new(
+        "peer spread check",
+        spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
+    );
+    let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
+    let mut pusher = market.pusher()?;
+    for f in frames(&data.initial) {
+        pusher.push(decoded(f)).map_err(|_| "engine stopped")?;
+    }
+    drop(pusher);
+    wait_finished(&engine, data.symbols);
+    // One pusher thread per shard, each with its share of the stream.
+    let pushers = (0..shards)
+        .map(|_| market.pusher())
+        .collect::<Result<Vec<_>, _>>()?;
+    let span = Span::start();
+    std::thread::scope(|s| {
+        for (k, mut p) in pushers.into_iter().enumerate() {
+            let part = data.part(k, shards);
+            s.spawn(move || {
+                for f in frames(part) {
+                    if p.push(decoded(f)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    wait_finished(&engine, data.symbols + data.messages());
+    let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
+    engine.stop().map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+/// Open-loop latency on one shard, one host pusher thread; see [`timely_latency`].
+fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
+    let (stream, due_of) = measured_stream(data)?;
+    let gap = 1_000_000_000 / rate.max(1);
+    let due: Arc<Vec<AtomicU64>> = Arc::new((0..due_of).map(|_| AtomicU64::new(0)).collect());
+    let hist = Arc::new(std::sync::Mutex::new(histogram()));
+    let outputs = Arc::new(AtomicU64::new(0));
+    let market = InProcessSource::new(symbol_key);
+    let (dd, hh, oo) = (due.clone(), hist.clone(), outputs.clone());
+    let sink = CallbackSink::new(move |r: &OrderResult| {
+        let t = now_ns();
+        if let Some(d) = dd.get(r.account as usize) {
+            let _ = hh.lock().unwrap().record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
+        }
+        oo.fetch_add(1, Ordering::Relaxed);
+    });
+    let app = Application::new(
+        "peer spread check",
+        spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
+    );
+    let engine = Engine::start(app, engine_config(1)).map_err(|e| e.to_string())?;
+    let mut pusher = market.pusher()?;
+    for f in frames(&data.initial) {
+        pusher.push(decoded(f)).map_err(|_| "engine stopped")?;
+    }
+    wait_finished(&engine, data.symbols);
+    let span = Span::start();
+    let start = now_ns();
+    for (i, m) in stream.iter().enumerate() {
+        let at = start + gap * i as u64;
+        while now_ns() < at {
+            std::hint::spin_loop();
+        }
+        if let MarketMessage::Order(o) = m {
+            if let Some(d) = due.get(o.account() as usize) {
+                d.store(at, Ordering::Release);
+            }
+        }
+        pusher.push(*m).map_err(|_| "engine stopped")?;
+    }
+    wait_finished(&engine, data.symbols + stream.len() as u64);
+    let mut r = span.end(stream.len() as u64, outputs.load(Ordering::Relaxed));
+    drop(pusher);
+    engine.stop().map_err(|e| e.to_string())?;
+    r.latency = Some(hist.lock().unwrap().clone());
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over TCP: bettong-giles' sender and receiver around timely or the engine.
+
+/// The three sends of `bench market-spread`: the initial NBBO (priming), then orders and NBBO
+/// updates blasted concurrently on their own connections.
+fn send_args(host: SocketAddr, file: &str, messages: u64, record: usize, prime: bool, dir: &Path) -> SendArgs {
+    let mut a = SendArgs::new(&host.to_string(), messages);
+    a.file = vec![dir.join(file)];
+    a.no_write = true;
+    a.repeat = true;
+    a.binary = true;
+    a.msg_size = Some(record);
+    if prime {
+        a.batch_size = messages.max(1) as usize;
+        a.interval = 1_000_000;
+    } else {
+        a.blast = true;
+    }
+    a
+}
+
+fn receiver(expected: u64) -> Result<Receiver, String> {
+    let mut r = ReceiveArgs::new("127.0.0.1:0");
+    r.framed = true;
+    r.no_write = true;
+    r.expect = Some(expected);
+    Receiver::bind(&r)
+}
+
+/// The TCP runs use the files as `gen` wrote them (orders and NBBO on their own connections),
+/// so they need the whole data set, not a `--messages` cut.
+fn tcp_run(
+    data: &Data,
+    orders: SocketAddr,
+    nbbo: SocketAddr,
+    processed: &dyn Fn() -> u64,
+    receiving: &std::thread::JoinHandle<Result<bettong_giles::receiver::ReceiveReport, String>>,
+) -> Result<Span, String> {
+    sender::run(&send_args(nbbo, gen::INITIAL_NBBO_FILE, data.symbols, 46, true, &data.dir))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processed() < data.symbols {
+        if Instant::now() > deadline {
+            return Err("priming did not finish".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let span = Span::start();
+    let sends = [
+        send_args(orders, gen::ORDERS_FILE, data.orders, 57, false, &data.dir),
+        send_args(nbbo, gen::NBBO_FILE, data.nbbo, 46, false, &data.dir),
+    ];
+    let threads: Vec<_> = sends
+        .into_iter()
+        .map(|a| std::thread::spawn(move || sender::run(&a)))
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "a sender panicked")??;
+    }
+    let total = data.symbols + data.orders + data.nbbo;
+    while processed() < total {
+        if Instant::now() > deadline {
+            return Err("processing did not finish".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    while !receiving.is_finished() {
+        if Instant::now() > deadline {
+            return Err("the receiver did not get every output".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok(span)
+}
+
+fn bettong_tcp(data: &Data, shards: usize) -> Result<Outcome, String> {
+    if data.messages() != data.orders + data.nbbo || data.orders + data.nbbo == 0 {
+        return Err("bettong-tcp needs the whole data set (no --messages)".into());
+    }
+    let rx = receiver(data.expected_out)?;
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut config = engine_config(shards);
+    config.inputs = vec![
+        (Some("Orders".into()), loopback),
+        (Some("Nbbo".into()), loopback),
+    ];
+    config.outputs = vec![(None, rx.local_addr())];
+    let stop = rx.stop_handle();
+    let receiving = std::thread::spawn(move || rx.run());
+    let engine = Engine::start(bettong_apps::market_spread::application(), config)
+        .map_err(|e| e.to_string())?;
+    let addr = |name: &str| {
+        engine
+            .sources()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| format!("no source {name}"))
+    };
+    let (orders, nbbo) = (addr("Orders")?, addr("Nbbo")?);
+    let span = tcp_run(data, orders, nbbo, &|| engine.progress().finished, &receiving);
+    engine.stop_handle().stop();
+    let summary = engine.join().map_err(|e| e.to_string());
+    stop.stop();
+    let received = receiving.join().map_err(|_| "receiver panicked")??;
+    let span = span?;
+    let r = span.end(data.orders + data.nbbo, received.messages);
+    summary?;
+    Ok(r)
+}
+
+/// One reader thread per accepted connection: reads big chunks, cuts whole frames, hands them
+/// to its worker's channel.
+fn reader(mut conn: TcpStream, to: mpsc::SyncSender<Vec<u8>>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut have = 0;
+    loop {
+        let n = match conn.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        have += n;
+        let mut whole = 0;
+        for f in frames(&buf[..have]) {
+            whole += f.len();
+        }
+        if whole > 0 {
+            if to.send(buf[..whole].to_vec()).is_err() {
+                return;
+            }
+            buf.copy_within(whole..have, 0);
+            have -= whole;
+        }
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+fn acceptor(listener: TcpListener, to: mpsc::SyncSender<Vec<u8>>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { return };
+        let _ = conn.set_nodelay(true);
+        let to = to.clone();
+        std::thread::spawn(move || reader(conn, to));
+    }
+}
+
+fn timely_tcp(data: &Data, workers: usize) -> Result<Outcome, String> {
+    if data.messages() != data.orders + data.nbbo || data.orders + data.nbbo == 0 {
+        return Err("timely-tcp needs the whole data set (no --messages)".into());
+    }
+    let rx = receiver(data.expected_out)?;
+    let out_addr = rx.local_addr();
+    let stop_rx = rx.stop_handle();
+    let receiving = std::thread::spawn(move || rx.run());
+    let orders = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let nbbo = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let (orders_addr, nbbo_addr) = (
+        orders.local_addr().map_err(|e| e.to_string())?,
+        nbbo.local_addr().map_err(|e| e.to_string())?,
+    );
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(64);
+        txs.push(tx);
+        rxs.push(std::sync::Mutex::new(Some(rx)));
+    }
+    let rxs = Arc::new(rxs);
+    {
+        let (to_o, to_n) = (txs[0].clone(), txs[workers - 1].clone());
+        std::thread::spawn(move || acceptor(orders, to_o));
+        std::thread::spawn(move || acceptor(nbbo, to_n));
+    }
+    drop(txs);
+    let processed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let epoch = Arc::new(AtomicU64::new(0));
+    let (p, dn) = (processed.clone(), done.clone());
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let chunks = rxs[index].lock().unwrap().take().expect("one worker per channel");
+        let sink = std::rc::Rc::new(std::cell::RefCell::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            TcpStream::connect(out_addr).expect("connect to the receiver"),
+        )));
+        let s2 = sink.clone();
+        let mut frame = Vec::with_capacity(64);
+        let (mut input, probe) = spread_dataflow(worker, p.clone(), move |r: &OrderResult| {
+            frame.clear();
+            r.encode_into(&mut frame);
+            let _ = s2.borrow_mut().write_all(&frame);
+        });
+        let mut feeder = Feeder { in_epoch: 0, global: Some(epoch.clone()) };
+        loop {
+            match chunks.try_recv() {
+                Ok(chunk) => feeder.feed(worker, &mut input, &probe, &chunk),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // Out of input: push what the input holds, run the dataflow, flush the sink,
+                    // then block briefly for more (as a parked shard would).
+                    if feeder.in_epoch > 0 {
+                        feeder.advance(worker, &mut input, &probe);
+                    }
+                    let g = epoch.load(Ordering::Relaxed);
+                    if g > *input.time() {
+                        input.advance_to(g);
+                    }
+                    while worker.step() && probe.less_than(input.time()) {}
+                    let _ = sink.borrow_mut().flush();
+                    if dn.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if let Ok(chunk) = chunks.recv_timeout(Duration::from_micros(200)) {
+                        feeder.feed(worker, &mut input, &probe, &chunk);
+                    }
+                }
+            }
+        }
+        drop(input);
+        while worker.step() {}
+        let _ = sink.borrow_mut().flush();
+    })?;
+    let span = tcp_run(
+        data,
+        orders_addr,
+        nbbo_addr,
+        &|| processed.load(Ordering::Relaxed),
+        &receiving,
+    );
+    done.store(true, Ordering::Release);
+    guards.join().into_iter().collect::<Result<Vec<()>, String>>()?;
+    stop_rx.stop();
+    let received = receiving.join().map_err(|_| "receiver panicked")??;
+    let span = span?;
+    Ok(span.end(data.orders + data.nbbo, received.messages))
+}
