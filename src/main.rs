@@ -86,6 +86,7 @@ impl From<String> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _log = init_logging();
     let result = match cli.command {
         Command::WordCount(args) => run_app(bettong_apps::word_count::application(), &args),
         Command::MarketSpread(args) => run_app(bettong_apps::market_spread::application(), &args),
@@ -104,6 +105,38 @@ fn main() -> ExitCode {
             ExitCode::from(status)
         }
     }
+}
+
+/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `info`; e.g.
+/// `RUST_LOG=warn`, `RUST_LOG=bettong::metrics=off,info`), by a writer thread so that a shard
+/// never waits on stderr. The guard flushes what is queued when `main` returns.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The writer thread must not take the stop signals: they are blocked in every thread
+    // but the engine's signal thread, or one of them would kill the process (the default
+    // action) instead of starting a clean stop. A thread inherits the mask of its creator.
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
+    // only reads `set` and writes `old`.
+    let (writer, guard) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let made = tracing_appender::non_blocking(std::io::stderr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        made
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    guard
 }
 
 /// Writes a report line to stdout. A closed stdout (`| head`) must not turn a finished run into
@@ -176,11 +209,14 @@ fn run_app(app: Application, args: &EngineArgs) -> Result<(), Failure> {
                 let _ = writeln!(out, "shard {shard} unpinned");
             }
         }
-        let listening: Vec<String> = engine
+        let mut listening: Vec<String> = engine
             .sources()
             .iter()
             .map(|(name, addr)| format!("{name}@{addr}"))
             .collect();
+        if let Some(addr) = engine.metrics_addr() {
+            listening.push(format!("metrics@{addr}"));
+        }
         let _ = writeln!(out, "ready {}", listening.join(" "));
         let _ = out.flush();
     })

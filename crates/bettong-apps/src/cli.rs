@@ -2,12 +2,13 @@
 //! clap into an [`EngineConfig`]. They live here, not in the engine, so that embedders do not
 //! compile a command-line parser.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bettong::runtime::config::{
-    check_metrics_interval, check_range, online_cores, parse_inputs, CoreList, EngineConfig, Poll,
-    MAX_FRAME_LIMIT, MAX_RING_CAPACITY, MAX_SINK_BUFFER,
+    check_metrics_interval, check_range, online_cores, parse_addr, parse_inputs, CoreList,
+    EngineConfig, Poll, MAX_FRAME_LIMIT, MAX_RING_CAPACITY, MAX_SINK_BUFFER,
 };
 use bettong::units::{parse_duration, parse_usize};
 
@@ -64,6 +65,10 @@ pub struct EngineArgs {
     /// JSON lines to FILE
     #[arg(long, value_name = "FILE")]
     pub metrics_json: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus text format) and GET /health over HTTP on HOST:PORT (port
+    /// 0: any free port; the ready line says which, as metrics@ADDR)
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     /// On SIGTERM/SIGINT, read open connections and deliver outputs for at most this long, then
     /// cut what is still open and count outputs not delivered (e.g. 5s, 500ms; 0 = no bound)
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -86,6 +91,7 @@ impl EngineArgs {
             poll: self.poll,
             metrics_interval: (!self.metrics_interval.is_zero()).then_some(self.metrics_interval),
             metrics_json: self.metrics_json.clone(),
+            metrics_addr: self.metrics_addr,
             drain_timeout: (!self.drain_timeout.is_zero()).then_some(self.drain_timeout),
         };
         config.validate()?;

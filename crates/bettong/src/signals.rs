@@ -124,7 +124,7 @@ fn spawn_waiter(
                 eprintln!("bettong: second signal, exiting without draining");
                 std::process::exit(130);
             }
-            eprintln!("bettong: signal {sig}, stopping: draining connections and sinks");
+            tracing::info!("signal {sig}, stopping: draining connections and sinks");
             stop.stop();
         })
         .map_err(Error::Io)

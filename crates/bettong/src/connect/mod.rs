@@ -185,6 +185,7 @@ struct SourceInner<T> {
     name: String,
     down: Downstream<T>,
     core: Rc<ShardCore>,
+    counters: std::sync::Arc<crate::metrics::live::SourceCounters>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
@@ -194,6 +195,7 @@ impl<T: 'static> SourceContext<T> {
             inner: Rc::new(SourceInner {
                 name: name.to_string(),
                 down,
+                counters: core.metrics.source(name),
                 core,
                 tasks: RefCell::new(Vec::new()),
             }),
@@ -225,12 +227,18 @@ impl<T: 'static> SourceContext<T> {
     /// Counts one message read (the summary's `in`).
     #[inline]
     pub fn count_in(&self) {
-        self.inner.core.metrics.message_in()
+        self.inner
+            .core
+            .metrics
+            .message_in_from(&self.inner.counters)
     }
 
     /// Counts a payload the decoder rejected.
     pub fn count_decode_error(&self) {
-        self.inner.core.metrics.decode_error()
+        self.inner
+            .core
+            .metrics
+            .decode_error_from(&self.inner.counters)
     }
 
     /// Says that no message with an event time below `event_ns` will follow from this

@@ -95,12 +95,14 @@ impl<D: Decoder> Source for TcpSource<D> {
                     Ok(())
                 }),
                 gauges: ctx.gauges().clone(),
+                counters: core.metrics.source(ctx.name()),
             });
             let conns = Rc::new(Connections::default());
             let fd = listener.into_raw_fd();
             // SAFETY: into_raw_fd gave up ownership of the open listening socket; the glommio
             // listener takes it over and closes it on drop.
             let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+            let counters = source.counters.clone();
             let accept = glommio::spawn_local(accept_loop(
                 listener,
                 fd,
@@ -119,13 +121,14 @@ impl<D: Decoder> Source for TcpSource<D> {
                 ctx.drain_deadline().await;
                 let cut = conns.cut();
                 if cut > 0 {
-                    eprintln!(
-                        "bettong: shard {}: source {}: drain timeout: cutting {cut} open connection(s)",
+                    tracing::warn!(
+                        "shard {}: source {}: drain timeout: cutting {cut} open connection(s)",
                         core.index,
                         ctx.name()
                     );
                 }
                 core.metrics.cut_connections(cut as u64);
+                counters.cut.add(cut as u64);
                 conns.until_all_closed().await;
             };
             futures_lite::future::or(conns.until_all_closed(), cut).await;
@@ -184,7 +187,9 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
 
     fn start(&self, addr: SocketAddr, ctx: SinkContext) -> SinkShard<T> {
         let core = ctx.core().clone();
-        let buffer = Rc::new(SinkBuffer::new(core.config.sink_buffer));
+        let buffer = Rc::new(
+            SinkBuffer::new(core.config.sink_buffer).counted(core.metrics.sink(ctx.name())),
+        );
         ctx.add_gauge(buffer.gauge.clone());
         let writer = buffer.clone().writer(addr, core.index, core.relief.clone());
         let b = buffer.clone();

@@ -6,10 +6,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use hdrhistogram::Histogram;
+
+pub(crate) mod exporter;
+pub mod live;
+pub mod prometheus;
+
+pub use live::LiveCounters;
+use live::{OperatorTimes, SinkCounters, SourceCounters};
 
 /// Nanoseconds on the engine's monotonic clock (since the first call in this process).
 ///
@@ -62,23 +68,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3).expect("valid histogram bounds")
 }
 
-/// Counters a shard publishes for other threads to read while it runs (progress of a benchmark,
-/// an embedding program's dashboard). Only the owning shard writes them, so an update is a
-/// plain load and store, never a contended read-modify-write.
-#[derive(Debug, Default)]
-pub struct LiveCounters {
-    messages_in: AtomicU64,
-    messages_out: AtomicU64,
-    finished: AtomicU64,
-}
-
-impl LiveCounters {
-    #[inline]
-    fn bump(c: &AtomicU64) {
-        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-}
-
 /// Progress summed over shards: frames accepted and messages finished (output or filtered).
 ///
 /// ```
@@ -99,34 +88,22 @@ pub struct Progress {
 pub(crate) fn progress(shards: &[Arc<LiveCounters>]) -> Progress {
     let mut p = Progress::default();
     for s in shards {
-        p.messages_in += s.messages_in.load(Ordering::Relaxed);
-        p.messages_out += s.messages_out.load(Ordering::Relaxed);
-        p.finished += s.finished.load(Ordering::Relaxed);
+        p.messages_in += s.messages_in.get();
+        p.messages_out += s.messages_out.get();
+        p.finished += s.finished.get();
     }
     p
 }
 
-/// One shard's measurements. Only its own shard touches it, so plain cells suffice.
+/// One shard's measurements. Only its own shard writes them: the counters live in
+/// [`LiveCounters`] (single-writer atomics other threads may read), the detailed hdr histograms
+/// in cells.
 pub struct ShardMetrics {
     pub(crate) live: Arc<LiveCounters>,
     /// Latency of the current reporting period (see `take_period`).
     latency: RefCell<Histogram<u64>>,
     /// Latency of the periods already taken.
     earlier: RefCell<Histogram<u64>>,
-    messages_in: Cell<u64>,
-    messages_out: Cell<u64>,
-    filtered: Cell<u64>,
-    decode_errors: Cell<u64>,
-    frame_errors: Cell<u64>,
-    truncated: Cell<u64>,
-    connections: Cell<u64>,
-    pauses: Cell<u64>,
-    /// Delivery by the TCP sinks (see `net::sink`) and connections cut at the drain timeout.
-    undelivered: Cell<u64>,
-    resent_messages: Cell<u64>,
-    resent_bytes: Cell<u64>,
-    reconnects: Cell<u64>,
-    cut_connections: Cell<u64>,
     /// Time per computation (sampled), by registration order, for the current period.
     computations: RefCell<Vec<(String, Histogram<u64>)>>,
 }
@@ -139,6 +116,7 @@ const COMPUTATION_SAMPLE: u32 = 16;
 pub(crate) struct ComputationTimer {
     index: usize,
     metrics: std::rc::Rc<ShardMetrics>,
+    live: Arc<OperatorTimes>,
     count: Cell<u32>,
 }
 
@@ -149,9 +127,11 @@ impl ComputationTimer {
         let index = list.len();
         list.push((name.to_string(), new_histogram()));
         drop(list);
+        let live = metrics.live.operator(name);
         ComputationTimer {
             index,
             metrics,
+            live,
             count: Cell::new(0),
         }
     }
@@ -170,100 +150,158 @@ impl ComputationTimer {
         if let Some((_, h)) = self.metrics.computations.borrow_mut().get_mut(self.index) {
             h.saturating_record(took);
         }
+        self.live.latency.record(took);
         r
     }
 }
 
 impl Default for ShardMetrics {
     fn default() -> Self {
-        ShardMetrics {
-            live: Arc::default(),
-            latency: RefCell::new(new_histogram()),
-            earlier: RefCell::new(new_histogram()),
-            messages_in: Cell::new(0),
-            messages_out: Cell::new(0),
-            filtered: Cell::new(0),
-            decode_errors: Cell::new(0),
-            frame_errors: Cell::new(0),
-            truncated: Cell::new(0),
-            connections: Cell::new(0),
-            pauses: Cell::new(0),
-            undelivered: Cell::new(0),
-            resent_messages: Cell::new(0),
-            resent_bytes: Cell::new(0),
-            reconnects: Cell::new(0),
-            cut_connections: Cell::new(0),
-            computations: RefCell::new(Vec::new()),
-        }
+        ShardMetrics::for_shard(0)
     }
-}
-
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
 }
 
 impl ShardMetrics {
-    /// A source read and accepted one frame.
-    pub fn message_in(&self) {
-        bump(&self.messages_in);
-        LiveCounters::bump(&self.live.messages_in);
+    /// The measurements of shard `index`.
+    pub fn for_shard(index: usize) -> Self {
+        ShardMetrics {
+            live: Arc::new(LiveCounters::new(index)),
+            latency: RefCell::new(new_histogram()),
+            earlier: RefCell::new(new_histogram()),
+            computations: RefCell::new(Vec::new()),
+        }
     }
+
+    /// The counters this shard publishes for other threads.
+    pub fn live(&self) -> &Arc<LiveCounters> {
+        &self.live
+    }
+
+    /// The counters of this shard's source `name` (registered on first use: call it when
+    /// the source starts, and keep them).
+    pub fn source(&self, name: &str) -> Arc<SourceCounters> {
+        self.live.source(name)
+    }
+
+    /// The counters of this shard's sink `name` (registered on first use).
+    pub fn sink(&self, name: &str) -> Arc<SinkCounters> {
+        self.live.sink(name)
+    }
+
+    /// A source read and accepted one frame.
+    #[inline]
+    pub fn message_in(&self) {
+        self.live.messages_in.inc();
+    }
+
+    /// Source `source` read and accepted one frame.
+    #[inline]
+    pub fn message_in_from(&self, source: &SourceCounters) {
+        self.live.messages_in.inc();
+        source.messages_in.inc();
+    }
+
     /// A source accepted a connection.
     pub fn connection(&self) {
-        bump(&self.connections);
+        self.live.connections.inc();
     }
+
+    /// Source `source` accepted a connection (it is open until [`closed`](Self::closed)).
+    pub fn connection_from(&self, source: &SourceCounters) {
+        self.live.connections.inc();
+        source.connections.inc();
+        source.open.inc();
+    }
+
+    /// A connection of `source` ended.
+    pub fn closed(&self, source: &SourceCounters) {
+        source.open.dec();
+    }
+
     /// A decoder rejected a payload.
     pub fn decode_error(&self) {
-        bump(&self.decode_errors);
+        self.live.decode_errors.inc();
     }
+
+    /// The decoder of `source` rejected a payload.
+    pub fn decode_error_from(&self, source: &SourceCounters) {
+        self.live.decode_errors.inc();
+        source.decode_errors.inc();
+    }
+
     /// A frame header was over `--max-frame`; its connection was closed.
     pub fn frame_error(&self) {
-        bump(&self.frame_errors);
+        self.live.frame_errors.inc();
     }
+
+    /// A frame header at `source` was over `--max-frame`; its connection was closed.
+    pub fn frame_error_from(&self, source: &SourceCounters) {
+        self.live.frame_errors.inc();
+        source.frame_errors.inc();
+    }
+
     /// A connection ended in the middle of a frame.
     pub fn truncated(&self) {
-        bump(&self.truncated);
+        self.live.truncated.inc();
+    }
+
+    /// A connection of `source` ended in the middle of a frame.
+    pub fn truncated_from(&self, source: &SourceCounters) {
+        self.live.truncated.inc();
+        source.truncated.inc();
     }
 
     /// A source or drain stopped reading because a ring or sink buffer downstream was full.
     pub fn pause(&self) {
-        bump(&self.pauses);
+        self.live.pauses.inc();
+    }
+
+    /// A pause (see [`pause`](Self::pause)) ended after `ns`.
+    pub fn paused_for(&self, ns: u64) {
+        self.live.paused_ns.add(ns);
     }
 
     /// What a TCP sink's writer did, once it has ended: outputs it could not deliver (they
     /// were counted by [`output`](Self::output) when encoded, and are taken off `out` in the
     /// summary), and what it sent again after reconnecting.
     pub(crate) fn sink_report(&self, r: crate::net::sink::SinkReport) {
-        let add = |c: &Cell<u64>, n: u64| c.set(c.get() + n);
-        add(&self.undelivered, r.undelivered);
-        add(&self.resent_messages, r.resent_messages);
-        add(&self.resent_bytes, r.resent_bytes);
-        add(&self.reconnects, r.reconnects);
+        self.live.undelivered.add(r.undelivered);
+        self.live.resent_messages.add(r.resent_messages);
+        self.live.resent_bytes.add(r.resent_bytes);
+        self.live.reconnects.add(r.reconnects);
     }
 
     /// Source connections still open at the drain timeout, which the stop cut.
+    /// A window dropped a late message.
+    pub(crate) fn late(&self) {
+        self.live.late.add(1);
+    }
+
     pub(crate) fn cut_connections(&self, n: u64) {
-        self.cut_connections.set(self.cut_connections.get() + n);
+        self.live.cut_connections.add(n);
     }
 
     /// An output was encoded into a sink buffer; `ingest_ns` is when its input was read.
+    #[inline]
     pub fn output(&self, ingest_ns: u64) {
-        bump(&self.messages_out);
-        LiveCounters::bump(&self.live.messages_out);
+        self.live.messages_out.inc();
         self.record(ingest_ns);
     }
 
     /// A step dropped a message (no output); it is finished as of now.
+    #[inline]
     pub fn filtered(&self, ingest_ns: u64) {
-        bump(&self.filtered);
+        self.live.filtered.inc();
         self.record(ingest_ns);
     }
 
+    #[inline]
     fn record(&self, ingest_ns: u64) {
-        LiveCounters::bump(&self.live.finished);
+        self.live.finished.inc();
         let v = now_ns().saturating_sub(ingest_ns).clamp(1, MAX_TRACKED_NS);
         // `saturating_record` cannot fail for values inside the bounds clamped above.
         self.latency.borrow_mut().saturating_record(v);
+        self.live.latency.record(v);
     }
 
     /// Ends the current reporting period: returns its latency histogram and counters (since
@@ -274,8 +312,8 @@ impl ShardMetrics {
         let mut computations = self.computations.borrow_mut();
         let period = Period {
             latency: current.clone(),
-            messages_in: self.messages_in.get(),
-            messages_out: self.messages_out.get(),
+            messages_in: self.live.messages_in.get(),
+            messages_out: self.live.messages_out.get(),
             computations: computations.clone(),
         };
         current.reset();
@@ -290,26 +328,25 @@ impl ShardMetrics {
         let mut latency = self.earlier.borrow().clone();
         // Same bounds, so adding cannot fail.
         let _ = latency.add(&*self.latency.borrow());
+        let l = &self.live;
         Summary {
             latency,
-            messages_in: self.messages_in.get(),
+            messages_in: l.messages_in.get(),
             // Encoded minus never delivered: once the sinks have ended, what was delivered.
-            messages_out: self
-                .messages_out
-                .get()
-                .saturating_sub(self.undelivered.get()),
-            filtered: self.filtered.get(),
-            decode_errors: self.decode_errors.get(),
-            frame_errors: self.frame_errors.get(),
-            truncated: self.truncated.get(),
-            connections: self.connections.get(),
-            pauses: self.pauses.get(),
+            messages_out: l.messages_out.get().saturating_sub(l.undelivered.get()),
+            filtered: l.filtered.get(),
+            decode_errors: l.decode_errors.get(),
+            frame_errors: l.frame_errors.get(),
+            truncated: l.truncated.get(),
+            connections: l.connections.get(),
+            pauses: l.pauses.get(),
             state_entities: Vec::new(),
-            undelivered: self.undelivered.get(),
-            resent_messages: self.resent_messages.get(),
-            resent_bytes: self.resent_bytes.get(),
-            reconnects: self.reconnects.get(),
-            cut_connections: self.cut_connections.get(),
+            undelivered: l.undelivered.get(),
+            resent_messages: l.resent_messages.get(),
+            resent_bytes: l.resent_bytes.get(),
+            reconnects: l.reconnects.get(),
+            cut_connections: l.cut_connections.get(),
+            late: l.late.get(),
         }
     }
 }
@@ -356,6 +393,8 @@ pub struct Summary {
     pub reconnects: u64,
     /// Source connections still open at the drain timeout, which the stop cut.
     pub cut_connections: u64,
+    /// Messages windows dropped as late (`LatePolicy::Drop`).
+    pub late: u64,
 }
 
 impl Default for Summary {
@@ -382,6 +421,7 @@ impl Summary {
         self.resent_bytes += other.resent_bytes;
         self.reconnects += other.reconnects;
         self.cut_connections += other.cut_connections;
+        self.late += other.late;
         for (name, n) in &other.state_entities {
             self.add_state(name, *n);
         }
@@ -464,8 +504,8 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "errors: decode {}, oversized frame {}, cut mid-frame {}",
-            self.decode_errors, self.frame_errors, self.truncated
+            "errors: decode {}, oversized frame {}, cut mid-frame {}, late {}",
+            self.decode_errors, self.frame_errors, self.truncated, self.late
         )?;
         writeln!(
             f,

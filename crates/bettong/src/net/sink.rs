@@ -81,6 +81,8 @@ pub(crate) struct SinkBuffer {
     connected_at: Cell<Option<std::time::Instant>>,
     flaps: Cell<u32>,
     report: Cell<SinkReport>,
+    /// The sink's live counters on this shard, for the metrics endpoint.
+    counters: Option<std::sync::Arc<crate::metrics::live::SinkCounters>>,
 }
 
 impl SinkBuffer {
@@ -98,13 +100,26 @@ impl SinkBuffer {
             connected_at: Cell::new(None),
             flaps: Cell::new(0),
             report: Cell::new(SinkReport::default()),
+            counters: None,
         }
+    }
+
+    /// Keeps `counters` up to date: outputs appended, delivery, the connection.
+    pub(crate) fn counted(
+        mut self,
+        counters: std::sync::Arc<crate::metrics::live::SinkCounters>,
+    ) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// Lets `encode` append to the buffer, then raises the gauge if the buffer is over its
     /// limit (the source that is producing will stop reading until the writer catches up).
     #[inline]
     pub(crate) fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(c) = &self.counters {
+            c.messages.inc();
+        }
         if self.abandoned.get() {
             self.update_report(|r| r.undelivered += 1);
             return;
@@ -153,6 +168,12 @@ impl SinkBuffer {
         let mut r = self.report.get();
         f(&mut r);
         self.report.set(r);
+        if let Some(c) = &self.counters {
+            c.undelivered.set(r.undelivered);
+            c.resent_messages.set(r.resent_messages);
+            c.resent_bytes.set(r.resent_bytes);
+            c.reconnects.set(r.reconnects);
+        }
     }
 
     /// Sends the buffer to `addr` until [`finish`](Self::finish) is called and everything is
@@ -257,6 +278,9 @@ impl SinkBuffer {
         self.ends.borrow_mut().clear();
         if let Some(mut c) = conn {
             self.conn_fd.set(None);
+            if let Some(c) = &self.counters {
+                c.connected.set(0);
+            }
             if !self.abandoned.get() {
                 let _ = c.flush().await;
                 let _ = c.shutdown(std::net::Shutdown::Write).await;
@@ -286,6 +310,9 @@ impl SinkBuffer {
                 kept.acked(unacked);
             }
             self.conn_fd.set(None);
+            if let Some(c) = &self.counters {
+                c.connected.set(0);
+            }
         }
         if self.abandoned.get() {
             // Cut by `abandon`: nothing more is sent, what is kept counts as undelivered.
@@ -301,8 +328,8 @@ impl SinkBuffer {
             0
         });
         {
-            eprintln!(
-                "bettong: shard {shard}: sink {addr}: connection lost ({e}); reconnecting, {} message(s) ({} bytes) not acknowledged will be sent again",
+            tracing::warn!(
+                "shard {shard}: sink {addr}: connection lost ({e}); reconnecting, {} message(s) ({} bytes) not acknowledged will be sent again",
                 kept.messages(),
                 kept.len()
             );
@@ -375,9 +402,7 @@ impl SinkBuffer {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
                     if let Err(e) = s.set_nodelay(true) {
-                        eprintln!(
-                            "bettong: shard {shard}: sink {addr}: cannot set TCP_NODELAY: {e}"
-                        );
+                        tracing::warn!("shard {shard}: sink {addr}: cannot set TCP_NODELAY: {e}");
                     }
                     let size = libc::c_int::try_from(self.limit).unwrap_or(libc::c_int::MAX);
                     // SAFETY: the fd is the open socket `s` owns; SO_SNDBUF reads one c_int
@@ -392,23 +417,23 @@ impl SinkBuffer {
                         )
                     };
                     if rc < 0 {
-                        eprintln!(
-                            "bettong: shard {shard}: sink {addr}: cannot set SO_SNDBUF: {}",
+                        tracing::warn!(
+                            "shard {shard}: sink {addr}: cannot set SO_SNDBUF: {}",
                             io::Error::last_os_error()
                         );
                     }
                     if reported {
-                        eprintln!("bettong: shard {shard}: sink {addr}: connected");
+                        tracing::info!("shard {shard}: sink {addr}: connected");
                     }
                     self.connected_at.set(Some(std::time::Instant::now()));
+                    if let Some(c) = &self.counters {
+                        c.connected.set(1);
+                    }
                     return Some(s);
                 }
                 Err(e) => {
                     if !reported {
-                        eprintln!(
-                            "bettong: shard {shard}: sink {addr}: {}; retrying",
-                            describe(&e)
-                        );
+                        tracing::warn!("shard {shard}: sink {addr}: {}; retrying", describe(&e));
                         reported = true;
                     }
                     // Woken early by `abandon` (or by new output, which changes nothing here).

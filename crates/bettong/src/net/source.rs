@@ -155,8 +155,8 @@ impl Backoff {
             0 => String::new(),
             n => format!(" ({n} more since the last report)"),
         };
-        eprintln!(
-            "bettong: shard {}: source {}: {}{more}",
+        tracing::warn!(
+            "shard {}: source {}: {}{more}",
             core.index,
             source.name,
             what()
@@ -337,7 +337,7 @@ fn spawn_connection(
     max_frame: usize,
 ) {
     conns.open.set(conns.open.get() + 1);
-    core.metrics.connection();
+    core.metrics.connection_from(&source.counters);
     let fd = stream.as_raw_fd();
     conns.fds.borrow_mut().push(fd);
     let (source, core, conns) = (source.clone(), core.clone(), conns.clone());
@@ -347,6 +347,7 @@ fn spawn_connection(
         // `serve` has dropped the stream: forget its fd before anything else can reuse it.
         conns.fds.borrow_mut().retain(|&f| f != fd);
         conns.open.set(conns.open.get() - 1);
+        core.metrics.closed(&source.counters);
         conns.changed.wake_all();
     })
     .detach();
@@ -385,9 +386,10 @@ async fn serve(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
-                eprintln!(
-                    "bettong: shard {}: source {} connection {peer}: read failed: {e}",
-                    core.index, source.name
+                tracing::warn!(
+                    "shard {}: source {} connection {peer}: read failed: {e}",
+                    core.index,
+                    source.name
                 );
                 break;
             }
@@ -398,24 +400,26 @@ async fn serve(
         loop {
             match frames.next_frame() {
                 Ok(Some(payload)) => {
-                    metrics.message_in();
+                    metrics.message_in_from(&source.counters);
                     if let Err(e) = (source.on_frame)(payload, ingest) {
-                        metrics.decode_error();
+                        metrics.decode_error_from(&source.counters);
                         errors += 1;
                         if errors <= LOGGED_ERRORS {
-                            eprintln!(
-                                "bettong: shard {}: source {} connection {peer}: decode error: {e}",
-                                core.index, source.name
+                            tracing::warn!(
+                                "shard {}: source {} connection {peer}: decode error: {e}",
+                                core.index,
+                                source.name
                             );
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    metrics.frame_error();
-                    eprintln!(
-                        "bettong: shard {}: source {} connection {peer}: {e}; closing the connection",
-                        core.index, source.name
+                    metrics.frame_error_from(&source.counters);
+                    tracing::warn!(
+                        "shard {}: source {} connection {peer}: {e}; closing the connection",
+                        core.index,
+                        source.name
                     );
                     core.flush();
                     return;
@@ -427,17 +431,17 @@ async fn serve(
         glommio::yield_if_needed().await;
     }
     if errors > LOGGED_ERRORS {
-        eprintln!(
-            "bettong: shard {}: source {} connection {peer}: {} more decode errors not shown",
+        tracing::warn!(
+            "shard {}: source {} connection {peer}: {} more decode errors not shown",
             core.index,
             source.name,
             errors - LOGGED_ERRORS
         );
     }
     if frames.buffered() > 0 {
-        metrics.truncated();
-        eprintln!(
-            "bettong: shard {}: source {} connection {peer}: closed in the middle of a frame ({} bytes of an incomplete frame dropped)",
+        metrics.truncated_from(&source.counters);
+        tracing::warn!(
+            "shard {}: source {} connection {peer}: closed in the middle of a frame ({} bytes of an incomplete frame dropped)",
             core.index,
             source.name,
             frames.buffered()

@@ -124,6 +124,10 @@ pub struct EngineConfig {
     pub metrics_interval: Option<Duration>,
     /// Also append each period's metrics as a JSON line to this file.
     pub metrics_json: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus text format) and `GET /health` over HTTP on this
+    /// address (port 0: any free port; [`Engine::metrics_addr`](crate::Engine::metrics_addr)
+    /// tells which), from a thread of its own.
+    pub metrics_addr: Option<SocketAddr>,
     /// The longest a stop may take (`None`: no bound). From the stop request, the engine
     /// reads open connections to their end, drains and flushes; at this deadline it cuts the
     /// connections still open and gives up on sinks that have not acknowledged everything,
@@ -214,6 +218,7 @@ impl Default for EngineConfig {
             poll: Poll::Park,
             metrics_interval: None,
             metrics_json: None,
+            metrics_addr: None,
             drain_timeout: Some(Duration::from_secs(5)),
         }
     }

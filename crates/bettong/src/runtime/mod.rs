@@ -43,7 +43,7 @@ use crate::plan::{instantiate, Plan, Role, ShardBuild};
 use config::EngineConfig;
 use doorbell::{Doorbell, Waiter};
 use executors::{Executor, Kind};
-use reporter::{Reporter, ShardPeriod};
+use reporter::{Reporting, ShardPeriod};
 use shard::{RingRegistry, ShardCore};
 
 /// Asks a running engine to stop: stop accepting, read every open connection to its end,
@@ -97,7 +97,7 @@ pub struct Engine {
     endpoints: Vec<(String, String)>,
     cores: Vec<usize>,
     live: Vec<Arc<LiveCounters>>,
-    reporter: Option<std::thread::JoinHandle<()>>,
+    reporter: Option<Reporting>,
 }
 
 /// Per shard: what each source's and sink's `open` prepared for it, by node id.
@@ -198,14 +198,7 @@ impl Engine {
         let (started_tx, started_rx) = mpsc::channel::<Result<(), Error>>();
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
         let (period_tx, period_rx) = mpsc::channel::<ShardPeriod>();
-        let reporter = match config.metrics_interval {
-            Some(interval) => Some(
-                Reporter::new(n, interval, config.metrics_json.as_ref())
-                    .map_err(Error::Config)?
-                    .spawn(period_rx),
-            ),
-            None => None,
-        };
+        let reporter = Reporting::start(app.name(), n, &config, period_rx, stop.clone())?;
         let mut shards = Vec::with_capacity(n);
         for ((index, shard_parts), executor) in parts.into_iter().enumerate().zip(executors) {
             let start = ShardStart {
@@ -244,13 +237,17 @@ impl Engine {
             }
             return Err(failed);
         }
+        let live: Vec<Arc<LiveCounters>> = live_rx.try_iter().collect();
+        if let Some(r) = &reporter {
+            r.serve(&live);
+        }
         Ok(Engine {
             shards,
             stop,
             sources,
             endpoints,
             cores: config.cores,
-            live: live_rx.try_iter().collect(),
+            live,
             reporter,
         })
     }
@@ -269,6 +266,12 @@ impl Engine {
     /// The core each shard runs on, by shard index.
     pub fn cores(&self) -> &[usize] {
         &self.cores
+    }
+
+    /// Where the metrics endpoint (`EngineConfig::metrics_addr`) listens, with the real port
+    /// when 0 was asked: `GET /metrics` (Prometheus text format) and `GET /health`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.reporter.as_ref().and_then(Reporting::metrics_addr)
     }
 
     /// Frames accepted and messages finished so far, summed over shards (read while running).

@@ -1,16 +1,93 @@
 //! Live metrics: every `--metrics-interval`, each shard hands its period's measurements to a
-//! reporter thread, which merges them and prints one line on stderr (and, with
-//! `--metrics-json`, appends one JSON line to a file).
+//! reporter thread, which merges them and logs one line (target `bettong::metrics`, only for
+//! periods in which something moved) and, with `--metrics-json`, appends one JSON line to a
+//! file. With `--metrics-addr`, an HTTP endpoint serves the shards' live counters to
+//! Prometheus (see `metrics::exporter`).
 //!
-//! The shards never block on the reporter: a period is a histogram clone sent over a channel.
+//! The shards never block on the reporter: a period is a histogram clone sent over a channel,
+//! and the endpoint reads single-writer atomics.
 
 use std::fs::File;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::{format_ns, power_of_two_bins, Period};
+use crate::error::Error;
+use crate::metrics::exporter::{Exported, Exporter};
+use crate::metrics::{format_ns, power_of_two_bins, LiveCounters, Period};
+use crate::runtime::config::EngineConfig;
+use crate::runtime::StopHandle;
+
+/// The engine's observers: the reporter thread (with `metrics_interval`) and the metrics
+/// endpoint (with `metrics_addr`).
+pub(crate) struct Reporting {
+    thread: Option<std::thread::JoinHandle<()>>,
+    exporter: Option<(Exporter, Arc<Exported>)>,
+}
+
+impl Reporting {
+    /// Starts what `config` asks for: `None` when it asks for neither. A JSON file that cannot
+    /// be opened or an endpoint address that cannot be bound is a configuration error naming
+    /// its flag.
+    pub(crate) fn start(
+        app: &str,
+        shards: usize,
+        config: &EngineConfig,
+        periods: Receiver<ShardPeriod>,
+        stop: StopHandle,
+    ) -> Result<Option<Reporting>, Error> {
+        let exporter = match config.metrics_addr {
+            Some(addr) => {
+                let exported = Arc::new(Exported {
+                    app: app.to_string(),
+                    shards: Mutex::new(Vec::new()),
+                    healthy: Box::new(move || !stop.is_stopping()),
+                });
+                let e = Exporter::start(addr, exported.clone())
+                    .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+                Some((e, exported))
+            }
+            None => None,
+        };
+        let thread = match config.metrics_interval {
+            Some(interval) => Some(
+                Reporter::new(shards, interval, config.metrics_json.as_ref(), app)
+                    .map_err(Error::Config)?
+                    .spawn(periods),
+            ),
+            None => None,
+        };
+        if thread.is_none() && exporter.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Reporting { thread, exporter }))
+    }
+
+    /// Hands the started shards' counters to the endpoint.
+    pub(crate) fn serve(&self, live: &[Arc<LiveCounters>]) {
+        if let Some((_, exported)) = &self.exporter {
+            *exported.shards.lock().unwrap_or_else(|e| e.into_inner()) = live.to_vec();
+        }
+    }
+
+    /// The address the metrics endpoint listens on.
+    pub(crate) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(|(e, _)| e.addr())
+    }
+
+    /// Waits for the reporter's last line (it ends once every shard has sent its last
+    /// period), then closes the endpoint.
+    pub(crate) fn join(self) -> std::thread::Result<()> {
+        let r = self.thread.map_or(Ok(()), |t| t.join());
+        if let Some((e, _)) = self.exporter {
+            e.shutdown();
+        }
+        r
+    }
+}
 
 /// A period's measurements from one shard.
 pub(crate) enum ShardPeriod {
@@ -30,6 +107,8 @@ pub(crate) struct Reporter {
     shards: usize,
     interval: Duration,
     json: Option<File>,
+    /// The application's name, JSON-escaped.
+    app: String,
 }
 
 impl Reporter {
@@ -37,6 +116,7 @@ impl Reporter {
         shards: usize,
         interval: Duration,
         json: Option<&PathBuf>,
+        app: &str,
     ) -> Result<Reporter, String> {
         let json = match json {
             Some(p) => Some(
@@ -52,6 +132,7 @@ impl Reporter {
             shards,
             interval,
             json,
+            app: json_string(app),
         })
     }
 
@@ -126,15 +207,22 @@ impl Reporter {
                 h.value_at_quantile(q)
             }
         };
-        eprintln!(
-            "metrics t={t:.1}s in {:.0}/s out {:.0}/s start-to-end p50 {} p99 {} p99.9 {} max {}",
-            din as f64 / secs,
-            dout as f64 / secs,
-            format_ns(q(0.5)),
-            format_ns(q(0.99)),
-            format_ns(q(0.999)),
-            format_ns(h.max())
-        );
+        // Silent while nothing moves: an idle engine logs nothing every period.
+        if din > 0 || dout > 0 || !h.is_empty() {
+            tracing::info!(
+                target: "bettong::metrics",
+                "metrics t={t:.1}s in {:.0}/s out {:.0}/s start-to-end p50 {} p99 {} p99.9 {} max {}",
+                din as f64 / secs,
+                dout as f64 / secs,
+                format_ns(q(0.5)),
+                format_ns(q(0.99)),
+                format_ns(q(0.999)),
+                format_ns(h.max())
+            );
+        }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         if let Some(f) = self.json.as_mut() {
             let bins: Vec<String> = power_of_two_bins(h)
                 .into_iter()
@@ -142,11 +230,14 @@ impl Reporter {
                 .collect();
             let line = format!(
                 concat!(
-                    "{{\"t_s\":{:.3},\"interval_s\":{:.3},\"messages_in\":{},\"messages_out\":{},",
+                    "{{\"time\":{},\"app\":{},",
+                    "\"t_s\":{:.3},\"interval_s\":{:.3},\"messages_in\":{},\"messages_out\":{},",
                     "\"in_per_sec\":{:.1},\"out_per_sec\":{:.1},\"latency_ns\":{{\"p50\":{},",
                     "\"p99\":{},\"p99_9\":{},\"p99_99\":{},\"max\":{},\"samples\":{}}},",
                     "\"latency_pow2_bins\":{{{}}},\"computations\":{{{}}}}}\n"
                 ),
+                time_ms,
+                self.app,
                 t,
                 secs,
                 din,
@@ -163,11 +254,27 @@ impl Reporter {
                 computations(&p.computations)
             );
             if let Err(e) = f.write_all(line.as_bytes()) {
-                eprintln!("bettong: --metrics-json: {e}");
+                tracing::error!("--metrics-json: {e}; no more JSON lines will be written");
                 self.json = None;
             }
         }
     }
+}
+
+/// `text` as a JSON string literal, quotes included.
+fn json_string(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
 }
 
 /// Adds a shard's period to a merged one (with its counters when `counts`; they are running
@@ -194,8 +301,8 @@ fn computations(list: &[(String, hdrhistogram::Histogram<u64>)]) -> String {
                 .map(|(i, n)| format!("\"{i}\":{n}"))
                 .collect();
             format!(
-                "\"{}\":{{\"samples\":{},\"p50_ns\":{},\"p99_ns\":{},\"max_ns\":{},\"pow2_bins\":{{{}}}}}",
-                name.replace('"', "'"),
+                "{}:{{\"samples\":{},\"p50_ns\":{},\"p99_ns\":{},\"max_ns\":{},\"pow2_bins\":{{{}}}}}",
+                json_string(name),
                 h.len(),
                 q(0.5),
                 q(0.99),

@@ -163,6 +163,8 @@ pub(crate) struct SourceRuntime {
     /// Decodes one payload and runs it through the graph.
     pub(crate) on_frame: FrameHandler,
     pub(crate) gauges: Rc<[Gauge]>,
+    /// The source's counters on this shard.
+    pub(crate) counters: Arc<crate::metrics::live::SourceCounters>,
 }
 
 /// The shard-wide services that operators, connectors and tasks share while it runs.
@@ -194,7 +196,7 @@ impl ShardCore {
             index,
             shards,
             config,
-            metrics: Rc::new(ShardMetrics::default()),
+            metrics: Rc::new(ShardMetrics::for_shard(index)),
             relief: Rc::new(WaitList::default()),
             stop: Latch::default(),
             deadline: Latch::default(),
@@ -219,8 +221,11 @@ impl ShardCore {
     pub(crate) async fn backpressure(&self, gauges: &[Gauge]) {
         if gauges.iter().any(Gauge::is_over) {
             self.metrics.pause();
+            let paused = crate::metrics::now_ns();
             self.flush();
             self.relief.until_clear(gauges).await;
+            self.metrics
+                .paused_for(crate::metrics::now_ns().saturating_sub(paused));
         }
     }
 }
