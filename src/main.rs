@@ -94,7 +94,10 @@ fn main() -> ExitCode {
         Command::Gen {
             data: GenCommand::MarketSpread(args),
         } => gen_market_spread(&args).map_err(Failure::from),
-        Command::Send(args) => send(&args).map_err(Failure::from),
+        Command::Send(mut args) => {
+            args.progress = true;
+            send(&args).map_err(Failure::from)
+        }
         Command::Receive(args) => receive(&args).map_err(Failure::from),
         Command::Bench { app } => bench(app).map_err(Failure::from),
     };

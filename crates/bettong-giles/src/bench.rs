@@ -67,6 +67,17 @@ pub struct BenchArgs {
     /// Also write the report as one JSON object to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Serve the engine's Prometheus endpoint on HOST:PORT (port 0: any) during the run
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_socket_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Scrape that endpoint's /metrics this often during the run, as a Prometheus server
+    /// would (to measure what scraping costs; needs --metrics-addr)
+    #[arg(long, value_name = "DURATION", value_parser = bettong::units::parse_duration, requires = "metrics_addr")]
+    pub scrape_every: Option<Duration>,
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    bettong::runtime::config::parse_addr(text)
 }
 
 impl BenchArgs {
@@ -81,6 +92,8 @@ impl BenchArgs {
             rate: None,
             connections: None,
             json: None,
+            metrics_addr: None,
+            scrape_every: None,
         }
     }
 
@@ -127,6 +140,7 @@ impl BenchArgs {
             cores,
             pin: !self.no_pin,
             poll: self.poll,
+            metrics_addr: self.metrics_addr,
             ..EngineConfig::default()
         })
     }
@@ -408,6 +422,12 @@ pub(crate) fn run(
         }
     };
     let receiving = std::thread::spawn(move || receiver.run());
+    let scraper = match (&running, args.scrape_every) {
+        (Running::Engine(engine), Some(every)) => {
+            engine.metrics_addr().map(|a| Scraper::start(a, every))
+        }
+        _ => None,
+    };
     let measured = measure(
         &running,
         args,
@@ -417,6 +437,10 @@ pub(crate) fn run(
         &receiving,
     );
     // Stop everything whatever happened, so that an error does not leave threads running.
+    if let Some(s) = scraper {
+        let (scrapes, failed) = s.stop();
+        tracing::info!("scraped /metrics {scrapes} times ({failed} failed)");
+    }
     let summary = running.finish();
     receiver_stop.stop();
     let received = receiving
@@ -491,12 +515,26 @@ fn measure<T>(
         .into_iter()
         .map(|a| std::thread::spawn(move || sender::run(&a)))
         .collect();
+    // One line on a terminal: messages finished while the senders run and the engine drains.
+    let progress = crate::progress::Progress::on_terminal("bench", Some(total));
+    while !senders.iter().all(|s| s.is_finished()) {
+        progress.show(running.progress().0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Join every sender before looking at any result, so none is left running.
     let results: Vec<_> = senders.into_iter().map(|s| s.join()).collect();
     for r in results {
         r.map_err(|_| "a sender panicked".to_string())??;
     }
-    wait_until(|| running.progress().0 >= total, "processing")?;
+    wait_until(
+        || {
+            let done = running.progress().0;
+            progress.show(done);
+            done >= total
+        },
+        "processing",
+    )?;
+    progress.finish();
     // Every output is now in a sink buffer; when the count is right, the receiver will get
     // them all, so the clock stops when it has.
     if running.progress().1 == expected_out && expected_out > 0 {
@@ -535,6 +573,53 @@ fn send_args(host: &str, feed: &Feed, how: Sending) -> SendArgs {
         a.msg_size = Some(size);
     }
     a
+}
+
+/// Scrapes `GET /metrics` every `every` on a thread of its own, like a Prometheus server.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr, every: Duration) -> Scraper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut next = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                match scrape(addr) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                next += every;
+                while Instant::now() < next && !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5).min(every));
+                }
+            }
+            (ok, failed)
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Scrapes made and failed.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or((0, 0))
+    }
+}
+
+/// One `GET /metrics`: the body's length.
+fn scrape(addr: SocketAddr) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    Ok(body.len())
 }
 
 /// Polls a counter the engine publishes (this is a tool, not a test: a 1 ms poll is fine).

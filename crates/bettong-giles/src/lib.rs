@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod gen;
+pub mod progress;
 pub mod receiver;
 pub mod relay;
 pub mod sender;

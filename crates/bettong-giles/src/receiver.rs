@@ -500,7 +500,7 @@ impl Receiver {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Typically out of file descriptors: back off rather than spin on poll.
-                    eprintln!("receive: accepting a connection failed: {e}");
+                    tracing::warn!("receive: accepting a connection failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
                     return;
                 }
@@ -525,7 +525,7 @@ impl Receiver {
                     conns.push(conn);
                 }
                 Err(e) => {
-                    eprintln!("receive: could not serve the connection from {peer}: {e}");
+                    tracing::warn!("receive: could not serve the connection from {peer}: {e}");
                     self.shared.failed.fetch_add(1, Ordering::SeqCst);
                 }
             }
@@ -711,7 +711,7 @@ fn serve_until_done(stream: &mut TcpStream, peer: SocketAddr, config: Config, sh
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    eprintln!("receive: connection from {peer}: read failed: {e}");
+                    tracing::warn!("receive: connection from {peer}: read failed: {e}");
                     shared.failed.fetch_add(1, Ordering::SeqCst);
                 }
                 return;
@@ -721,7 +721,7 @@ fn serve_until_done(stream: &mut TcpStream, peer: SocketAddr, config: Config, sh
             if end > start {
                 if config.framed {
                     if !shared.stop.load(Ordering::SeqCst) {
-                        eprintln!(
+                        tracing::warn!(
                             "receive: connection from {peer} closed in the middle of a frame; \
                              dropped its last {} bytes",
                             end - start
@@ -746,7 +746,7 @@ fn serve_until_done(stream: &mut TcpStream, peer: SocketAddr, config: Config, sh
                     step
                 }
                 Err(len) => {
-                    eprintln!(
+                    tracing::warn!(
                         "receive: connection from {peer}: frame header says {len} bytes, more \
                          than --max-frame {}; closing the connection",
                         config.max_frame

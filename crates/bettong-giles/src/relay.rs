@@ -143,7 +143,7 @@ impl Relay {
         let mut waker = lock(&self.shared.waker);
         match TcpStream::connect(self.local_addr) {
             Ok(s) => *waker = s.local_addr().ok(),
-            Err(e) => eprintln!("relay: cannot wake the accept loop: {e}"),
+            Err(e) => tracing::warn!("relay: cannot wake the accept loop: {e}"),
         }
     }
 
@@ -198,7 +198,7 @@ fn accept_loop(
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
                 }
-                eprintln!("relay: accept failed: {e}");
+                tracing::warn!("relay: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -214,7 +214,7 @@ fn accept_loop(
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
-                eprintln!("relay: cannot start a thread for {peer}: {e}");
+                tracing::warn!("relay: cannot start a thread for {peer}: {e}");
                 shared.errors.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -227,7 +227,7 @@ fn serve(mut input: TcpStream, peer: SocketAddr, target: SocketAddr, shared: &Sh
     let mut output = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("relay: {peer}: unable to connect to {target}: {e}");
+            tracing::warn!("relay: {peer}: unable to connect to {target}: {e}");
             shared.errors.fetch_add(1, Ordering::SeqCst);
             let _ = input.shutdown(Shutdown::Both);
             return;
@@ -236,7 +236,7 @@ fn serve(mut input: TcpStream, peer: SocketAddr, target: SocketAddr, shared: &Sh
     // Whole chunks are written at once, so Nagle would only delay the last one.
     let _ = output.set_nodelay(true);
     if let Err(e) = forward(&mut input, &mut output, shared) {
-        eprintln!("relay: {peer}: {e}");
+        tracing::warn!("relay: {peer}: {e}");
         shared.errors.fetch_add(1, Ordering::SeqCst);
         let _ = input.shutdown(Shutdown::Both);
     }

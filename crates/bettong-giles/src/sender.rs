@@ -150,6 +150,10 @@ pub struct SendArgs {
     /// Stop after this long (`10s`, `500ms`, `2m`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Show a progress line on stderr when it is a terminal (the `send` command sets it;
+    /// senders inside `bench` leave it off).
+    #[arg(skip)]
+    pub progress: bool,
 }
 
 impl SendArgs {
@@ -172,6 +176,7 @@ impl SendArgs {
             sent_file: PathBuf::from("sent.txt"),
             blast: false,
             duration: None,
+            progress: false,
         }
     }
 
@@ -392,6 +397,11 @@ pub fn run(args: &SendArgs) -> Result<SendReport, String> {
         conns: &mut conns,
         addrs: &addrs,
         next: 0,
+        progress: if args.progress {
+            crate::progress::Progress::on_terminal("send", args.messages)
+        } else {
+            crate::progress::Progress::off()
+        },
     };
     let limits = Limits {
         messages: args.messages.unwrap_or(u64::MAX),
@@ -420,6 +430,7 @@ struct Link<'a> {
     conns: &'a mut [TcpStream],
     addrs: &'a [SocketAddr],
     next: usize,
+    progress: crate::progress::Progress,
 }
 
 impl Link<'_> {
@@ -766,6 +777,7 @@ fn paced(
         messages += n;
         bytes += batch.len() as u64;
         batches += 1;
+        link.progress.show(messages);
         if let Source::Records(r) = &source {
             if r.exhausted() && messages < limits.messages {
                 data_ran_out = true;
@@ -840,6 +852,7 @@ fn blast(source: Source, link: &mut Link<'_>, limits: Limits) -> Result<SendRepo
                 };
                 link.write(&buffer[chunk.start..end])?;
                 messages += n;
+                link.progress.show(messages);
                 bytes += (end - chunk.start) as u64;
             }
         }
@@ -850,6 +863,7 @@ fn blast(source: Source, link: &mut Link<'_>, limits: Limits) -> Result<SendRepo
                 let n = counter.fill(&mut batch, limits.messages - messages, BLAST_WRITE_BYTES);
                 link.write(&batch)?;
                 messages += n;
+                link.progress.show(messages);
                 bytes += batch.len() as u64;
             }
         }
