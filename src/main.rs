@@ -33,6 +33,9 @@ enum Command {
     MarketSpread(EngineArgs),
     /// Passthrough: frames (payloads of at most 64 bytes) in, the same frames out
     Passthrough(EngineArgs),
+    /// VWAP: fixish orders (Orders) in, one `SYMBOL,START_MS,END_MS,ORDERS,QTY,VWAP` line per
+    /// symbol and window of transact time out
+    Vwap(VwapCommand),
     /// Write a data set for an application
     Gen {
         #[command(subcommand)]
@@ -48,6 +51,15 @@ enum Command {
         #[command(subcommand)]
         app: BenchCommand,
     },
+}
+
+/// `bettong vwap`: the engine flags and the window flags.
+#[derive(clap::Args)]
+struct VwapCommand {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    windows: bettong_apps::vwap::VwapArgs,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +103,13 @@ fn main() -> ExitCode {
         Command::WordCount(args) => run_app(bettong_apps::word_count::application(), &args),
         Command::MarketSpread(args) => run_app(bettong_apps::market_spread::application(), &args),
         Command::Passthrough(args) => run_app(bettong_apps::passthrough::application(), &args),
+        Command::Vwap(args) => match args.windows.windows() {
+            Ok(w) => run_app(bettong_apps::vwap::application(w), &args.engine),
+            Err(message) => Err(Failure {
+                status: USAGE_ERROR,
+                message,
+            }),
+        },
         Command::Gen {
             data: GenCommand::MarketSpread(args),
         } => gen_market_spread(&args).map_err(Failure::from),

@@ -206,6 +206,8 @@ pub struct Sink {
     pub addr: SocketAddr,
     conns: Received,
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Peer addresses of the connections accepted so far.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
     _acceptor: JoinHandle<()>,
 }
 
@@ -220,10 +222,12 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let conns: Received = Arc::default();
         let readers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (c, r) = (conns.clone(), readers.clone());
+        let peers: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let (c, r, p) = (conns.clone(), readers.clone(), peers.clone());
         let acceptor = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
+                let peer = stream.peer_addr().ok();
                 let buf = Arc::new(Mutex::new(Vec::new()));
                 c.lock().unwrap().push(buf.clone());
                 r.lock().unwrap().push(std::thread::spawn(move || {
@@ -238,33 +242,61 @@ impl Sink {
                         }
                     }
                 }));
+                p.lock().unwrap().extend(peer);
             }
         });
         Sink {
             addr,
             conns,
             readers,
+            peers,
             _acceptor: acceptor,
         }
     }
 
     /// The bytes of every connection, once the engine has closed them all.
+    ///
+    /// A connection the engine made may still wait in the listen queue: the acceptor takes
+    /// connections in order, so once it has taken a connection of our own made now, it has
+    /// taken every earlier one too.
     pub fn finish(self) -> Vec<Vec<u8>> {
+        let marker = TcpStream::connect(self.addr).unwrap();
+        let me = marker.local_addr().unwrap();
+        let until = Instant::now() + DEADLINE;
+        while !self.peers.lock().unwrap().contains(&me) {
+            assert!(Instant::now() < until, "the sink's acceptor is stuck");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(marker);
         let readers: Vec<_> = self.readers.lock().unwrap().drain(..).collect();
         for r in readers {
             r.join().unwrap();
         }
+        let peers = self.peers.lock().unwrap();
         self.conns
             .lock()
             .unwrap()
             .iter()
-            .map(|b| b.lock().unwrap().clone())
+            .zip(peers.iter())
+            .filter(|(_, peer)| **peer != me)
+            .map(|(b, _)| b.lock().unwrap().clone())
             .collect()
     }
 
     /// Connections the engine has opened to this sink so far.
     pub fn connections(&self) -> usize {
         self.conns.lock().unwrap().len()
+    }
+
+    /// The bytes received so far, every connection's one after another.
+    #[allow(dead_code)]
+    pub fn contents(&self) -> Vec<u8> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.lock().unwrap().clone())
+            .collect()
     }
 
     /// Total bytes received so far.

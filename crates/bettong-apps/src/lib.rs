@@ -3,4 +3,5 @@
 pub mod cli;
 pub mod market_spread;
 pub mod passthrough;
+pub mod vwap;
 pub mod word_count;

@@ -46,6 +46,9 @@ pub enum Control {
     Watermark(u64),
     /// Checkpoint barrier `id`: everything before it belongs to checkpoint `id`.
     Barrier(u64),
+    /// The input has no data for now: do not wait for its watermark until it sends one
+    /// again (its later data may then be late).
+    Idle,
     /// The input has ended: nothing more will follow.
     End,
 }

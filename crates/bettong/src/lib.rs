@@ -48,6 +48,7 @@ pub mod runtime;
 mod signals;
 pub mod state;
 pub mod units;
+pub mod window;
 
 pub use codec::{DecodeError, Decoder, Encoder};
 pub use connect::in_process::{
@@ -58,7 +59,9 @@ pub use connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, Sourc
 pub use error::Error;
 pub use event::{Control, Stamp};
 pub use metrics::{now_ns, Summary};
-pub use pipeline::{Application, Complete, KeyedPipeline, Pipeline, Sinks};
+pub use pipeline::{
+    Application, Complete, CountWindows, KeyedPipeline, Pipeline, RangeWindows, Sinks,
+};
 pub use runtime::config::{EngineConfig, Poll};
 pub use runtime::router::Key;
 pub use runtime::shard::Gauge;

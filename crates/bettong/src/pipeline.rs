@@ -34,6 +34,8 @@ use crate::plan::{
 use crate::runtime::exchange::{self, Exchange, ExchangeRuntime, Outbox};
 use crate::runtime::shard::{Gauge, Latch, Notify, Spill};
 use crate::state::{shard_for, KeyedState};
+use crate::window::panes::Shape;
+use crate::window::{Aggregation, LatePolicy};
 use crate::Key;
 
 /// A partial pipeline whose messages, at this point, are of type `T`.
@@ -437,6 +439,197 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
             }),
             Some(exchange),
         )
+    }
+}
+
+impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
+    /// Range windows over event time, `range` long (tumbling until
+    /// [`with_slide`](RangeWindows::with_slide) says otherwise); see [`crate::window`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use bettong::{InProcessSource, Pipeline};
+    /// # let p = Pipeline::source("N", InProcessSource::new(|n: &u64| n));
+    /// let per_second = p.key_by(|n: &u64| n).range_windows(Duration::from_secs(1));
+    /// # let _ = per_second;
+    /// ```
+    pub fn range_windows(self, range: std::time::Duration) -> RangeWindows<T, K> {
+        RangeWindows {
+            keyed: self,
+            range,
+            slide: None,
+            delay: std::time::Duration::ZERO,
+            late: LatePolicy::Drop,
+        }
+    }
+
+    /// Count windows: every `n` messages of a key make one window (`n` ≥ 1); a clean stop
+    /// fires the remainder.
+    ///
+    /// ```
+    /// # use bettong::{InProcessSource, Pipeline};
+    /// # let p = Pipeline::source("N", InProcessSource::new(|n: &u64| n));
+    /// let tens = p.key_by(|n: &u64| n).count_windows(10);
+    /// # let _ = tens;
+    /// ```
+    pub fn count_windows(self, n: u64) -> CountWindows<T, K> {
+        CountWindows { keyed: self, n }
+    }
+
+    fn windows<U: Send + 'static>(
+        self,
+        kind: &'static str,
+        build: Arc<dyn NodeBuild>,
+    ) -> Pipeline<U> {
+        let exchange: Arc<dyn ExchangeBuild> = Arc::new(KeyExchange {
+            key: self.key.clone(),
+        });
+        self.pipeline.then(kind, build, Some(exchange))
+    }
+}
+
+/// Range windows being set up: [`with_slide`](Self::with_slide),
+/// [`with_delay`](Self::with_delay), [`with_late_data_policy`](Self::with_late_data_policy),
+/// then [`over`](Self::over) an aggregation.
+pub struct RangeWindows<T, K: ?Sized> {
+    keyed: KeyedPipeline<T, K>,
+    range: std::time::Duration,
+    slide: Option<std::time::Duration>,
+    delay: std::time::Duration,
+    late: LatePolicy,
+}
+
+impl<T: Send + 'static, K: Key + ?Sized + 'static> RangeWindows<T, K> {
+    /// A new window starts every `slide` (which must divide the range).
+    pub fn with_slide(mut self, slide: std::time::Duration) -> Self {
+        self.slide = Some(slide);
+        self
+    }
+
+    /// Windows fire `delay` after their end has passed (room for out-of-order data).
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// What happens to a message that arrives after its windows have fired.
+    pub fn with_late_data_policy(mut self, policy: LatePolicy) -> Self {
+        self.late = policy;
+        self
+    }
+
+    /// Folds each window with `aggregation` into at most one output.
+    pub fn over<A: Aggregation<T, Key = K>>(self, aggregation: A) -> Pipeline<A::Out> {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let range = ns(self.range);
+        let slide = self.slide.map_or(range, ns);
+        let node = RangeWindowNode {
+            agg: Arc::new(aggregation),
+            key: self.keyed.key.clone(),
+            shape: Shape::new(range, slide, ns(self.delay)),
+            late: self.late,
+        };
+        let mut p: Pipeline<A::Out> = self.keyed.windows("range_windows", Arc::new(node));
+        if let Err(e) = Shape::new(range, slide, 0) {
+            p.graph.errors.push(e);
+        }
+        p
+    }
+}
+
+/// Count windows being set up: [`over`](Self::over) an aggregation.
+pub struct CountWindows<T, K: ?Sized> {
+    keyed: KeyedPipeline<T, K>,
+    n: u64,
+}
+
+impl<T: Send + 'static, K: Key + ?Sized + 'static> CountWindows<T, K> {
+    /// Folds every `n` messages of a key with `aggregation` into at most one output.
+    pub fn over<A: Aggregation<T, Key = K>>(self, aggregation: A) -> Pipeline<A::Out> {
+        let n = self.n;
+        let node = CountWindowNode {
+            agg: Arc::new(aggregation),
+            key: self.keyed.key.clone(),
+            n,
+        };
+        let mut p: Pipeline<A::Out> = self.keyed.windows("count_windows", Arc::new(node));
+        if n == 0 {
+            p.graph
+                .errors
+                .push("count_windows(0): a window needs at least one message".into());
+        }
+        p
+    }
+}
+
+struct RangeWindowNode<T, A: Aggregation<T>> {
+    agg: Arc<A>,
+    key: crate::ops::state::KeyFn<T, A::Key>,
+    shape: Result<Shape, String>,
+    late: LatePolicy,
+}
+
+impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for RangeWindowNode<T, A> {
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let shape = self.shape.clone().map_err(Error::Plan)?;
+        let next = downstream::<A::Out>(out);
+        let gauges = next.gauges.clone();
+        let op = Rc::new(ops::window::RangeWindows::new(
+            self.agg.clone(),
+            self.key.clone(),
+            shape,
+            self.late,
+            next,
+            Ports::new(node.ports),
+            ComputationTimer::new(sb.core.metrics.clone(), node.name),
+            sb.core.metrics.clone(),
+        ));
+        sb.tasks
+            .push((node.rank, Box::pin(op.clone().run(sb.core.clone()))));
+        let input: Rc<dyn Input<T>> = op;
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
+    }
+}
+
+struct CountWindowNode<T, A: Aggregation<T>> {
+    agg: Arc<A>,
+    key: crate::ops::state::KeyFn<T, A::Key>,
+    n: u64,
+}
+
+impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for CountWindowNode<T, A> {
+    fn build(
+        &self,
+        sb: &mut ShardBuild,
+        node: &NodeCtx<'_>,
+        out: Option<AnyBox>,
+    ) -> Result<Option<Built>, Error> {
+        let next = downstream::<A::Out>(out);
+        let gauges = next.gauges.clone();
+        let input: Rc<dyn Input<T>> = Rc::new(ops::window::CountWindows {
+            agg: self.agg.clone(),
+            key: self.key.clone(),
+            n: self.n,
+            state: Default::default(),
+            next,
+            ports: Ports::new(node.ports),
+            timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
+            metrics: sb.core.metrics.clone(),
+        });
+        Ok(Some(built(input, gauges)))
+    }
+
+    fn forward(&self, built: &Built, port: usize) -> AnyBox {
+        forward::<T>(built, port)
     }
 }
 

@@ -46,6 +46,7 @@
 
 pub(crate) mod in_process;
 pub(crate) mod tcp;
+pub(crate) mod watermarks;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -245,6 +246,12 @@ impl<T: 'static> SourceContext<T> {
     /// source on this shard.
     pub fn watermark(&self, event_ns: u64) {
         self.inner.down.control(Control::Watermark(event_ns))
+    }
+
+    /// Says that this source has no data on this shard for now: operators downstream stop
+    /// waiting for its watermark until it sends one again.
+    pub fn idle(&self) {
+        self.inner.down.control(Control::Idle)
     }
 
     /// Publishes the messages emitted so far to the other shards: call it after each batch

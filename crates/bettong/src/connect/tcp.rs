@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::codec::{Decoder, Encoder};
 use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
@@ -29,16 +30,57 @@ use crate::runtime::shard::SourceRuntime;
 /// });
 /// # let _ = text;
 /// ```
-pub struct TcpSource<D> {
+pub struct TcpSource<D: Decoder> {
     decoder: Arc<D>,
+    event_time: Option<EventTime<D::Out>>,
+    idle: Duration,
 }
 
+/// How a source reads a message's event time (nanoseconds since the Unix epoch).
+type EventTime<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
+/// How often a TCP source tells the operators downstream how far its event time has come.
+const WATERMARK_INTERVAL: Duration = Duration::from_millis(20);
+
 impl<D: Decoder> TcpSource<D> {
-    /// A TCP source that decodes each frame with `decoder`.
+    /// A TCP source that decodes each frame with `decoder`. A message's event time is the
+    /// wall-clock time its frame was read, unless [`with_event_time`](Self::with_event_time)
+    /// says otherwise.
     pub fn new(decoder: D) -> Self {
         TcpSource {
             decoder: Arc::new(decoder),
+            event_time: None,
+            idle: Duration::from_millis(250),
         }
+    }
+
+    /// Reads each message's event time with `f` (nanoseconds since the Unix epoch).
+    ///
+    /// Each connection's watermark is the latest event time it has delivered; the source's,
+    /// sent downstream every 20 ms when it moves, is the minimum over its connections on the
+    /// shard that delivered data within the idle timeout.
+    ///
+    /// ```
+    /// use bettong::{DecodeError, TcpSource};
+    /// // Frames of `EVENT_MS,VALUE`.
+    /// let src = TcpSource::new(|b: &[u8]| -> Result<(u64, String), DecodeError> {
+    ///     let s = std::str::from_utf8(b).map_err(|_| DecodeError::new("not UTF-8"))?;
+    ///     let (t, v) = s.split_once(',').ok_or(DecodeError::new("no comma"))?;
+    ///     Ok((t.parse().map_err(|_| DecodeError::new("bad time"))?, v.to_string()))
+    /// })
+    /// .with_event_time(|m: &(u64, String)| m.0 * 1_000_000);
+    /// # let _ = src;
+    /// ```
+    pub fn with_event_time(mut self, f: impl Fn(&D::Out) -> u64 + Send + Sync + 'static) -> Self {
+        self.event_time = Some(Arc::new(f));
+        self
+    }
+
+    /// A connection that has delivered nothing for this long stops holding the watermark
+    /// back, and a shard with no such connection says its source is idle (default 250 ms).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 }
 
@@ -85,18 +127,30 @@ impl<D: Decoder> Source for TcpSource<D> {
         ctx: SourceContext<D::Out>,
     ) -> impl Future<Output = ()> + 'static {
         let decoder = self.decoder.clone();
+        let event_time = self.event_time.clone();
+        let idle = self.idle;
         async move {
             let core = ctx.core().clone();
             let emit = ctx.clone();
             let source = Rc::new(SourceRuntime {
                 name: ctx.name().to_string(),
                 on_frame: Box::new(move |payload, ingest| {
-                    emit.emit(decoder.decode(payload)?, Stamp::at(ingest));
-                    Ok(())
+                    let msg = decoder.decode(payload)?;
+                    let stamp = match &event_time {
+                        Some(f) => Stamp {
+                            ingest_ns: ingest,
+                            event_ns: f(&msg),
+                        },
+                        None => Stamp::at(ingest),
+                    };
+                    emit.emit(msg, stamp);
+                    Ok(stamp.event_ns)
                 }),
                 gauges: ctx.gauges().clone(),
                 counters: core.metrics.source(ctx.name()),
+                watermarks: Default::default(),
             });
+            ctx.spawn(announce_progress(ctx.clone(), source.clone(), idle));
             let conns = Rc::new(Connections::default());
             let fd = listener.into_raw_fd();
             // SAFETY: into_raw_fd gave up ownership of the open listening socket; the glommio
@@ -134,6 +188,43 @@ impl<D: Decoder> Source for TcpSource<D> {
             futures_lite::future::or(conns.until_all_closed(), cut).await;
         }
     }
+}
+
+/// Sends the source's watermark downstream when it moves (every [`WATERMARK_INTERVAL`] at
+/// most), or `Idle` once no connection has delivered data for `idle`; ends when the engine
+/// stops.
+async fn announce_progress<T: 'static>(
+    ctx: SourceContext<T>,
+    source: Rc<SourceRuntime>,
+    idle: Duration,
+) {
+    use crate::connect::watermarks::Progress;
+    let started = crate::metrics::now_ns();
+    let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+    let mut said = None;
+    let ticks = async {
+        loop {
+            glommio::timer::sleep(WATERMARK_INTERVAL).await;
+            let now = crate::metrics::now_ns();
+            let progress = source.watermarks.progress(now, idle_ns);
+            match progress {
+                Progress::Watermark(w) if said.as_ref() != Some(&Progress::Watermark(w)) => {
+                    ctx.watermark(w);
+                    ctx.flush();
+                }
+                // Idle only once the source has had time to get a connection.
+                Progress::Idle
+                    if said != Some(Progress::Idle) && now.saturating_sub(started) >= idle_ns =>
+                {
+                    ctx.idle();
+                    ctx.flush();
+                }
+                _ => continue,
+            }
+            said = Some(progress);
+        }
+    };
+    futures_lite::future::or(ticks, ctx.stopping()).await;
 }
 
 /// A TCP sink: every shard keeps one connection to the `--out NAME@HOST:PORT` address and

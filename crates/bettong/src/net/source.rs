@@ -367,6 +367,8 @@ async fn serve(
     );
     let metrics = &core.metrics;
     let mut errors = 0u64;
+    let slot = source.watermarks.open();
+    let mut event_time = 0u64;
     loop {
         // A read that has to wait means the socket is drained: the connection is idle, so its
         // reader gives back its buffer (or all of it but a partial frame) while it waits. The
@@ -401,7 +403,11 @@ async fn serve(
             match frames.next_frame() {
                 Ok(Some(payload)) => {
                     metrics.message_in_from(&source.counters);
-                    if let Err(e) = (source.on_frame)(payload, ingest) {
+                    let decoded = (source.on_frame)(payload, ingest);
+                    if let Ok(t) = decoded {
+                        event_time = event_time.max(t);
+                    }
+                    if let Err(e) = decoded {
                         metrics.decode_error_from(&source.counters);
                         errors += 1;
                         if errors <= LOGGED_ERRORS {
@@ -422,14 +428,19 @@ async fn serve(
                         source.name
                     );
                     core.flush();
+                    source.watermarks.close(slot);
                     return;
                 }
             }
             core.backpressure(&source.gauges).await;
         }
         core.flush();
+        if event_time > 0 {
+            source.watermarks.advance(slot, event_time, ingest);
+        }
         glommio::yield_if_needed().await;
     }
+    source.watermarks.close(slot);
     if errors > LOGGED_ERRORS {
         tracing::warn!(
             "shard {}: source {} connection {peer}: {} more decode errors not shown",

@@ -5,7 +5,8 @@
 //! reason the local path is cheap). Control events take the same path, but every input of an
 //! operator is a numbered *port*, so an operator with several inputs (a merge, a diamond, an
 //! exchange that receives from every shard) can align them with [`Ports`]:
-//! - a watermark is forwarded as the minimum over the ports that have not ended;
+//! - a watermark is forwarded as the minimum over the ports that have not ended and are not
+//!   idle; when every open port is idle, `Idle` is forwarded;
 //! - a barrier is forwarded once every open port has delivered it (until then a port that has
 //!   passed it is *held*: an exchange stops draining its ring);
 //! - end of stream is forwarded once every port has ended.
@@ -16,6 +17,7 @@ pub(crate) mod merge;
 pub(crate) mod sink;
 pub(crate) mod state;
 pub(crate) mod tee;
+pub(crate) mod window;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -93,6 +95,8 @@ pub(crate) struct Ports {
 struct PortState {
     watermark: Vec<u64>,
     ended: Vec<bool>,
+    idle: Vec<bool>,
+    forwarded_idle: bool,
     /// The barrier each port has delivered and is held on, if any.
     barrier: Vec<Option<u64>>,
     forwarded_watermark: u64,
@@ -106,6 +110,8 @@ impl Ports {
             state: RefCell::new(PortState {
                 watermark: vec![0; ports],
                 ended: vec![false; ports],
+                idle: vec![false; ports],
+                forwarded_idle: false,
                 barrier: vec![None; ports],
                 forwarded_watermark: 0,
                 forwarded_end: false,
@@ -127,20 +133,31 @@ impl Ports {
             Control::Watermark(t) => {
                 let w = &mut s.watermark[port];
                 *w = (*w).max(t);
+                s.idle[port] = false;
             }
+            Control::Idle => s.idle[port] = true,
             Control::Barrier(id) => s.barrier[port] = Some(id),
             Control::End => s.ended[port] = true,
         }
-        // Watermark: the minimum over open ports (an ended port no longer holds it back).
+        // Watermark: the minimum over open ports that are not idle (an ended or idle port no
+        // longer holds it back).
         let min = (0..n)
-            .filter(|&p| !s.ended[p])
+            .filter(|&p| !s.ended[p] && !s.idle[p])
             .map(|p| s.watermark[p])
             .min();
-        if let Some(min) = min {
-            if min > s.forwarded_watermark {
-                s.forwarded_watermark = min;
-                out.push(Control::Watermark(min));
+        match min {
+            Some(min) => {
+                s.forwarded_idle = false;
+                if min > s.forwarded_watermark {
+                    s.forwarded_watermark = min;
+                    out.push(Control::Watermark(min));
+                }
             }
+            None if (0..n).any(|p| !s.ended[p]) && !s.forwarded_idle => {
+                s.forwarded_idle = true;
+                out.push(Control::Idle);
+            }
+            None => {}
         }
         // Barrier: forwarded when every open port holds one (they carry the same id: a
         // coordinator has at most one checkpoint in flight).
@@ -201,6 +218,26 @@ mod tests {
         );
         assert_eq!(p.align(0, Control::End), vec![Control::End]);
         assert_eq!(p.align(0, Control::End), vec![]);
+    }
+
+    #[test]
+    fn idle_ports_do_not_hold_the_watermark_back() {
+        let p = Ports::new(3);
+        assert_eq!(p.align(0, Control::Watermark(10)), vec![]);
+        assert_eq!(p.align(1, Control::Idle), vec![]);
+        assert_eq!(
+            p.align(2, Control::Watermark(20)),
+            vec![Control::Watermark(10)]
+        );
+        assert_eq!(p.align(0, Control::Idle), vec![Control::Watermark(20)]);
+        assert_eq!(p.align(2, Control::Idle), vec![Control::Idle]);
+        assert_eq!(p.align(1, Control::Idle), vec![], "idle is forwarded once");
+        // An idle port that speaks again counts again (its watermark may be behind).
+        assert_eq!(p.align(1, Control::Watermark(5)), vec![]);
+        assert_eq!(
+            p.align(1, Control::Watermark(25)),
+            vec![Control::Watermark(25)]
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(crate) struct ShardBuild {
     /// Source tasks (run, then end of stream), by rank.
     pub(crate) sources: Vec<(usize, LocalFuture)>,
     pub(crate) exchanges: Vec<ExchangeRuntime>,
+    /// Operators' own tasks (a window's firing), by rank: each ends after end of stream.
+    pub(crate) tasks: Vec<(usize, LocalFuture)>,
     /// Sinks: rank, the latch that tells them to finish, their task.
     pub(crate) sinks: Vec<(usize, Rc<Latch>, Option<LocalFuture>)>,
     /// Keyed state by operator name.
@@ -38,6 +40,7 @@ impl ShardBuild {
             parts,
             sources: Vec::new(),
             exchanges: Vec::new(),
+            tasks: Vec::new(),
             sinks: Vec::new(),
             states: Vec::new(),
         }

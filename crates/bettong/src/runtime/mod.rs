@@ -497,7 +497,8 @@ async fn run_shard(start: ShardStart) -> Summary {
     }
     let ShardBuild {
         sources,
-        mut exchanges,
+        exchanges,
+        tasks,
         mut sinks,
         states,
         ..
@@ -507,14 +508,22 @@ async fn run_shard(start: ShardStart) -> Summary {
         .into_iter()
         .map(|(_, finish, task)| (finish, task.map(glommio::spawn_local)))
         .collect();
-    exchanges.sort_by_key(|x| x.order);
-    let exchanges: Vec<_> = exchanges
+    // The stop steps in graph order: at each rank, first the exchange into the operator (its
+    // rings close and drain), then the operator's own task (it ends after end of stream).
+    let mut steps: Vec<(usize, u8, StopStep)> = exchanges
         .into_iter()
         .map(|x| {
             let movers: Vec<_> = x.movers.into_iter().map(glommio::spawn_local).collect();
-            (x.closing, movers, x.drain.map(glommio::spawn_local))
+            let step = StopStep::Exchange(x.closing, movers, x.drain.map(glommio::spawn_local));
+            (x.order, 0, step)
         })
         .collect();
+    steps.extend(
+        tasks
+            .into_iter()
+            .map(|(rank, t)| (rank, 1, StopStep::Task(glommio::spawn_local(t)))),
+    );
+    steps.sort_by_key(|(rank, kind, _)| (*rank, *kind));
     let sources: Vec<_> = sources
         .into_iter()
         .map(|(_, task)| glommio::spawn_local(task))
@@ -538,15 +547,20 @@ async fn run_shard(start: ShardStart) -> Summary {
         s.await;
     }
     core.flush();
-    for (closing, movers, drain) in exchanges {
-        for c in &closing {
-            c.notify();
-        }
-        for m in movers {
-            m.await;
-        }
-        if let Some(d) = drain {
-            d.await;
+    for (_, _, step) in steps {
+        match step {
+            StopStep::Exchange(closing, movers, drain) => {
+                for c in &closing {
+                    c.notify();
+                }
+                for m in movers {
+                    m.await;
+                }
+                if let Some(d) = drain {
+                    d.await;
+                }
+            }
+            StopStep::Task(t) => t.await,
         }
     }
     for (finish, task) in sinks {
@@ -564,4 +578,17 @@ async fn run_shard(start: ShardStart) -> Summary {
         summary.add_state(name, view.entities() as u64);
     }
     summary
+}
+
+/// One step of a shard's stop (see `run_shard`).
+enum StopStep {
+    /// An exchange: close this shard's outgoing rings (after their movers empty the
+    /// overflow), then drain the incoming ones to their end.
+    Exchange(
+        Vec<Rc<shard::Notify>>,
+        Vec<glommio::Task<()>>,
+        Option<glommio::Task<()>>,
+    ),
+    /// An operator's task, which ends after end of stream.
+    Task(glommio::Task<()>),
 }

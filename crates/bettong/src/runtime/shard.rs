@@ -154,8 +154,9 @@ pub(crate) trait Publish {
     fn publish(&self);
 }
 
-/// Decodes one frame's payload and runs the message through the graph.
-pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<(), crate::codec::DecodeError>>;
+/// Decodes one frame's payload, runs the message through the graph and returns its event
+/// time.
+pub(crate) type FrameHandler = Box<dyn Fn(&[u8], u64) -> Result<u64, crate::codec::DecodeError>>;
 
 /// A TCP source as seen by one shard's connections: its name and what to do with each frame.
 pub(crate) struct SourceRuntime {
@@ -163,6 +164,8 @@ pub(crate) struct SourceRuntime {
     /// Decodes one payload and runs it through the graph.
     pub(crate) on_frame: FrameHandler,
     pub(crate) gauges: Rc<[Gauge]>,
+    /// Each connection's event-time progress.
+    pub(crate) watermarks: crate::connect::watermarks::Watermarks,
     /// The source's counters on this shard.
     pub(crate) counters: Arc<crate::metrics::live::SourceCounters>,
 }

@@ -1,0 +1,319 @@
+//! VWAP: the volume-weighted average price of Wallaroo's fixish orders per symbol and window
+//! of event time (the order's transact time), with the window, slide, delay and late-data
+//! policy from the command line, or count windows.
+//!
+//! One output line per fired window, unframed:
+//! `SYMBOL,WINDOW_START_MS,WINDOW_END_MS,ORDERS,QTY,VWAP\n` — the symbol without its padding,
+//! the window's bounds in Unix milliseconds (for count windows: the event times of its first
+//! and last order), the number of orders, the total quantity and `Σ price·qty / Σ qty` with 6
+//! decimals.
+//!
+//! ```
+//! use bettong_apps::vwap::{parse_transact_time, Vwap};
+//! assert_eq!(parse_transact_time(b"19700101-00:00:01.500"), Some(1_500_000_000));
+//! assert_eq!(parse_transact_time(b"20160902-09:30:00.000"), Some(1_472_808_600_000_000_000));
+//! assert_eq!(parse_transact_time(b"20160931-09:30:00.000"), None);
+//! ```
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bettong::window::{Aggregation, LatePolicy, Window};
+use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
+
+use crate::market_spread::{Order, ORDERS_SOURCE, TRANSACT_TIME_LEN};
+
+/// The application's name.
+pub const APP_NAME: &str = "vwap";
+
+/// The sink's name (`--out Vwap@HOST:PORT`, or just `--out HOST:PORT`).
+pub const SINK: &str = "Vwap";
+
+/// An order with its event time, as the source decodes it.
+#[derive(Clone, Copy, Debug)]
+pub struct TimedOrder {
+    /// The order.
+    pub order: Order,
+    /// Its transact time in nanoseconds since the Unix epoch.
+    pub event_ns: u64,
+}
+
+/// The symbol key of an order.
+pub fn symbol(o: &TimedOrder) -> &[u8; 4] {
+    o.order.symbol()
+}
+
+/// Parses a transact time `YYYYMMDD-HH:MM:SS.mmm` (UTC) into nanoseconds since the Unix
+/// epoch; `None` if it is not a valid time at or after the epoch.
+pub fn parse_transact_time(t: &[u8; TRANSACT_TIME_LEN]) -> Option<u64> {
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        t[r].iter().try_fold(0u64, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+        })
+    };
+    if t[8] != b'-' || t[11] != b':' || t[14] != b':' || t[17] != b'.' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, m, s, ms) = (num(9..11)?, num(12..14)?, num(15..17)?, num(18..21)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if year < 1970 || day == 0 || day > days_in_month || h > 23 || m > 59 || s > 59 {
+        return None;
+    }
+    // Days from the epoch to the date (the civil-from-days algorithm, run backwards).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + h * 3_600 + m * 60 + s;
+    Some(secs * 1_000_000_000 + ms * 1_000_000)
+}
+
+/// Decodes a framed order and its transact time; a malformed order or time is an error.
+pub fn decode(payload: &[u8]) -> Result<TimedOrder, DecodeError> {
+    let order = match crate::market_spread::decode_order(payload)? {
+        crate::market_spread::MarketMessage::Order(o) => o,
+        crate::market_spread::MarketMessage::Nbbo(_) => {
+            return Err(DecodeError::new("Orders source: not an order"))
+        }
+    };
+    let event_ns = parse_transact_time(order.transact_time()).ok_or_else(|| {
+        DecodeError::new(format!(
+            "Orders source: bad transact time `{}` (expected YYYYMMDD-HH:MM:SS.mmm)",
+            order.transact_time().escape_ascii()
+        ))
+    })?;
+    Ok(TimedOrder { order, event_ns })
+}
+
+/// The running sums of a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VwapAcc {
+    /// Orders.
+    pub orders: u64,
+    /// Σ qty.
+    pub qty: f64,
+    /// Σ price·qty.
+    pub notional: f64,
+}
+
+/// The VWAP aggregation: one line per window.
+pub struct Vwap;
+
+impl Aggregation<TimedOrder> for Vwap {
+    type Key = [u8; 4];
+    type Acc = VwapAcc;
+    type Out = String;
+
+    fn initial_accumulator(&self) -> VwapAcc {
+        VwapAcc::default()
+    }
+
+    fn update(&self, o: &TimedOrder, acc: &mut VwapAcc) {
+        acc.orders += 1;
+        acc.qty += o.order.qty();
+        acc.notional += o.order.price() * o.order.qty();
+    }
+
+    fn combine(&self, a: &VwapAcc, b: &VwapAcc) -> VwapAcc {
+        VwapAcc {
+            orders: a.orders + b.orders,
+            qty: a.qty + b.qty,
+            notional: a.notional + b.notional,
+        }
+    }
+
+    fn output(&self, symbol: &[u8; 4], window: &Window, acc: &VwapAcc) -> Option<String> {
+        Some(line(symbol, window, acc))
+    }
+}
+
+/// The output line of one window.
+pub fn line(symbol: &[u8; 4], window: &Window, acc: &VwapAcc) -> String {
+    let mut s = String::with_capacity(64);
+    let sym = String::from_utf8_lossy(symbol);
+    let vwap = if acc.qty == 0.0 {
+        0.0
+    } else {
+        acc.notional / acc.qty
+    };
+    let _ = writeln!(
+        s,
+        "{},{},{},{},{},{:.6}",
+        sym.trim(),
+        window.start_ns / 1_000_000,
+        window.end_ns / 1_000_000,
+        acc.orders,
+        acc.qty,
+        vwap
+    );
+    s
+}
+
+/// How the windows are cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Windows {
+    /// Range windows.
+    Range {
+        /// Window length.
+        range: Duration,
+        /// A new window every this long.
+        slide: Duration,
+        /// Fire this long after the window's end.
+        delay: Duration,
+        /// What to do with late orders.
+        late: LatePolicy,
+    },
+    /// Windows of this many orders per symbol.
+    Count(u64),
+}
+
+/// The VWAP application.
+///
+/// ```
+/// use std::time::Duration;
+/// use bettong_apps::vwap::{application, Windows};
+/// let app = application(Windows::Range {
+///     range: Duration::from_secs(1),
+///     slide: Duration::from_secs(1),
+///     delay: Duration::ZERO,
+///     late: bettong::window::LatePolicy::Drop,
+/// });
+/// assert_eq!(app.source_names(), ["Orders"]);
+/// ```
+pub fn application(windows: Windows) -> Application {
+    let orders = Pipeline::source(
+        ORDERS_SOURCE,
+        TcpSource::new(decode).with_event_time(|o: &TimedOrder| o.event_ns),
+    )
+    .key_by(symbol);
+    let vwap = match windows {
+        Windows::Range {
+            range,
+            slide,
+            delay,
+            late,
+        } => orders
+            .range_windows(range)
+            .with_slide(slide)
+            .with_delay(delay)
+            .with_late_data_policy(late)
+            .over(Vwap),
+        Windows::Count(n) => orders.count_windows(n).over(Vwap),
+    };
+    Application::new(
+        APP_NAME,
+        vwap.name("vwap").to_sink(
+            SINK,
+            TcpSink::new(|l: &String, out: &mut Vec<u8>| out.extend_from_slice(l.as_bytes())),
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Option<u64> {
+        parse_transact_time(s.as_bytes().try_into().unwrap())
+    }
+
+    #[test]
+    fn transact_times() {
+        assert_eq!(t("19700101-00:00:00.000"), Some(0));
+        assert_eq!(t("20000229-23:59:59.999"), Some(951_868_799_999_000_000));
+        assert_eq!(t("20240301-00:00:00.001"), Some(1_709_251_200_001_000_000));
+        assert_eq!(t("19000229-00:00:00.000"), None, "1900 is not a leap year");
+        assert_eq!(t("20230229-00:00:00.000"), None);
+        assert_eq!(t("20160902-24:00:00.000"), None);
+        assert_eq!(t("2016090209:30:00.000x"), None);
+        assert_eq!(t("1969123123:59:59.999 "), None);
+        assert_eq!(t("20160902-09:3a:00.000"), None);
+    }
+
+    #[test]
+    fn a_line_per_window() {
+        let w = Window {
+            start_ns: 1_000_000_000,
+            end_ns: 2_000_000_000,
+        };
+        let acc = VwapAcc {
+            orders: 2,
+            qty: 300.0,
+            notional: 100.0 * 10.0 + 200.0 * 11.0,
+        };
+        assert_eq!(line(b"GE  ", &w, &acc), "GE,1000,2000,2,300,10.666667\n");
+    }
+}
+
+/// The window flags of `bettong vwap`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VwapArgs {
+    /// Window length in event time (e.g. 1s, 500ms)
+    #[arg(long, default_value = "1s", value_parser = bettong::units::parse_duration)]
+    pub window: Duration,
+    /// A new window every this long [default: the window length: tumbling windows]
+    #[arg(long, value_parser = bettong::units::parse_duration)]
+    pub slide: Option<Duration>,
+    /// Fire each window this long (in event time) after its end
+    #[arg(long, default_value = "0s", value_parser = bettong::units::parse_duration)]
+    pub delay: Duration,
+    /// Late orders: drop (counted), fire (an output of the order alone) or oldest (into the
+    /// oldest window not yet fired)
+    #[arg(long, default_value = "drop", value_parser = parse_late)]
+    pub late: LatePolicy,
+    /// Count windows of N orders per symbol instead of range windows
+    #[arg(long, value_name = "N", conflicts_with_all = ["slide", "delay"])]
+    pub count: Option<u64>,
+}
+
+fn parse_late(s: &str) -> Result<LatePolicy, String> {
+    match s {
+        "drop" => Ok(LatePolicy::Drop),
+        "fire" => Ok(LatePolicy::FirePerMessage),
+        "oldest" => Ok(LatePolicy::PlaceInOldestWindow),
+        _ => Err(format!("`{s}`: expected drop, fire or oldest")),
+    }
+}
+
+impl VwapArgs {
+    /// The windows these flags describe, checked (a usage error names the flag).
+    pub fn windows(&self) -> Result<Windows, String> {
+        if let Some(n) = self.count {
+            if n == 0 {
+                return Err("--count must be at least 1".to_string());
+            }
+            return Ok(Windows::Count(n));
+        }
+        let slide = self.slide.unwrap_or(self.window);
+        if self.window.is_zero() || slide.is_zero() {
+            return Err("--window and --slide must be above 0".to_string());
+        }
+        if slide > self.window || self.window.as_nanos() % slide.as_nanos() != 0 {
+            return Err(format!(
+                "--slide {slide:?} must divide --window {:?} (sliding windows are made of \
+                 slide-sized panes)",
+                self.window
+            ));
+        }
+        Ok(Windows::Range {
+            range: self.window,
+            slide,
+            delay: self.delay,
+            late: self.late,
+        })
+    }
+}

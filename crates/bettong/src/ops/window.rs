@@ -1,0 +1,513 @@
+//! Windows over keyed state: range windows (panes fired by the watermark) and count windows.
+//! See [`crate::window`] for the rules.
+//!
+//! Firing is bounded: a watermark fires at most [`FIRE_SLICE`] windows in the call that
+//! delivers it; the rest, and the control events behind them, are left to the operator's task,
+//! which fires a slice at a time and waits for the sinks downstream between slices, so a burst
+//! of due windows can neither starve the shard nor overrun a sink buffer.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxBuildHasher;
+
+use super::state::KeyFn;
+use super::{Downstream, Input, Ports};
+use crate::event::{Control, Stamp};
+use crate::metrics::{now_ns, ComputationTimer, ShardMetrics};
+use crate::runtime::shard::{Notify, ShardCore};
+use crate::window::panes::Shape;
+use crate::window::{Aggregation, LatePolicy, Window};
+
+/// Windows fired per step at most.
+pub(crate) const FIRE_SLICE: usize = 256;
+
+/// How often the operator's task looks for quiet input.
+const QUIET_TICK: Duration = Duration::from_millis(50);
+
+type Owned<A, T> = <<A as Aggregation<T>>::Key as ToOwned>::Owned;
+
+/// One pane's accumulator and the latest ingest time folded into it (for the output's
+/// start-to-end latency).
+struct Pane<Acc> {
+    acc: Acc,
+    ingest: u64,
+}
+
+/// One key's panes: `panes[i]` is pane `base + i`.
+struct KeyPanes<Acc> {
+    base: u64,
+    panes: VecDeque<Option<Pane<Acc>>>,
+    /// Windows below this one have fired for this key.
+    next_window: u64,
+    /// The watermark at which this key is due, if it is in the timer map.
+    scheduled: Option<u64>,
+}
+
+struct RangeState<K, Acc> {
+    keys: HashMap<K, KeyPanes<Acc>, FxBuildHasher>,
+    /// Keys by the watermark at which they have a window to fire (entries whose key was
+    /// rescheduled earlier are skipped when met).
+    timers: BTreeMap<u64, Vec<K>>,
+    /// The watermark known: lateness is judged against it.
+    target: u64,
+    /// Windows due at or below this watermark have all fired.
+    fired: u64,
+    /// Control events waiting for the windows before them to fire.
+    queued: VecDeque<Control>,
+    /// The latest event time seen, and when (engine clock) data last arrived.
+    max_event: u64,
+    last_data: u64,
+    /// End of stream has been forwarded: the task ends.
+    ended: bool,
+}
+
+/// A range-window operator on one shard.
+pub(crate) struct RangeWindows<T, A: Aggregation<T>> {
+    pub(crate) agg: Arc<A>,
+    pub(crate) key: KeyFn<T, A::Key>,
+    pub(crate) shape: Shape,
+    pub(crate) late: LatePolicy,
+    state: RefCell<RangeState<Owned<A, T>, A::Acc>>,
+    pub(crate) next: Downstream<A::Out>,
+    pub(crate) ports: Ports,
+    pub(crate) timer: ComputationTimer,
+    pub(crate) metrics: Rc<ShardMetrics>,
+    wake: Notify,
+}
+
+impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        agg: Arc<A>,
+        key: KeyFn<T, A::Key>,
+        shape: Shape,
+        late: LatePolicy,
+        next: Downstream<A::Out>,
+        ports: Ports,
+        timer: ComputationTimer,
+        metrics: Rc<ShardMetrics>,
+    ) -> Self {
+        RangeWindows {
+            agg,
+            key,
+            shape,
+            late,
+            state: RefCell::new(RangeState {
+                keys: HashMap::default(),
+                timers: BTreeMap::new(),
+                target: 0,
+                fired: 0,
+                queued: VecDeque::new(),
+                max_event: 0,
+                last_data: 0,
+                ended: false,
+            }),
+            next,
+            ports,
+            timer,
+            metrics,
+            wake: Notify::default(),
+        }
+    }
+
+    /// Folds `msg` into pane `p` of its key, and makes sure the key is due when its next
+    /// window is.
+    fn add(&self, st: &mut RangeState<Owned<A, T>, A::Acc>, msg: &T, p: u64, ingest: u64) {
+        let key = (self.key)(msg);
+        let kp = match st.keys.get_mut(key) {
+            Some(kp) => kp,
+            None => st.keys.entry(key.to_owned()).or_insert(KeyPanes {
+                base: p,
+                panes: VecDeque::new(),
+                next_window: 0,
+                scheduled: None,
+            }),
+        };
+        if kp.panes.is_empty() {
+            kp.base = p;
+        }
+        while p < kp.base {
+            kp.panes.push_front(None);
+            kp.base -= 1;
+        }
+        while p >= kp.base + kp.panes.len() as u64 {
+            kp.panes.push_back(None);
+        }
+        let slot = &mut kp.panes[(p - kp.base) as usize];
+        match slot {
+            Some(pane) => {
+                self.timer.time(|| self.agg.update(msg, &mut pane.acc));
+                pane.ingest = pane.ingest.max(ingest);
+            }
+            None => {
+                let mut acc = self.agg.initial_accumulator();
+                self.timer.time(|| self.agg.update(msg, &mut acc));
+                *slot = Some(Pane { acc, ingest });
+            }
+        }
+        let first = kp.base + kp.panes.iter().position(Option::is_some).unwrap_or(0) as u64;
+        let k = self
+            .shape
+            .first_window_of(first)
+            .max(kp.next_window)
+            .max(self.shape.first_open_window(st.fired));
+        let due = self.shape.fires_at(k);
+        if kp.scheduled.is_none_or(|s| due < s) {
+            kp.scheduled = Some(due);
+            st.timers.entry(due).or_default().push(key.to_owned());
+        }
+    }
+
+    /// Fires the windows due at `st.target`, at most `budget` of them; true when none is left.
+    fn fire(&self, st: &mut RangeState<Owned<A, T>, A::Acc>, mut budget: usize) -> bool {
+        let target = st.target;
+        while let Some(entry) = st.timers.first_entry() {
+            let at = *entry.key();
+            if at > target {
+                break;
+            }
+            let mut keys = entry.remove();
+            while let Some(key) = keys.pop() {
+                if budget == 0 {
+                    keys.push(key);
+                    st.timers.insert(at, keys);
+                    return false;
+                }
+                budget -= self.fire_key(st, &key, at, target, budget);
+            }
+        }
+        st.fired = st.fired.max(target);
+        true
+    }
+
+    /// Fires the due windows of one key (at most `budget`); returns how many fired.
+    fn fire_key(
+        &self,
+        st: &mut RangeState<Owned<A, T>, A::Acc>,
+        key: &Owned<A, T>,
+        at: u64,
+        target: u64,
+        budget: usize,
+    ) -> usize {
+        let shape = self.shape;
+        let m = shape.panes();
+        let mut timers_add = None;
+        let mut fired = 0;
+        {
+            let Some(kp) = st.keys.get_mut(std::borrow::Borrow::borrow(key)) else {
+                return 0;
+            };
+            if kp.scheduled != Some(at) {
+                return 0; // a stale entry: the key was rescheduled
+            }
+            kp.scheduled = None;
+            loop {
+                while let Some(None) = kp.panes.front() {
+                    kp.panes.pop_front();
+                    kp.base += 1;
+                }
+                if kp.panes.is_empty() {
+                    break;
+                }
+                let k = shape.first_window_of(kp.base).max(kp.next_window);
+                let due = shape.fires_at(k);
+                if due > target || fired == budget {
+                    kp.scheduled = Some(due);
+                    timers_add = Some(due);
+                    break;
+                }
+                let mut acc = self.agg.initial_accumulator();
+                let mut ingest = 0;
+                for p in k..k + m {
+                    if p < kp.base {
+                        continue;
+                    }
+                    match kp.panes.get((p - kp.base) as usize) {
+                        Some(Some(pane)) => {
+                            acc = self.agg.combine(&acc, &pane.acc);
+                            ingest = ingest.max(pane.ingest);
+                        }
+                        Some(None) => {}
+                        None => break,
+                    }
+                }
+                let (start, end) = shape.bounds(k);
+                let window = Window {
+                    start_ns: start,
+                    end_ns: end,
+                };
+                if let Some(out) = self
+                    .agg
+                    .output(std::borrow::Borrow::borrow(key), &window, &acc)
+                {
+                    self.next.data(
+                        out,
+                        Stamp {
+                            ingest_ns: ingest,
+                            event_ns: end - 1,
+                        },
+                    );
+                }
+                fired += 1;
+                kp.next_window = k + 1;
+                // Windows after k start after pane k: panes up to k are done.
+                while kp.base <= k && !kp.panes.is_empty() {
+                    kp.panes.pop_front();
+                    kp.base += 1;
+                }
+            }
+        }
+        if let Some(due) = timers_add {
+            let key: &A::Key = std::borrow::Borrow::borrow(key);
+            st.timers.entry(due).or_default().push(key.to_owned());
+        }
+        fired.max(1)
+    }
+
+    /// Takes a control event (already aligned over the ports): fires what it makes due and
+    /// forwards it, or queues both for the task when the firing is more than a slice.
+    fn on_control(&self, event: Control) {
+        let mut st = self.state.borrow_mut();
+        match event {
+            Control::Watermark(w) => st.target = st.target.max(w),
+            Control::End => st.target = u64::MAX,
+            Control::Barrier(_) | Control::Idle => {}
+        }
+        st.queued.push_back(event);
+        if st.queued.len() == 1 && self.fire(&mut st, FIRE_SLICE) {
+            st.queued.clear();
+            st.ended |= event == Control::End;
+            drop(st);
+            self.next.control(event);
+            if event == Control::End {
+                self.wake.notify();
+            }
+        } else {
+            drop(st);
+            self.wake.notify();
+        }
+    }
+
+    /// The operator's task: fires what a control event left due, slice by slice, forwards
+    /// the queued control events, and advances event time while the input is quiet. Ends
+    /// after forwarding end of stream.
+    pub(crate) async fn run(self: Rc<Self>, core: Rc<ShardCore>) {
+        loop {
+            let woken = std::cell::Cell::new(false);
+            futures_lite::future::or(
+                async {
+                    self.wake.notified().await;
+                    woken.set(true);
+                },
+                glommio::timer::sleep(QUIET_TICK),
+            )
+            .await;
+            if self.state.borrow().ended {
+                return;
+            }
+            if !woken.get() {
+                self.quiet();
+            }
+            loop {
+                let queued = {
+                    let mut st = self.state.borrow_mut();
+                    if self.fire(&mut st, FIRE_SLICE) {
+                        Some(st.queued.drain(..).collect::<Vec<Control>>())
+                    } else {
+                        None
+                    }
+                };
+                let Some(queued) = queued else {
+                    core.backpressure(&self.next.gauges).await;
+                    glommio::yield_if_needed().await;
+                    continue;
+                };
+                for c in queued {
+                    self.next.control(c);
+                    if c == Control::End {
+                        self.state.borrow_mut().ended = true;
+                        return;
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// While no data arrives, event time is taken to advance with the wall clock from the
+    /// latest event seen, so the last windows fire (see the module docs of `window`).
+    fn quiet(&self) {
+        let mut st = self.state.borrow_mut();
+        if st.max_event == 0 || !st.queued.is_empty() {
+            return;
+        }
+        let idle = now_ns().saturating_sub(st.last_data);
+        if idle < QUIET_TICK.as_nanos() as u64 {
+            return;
+        }
+        let assumed = st.max_event.saturating_add(idle);
+        if assumed > st.target
+            && st
+                .timers
+                .first_key_value()
+                .is_some_and(|(at, _)| *at <= assumed)
+        {
+            st.target = assumed;
+            if !self.fire(&mut st, FIRE_SLICE) {
+                drop(st);
+                self.wake.notify();
+            }
+        }
+    }
+}
+
+impl<T: 'static, A: Aggregation<T>> Input<T> for RangeWindows<T, A> {
+    #[inline]
+    fn data(&self, msg: T, stamp: Stamp) {
+        let mut st = self.state.borrow_mut();
+        let t = stamp.event_ns;
+        st.max_event = st.max_event.max(t);
+        st.last_data = stamp.ingest_ns;
+        let mut pane = self.shape.pane_of(t);
+        if self.shape.is_late(t, st.target) {
+            match self.late {
+                LatePolicy::Drop => {
+                    self.metrics.late();
+                    self.metrics.filtered(stamp.ingest_ns);
+                    return;
+                }
+                LatePolicy::FirePerMessage => {
+                    drop(st);
+                    let mut acc = self.agg.initial_accumulator();
+                    self.agg.update(&msg, &mut acc);
+                    let (start, end) = self.shape.bounds(pane);
+                    let window = Window {
+                        start_ns: start,
+                        end_ns: end,
+                    };
+                    match self.agg.output((self.key)(&msg), &window, &acc) {
+                        Some(out) => self.next.data(
+                            out,
+                            Stamp {
+                                ingest_ns: stamp.ingest_ns,
+                                event_ns: end - 1,
+                            },
+                        ),
+                        None => self.metrics.filtered(stamp.ingest_ns),
+                    }
+                    return;
+                }
+                LatePolicy::PlaceInOldestWindow => {
+                    pane = self.shape.first_open_window(st.target);
+                }
+            }
+        }
+        self.add(&mut st, &msg, pane, stamp.ingest_ns);
+        self.metrics.filtered(stamp.ingest_ns);
+    }
+
+    fn control(&self, port: usize, event: Control) {
+        for e in self.ports.align(port, event) {
+            self.on_control(e);
+        }
+    }
+
+    fn ports(&self) -> Option<&Ports> {
+        Some(&self.ports)
+    }
+}
+
+/// One key's count window in progress.
+pub(crate) struct Counted<Acc> {
+    acc: Acc,
+    count: u64,
+    first: u64,
+    last: u64,
+    ingest: u64,
+}
+
+/// Each key's count window in progress.
+pub(crate) type CountState<A, T> =
+    HashMap<Owned<A, T>, Counted<<A as Aggregation<T>>::Acc>, FxBuildHasher>;
+
+/// A count-window operator on one shard.
+pub(crate) struct CountWindows<T, A: Aggregation<T>> {
+    pub(crate) agg: Arc<A>,
+    pub(crate) key: KeyFn<T, A::Key>,
+    pub(crate) n: u64,
+    pub(crate) state: RefCell<CountState<A, T>>,
+    pub(crate) next: Downstream<A::Out>,
+    pub(crate) ports: Ports,
+    pub(crate) timer: ComputationTimer,
+    pub(crate) metrics: Rc<ShardMetrics>,
+}
+
+impl<T: 'static, A: Aggregation<T>> CountWindows<T, A> {
+    fn emit(&self, key: &A::Key, c: &Counted<A::Acc>) {
+        let window = Window {
+            start_ns: c.first,
+            end_ns: c.last,
+        };
+        if let Some(out) = self.agg.output(key, &window, &c.acc) {
+            self.next.data(
+                out,
+                Stamp {
+                    ingest_ns: c.ingest,
+                    event_ns: c.last,
+                },
+            );
+        }
+    }
+}
+
+impl<T: 'static, A: Aggregation<T>> Input<T> for CountWindows<T, A> {
+    #[inline]
+    fn data(&self, msg: T, stamp: Stamp) {
+        let mut map = self.state.borrow_mut();
+        let key = (self.key)(&msg);
+        let c = match map.get_mut(key) {
+            Some(c) => c,
+            None => map.entry(key.to_owned()).or_insert(Counted {
+                acc: self.agg.initial_accumulator(),
+                count: 0,
+                first: 0,
+                last: 0,
+                ingest: 0,
+            }),
+        };
+        if c.count == 0 {
+            c.first = stamp.event_ns;
+        }
+        self.timer.time(|| self.agg.update(&msg, &mut c.acc));
+        c.count += 1;
+        c.last = stamp.event_ns;
+        c.ingest = stamp.ingest_ns;
+        self.metrics.filtered(stamp.ingest_ns);
+        if c.count == self.n {
+            self.emit(key, c);
+            c.acc = self.agg.initial_accumulator();
+            c.count = 0;
+        }
+    }
+
+    fn control(&self, port: usize, event: Control) {
+        for e in self.ports.align(port, event) {
+            if e == Control::End {
+                // A clean stop: every key's remainder fires.
+                let map = self.state.borrow();
+                for (k, c) in map.iter().filter(|(_, c)| c.count > 0) {
+                    self.emit(std::borrow::Borrow::borrow(k), c);
+                }
+            }
+            self.next.control(e);
+        }
+    }
+
+    fn ports(&self) -> Option<&Ports> {
+        Some(&self.ports)
+    }
+}
