@@ -85,7 +85,7 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
     let mut out = String::with_capacity(16 * 1024);
 
     type ShardValue = fn(&LiveCounters) -> String;
-    let per_shard: [(&'static str, &str, &str, ShardValue); 6] = [
+    let per_shard: [(&'static str, &str, &str, ShardValue); 7] = [
         (
             "bettong_messages_out_total",
             "counter",
@@ -115,6 +115,12 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
             "counter",
             "Time sources and drains spent waiting for a full ring or sink buffer.",
             |s| format!("{:.9}", s.paused_ns.get() as f64 / 1e9),
+        ),
+        (
+            "bettong_late_messages_total",
+            "counter",
+            "Messages windows dropped as late (every window they belonged to had fired).",
+            |s| s.late.get().to_string(),
         ),
         (
             "bettong_cut_connections_total",
