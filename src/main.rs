@@ -53,6 +53,15 @@ enum Command {
     },
 }
 
+/// `bettong bench vwap`: the bench flags and the window flags.
+#[derive(clap::Args)]
+struct BenchVwapArgs {
+    #[command(flatten)]
+    bench: BenchArgs,
+    #[command(flatten)]
+    windows: bettong_apps::vwap::VwapArgs,
+}
+
 /// `bettong vwap`: the engine flags and the window flags.
 #[derive(clap::Args)]
 struct VwapCommand {
@@ -73,12 +82,17 @@ enum BenchCommand {
     /// The engine-free baseline: the passthrough run with a plain-threads relay in the
     /// engine's place (no shards; latency figures are 0)
     Relay(BenchArgs),
+    /// VWAP on generated orders (`gen vwap`): tumbling 1 s windows unless the window flags
+    /// say otherwise
+    Vwap(BenchVwapArgs),
 }
 
 #[derive(Subcommand)]
 enum GenCommand {
     /// Market Spread data: initial NBBO, NBBO updates, orders and the expected output count
     MarketSpread(GenMarketSpreadArgs),
+    /// VWAP data: orders whose transact times advance (a share of them late)
+    Vwap(bettong_giles::gen_vwap::GenVwapArgs),
 }
 
 /// Exit status of a usage error: a bad flag value, as clap's own (`Cli::parse` exits with it).
@@ -113,6 +127,11 @@ fn main() -> ExitCode {
         Command::Gen {
             data: GenCommand::MarketSpread(args),
         } => gen_market_spread(&args).map_err(Failure::from),
+        Command::Gen {
+            data: GenCommand::Vwap(args),
+        } => bettong_giles::gen_vwap::generate(&args)
+            .map(|summary| print_out(&summary))
+            .map_err(Failure::from),
         Command::Send(mut args) => {
             args.progress = true;
             send(&args).map_err(Failure::from)
@@ -202,6 +221,10 @@ fn bench(app: BenchCommand) -> Result<(), String> {
         BenchCommand::WordCount(args) => (bench::word_count(&args)?, args.json),
         BenchCommand::Passthrough(args) => (bench::passthrough(&args)?, args.json),
         BenchCommand::Relay(args) => (bench::relay(&args)?, args.json),
+        BenchCommand::Vwap(args) => (
+            bench::vwap(&args.bench, args.windows.windows()?)?,
+            args.bench.json,
+        ),
     };
     print_out(&report);
     if let Some(path) = json {

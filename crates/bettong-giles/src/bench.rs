@@ -768,6 +768,59 @@ fn write_frames_file(path: &Path) -> Result<(), String> {
 
 /// The one feed of `bench passthrough` and `bench relay`: `--messages` records of
 /// 4 + [`FRAME_PAYLOAD`] bytes, from a file generated into `dir`.
+/// `bench vwap`: `--messages` orders from `gen vwap` (350 symbols, 10,000 orders per second of
+/// event time, in order) on one connection per shard to the VWAP application with `windows`.
+/// The clock stops once every order is folded into its window; the windows still open then
+/// fire at the stop, and the output count is checked against the data: one line per symbol
+/// and window that holds an order.
+pub fn vwap(args: &BenchArgs, windows: bettong_apps::vwap::Windows) -> Result<BenchReport, String> {
+    use crate::gen_vwap::{generate, GenVwapArgs};
+    use bettong_apps::vwap::{decode, Windows};
+    let dir = TempDir::new("bench-vwap")?;
+    let mut g = GenVwapArgs::new(&dir.0);
+    g.orders = args.messages;
+    let data = generate(&g)?;
+    // The expected outputs, from the data.
+    let bytes = std::fs::read(&data.path).map_err(|e| format!("{}: {e}", data.path.display()))?;
+    let mut windows_seen = std::collections::HashSet::new();
+    let mut counts: std::collections::HashMap<[u8; 4], u64> = std::collections::HashMap::new();
+    for frame in bytes.chunks(57) {
+        let o = decode(&frame[4..]).map_err(|e| e.to_string())?;
+        match windows {
+            Windows::Range { range, slide, .. } => {
+                let (range, slide) = (range.as_nanos() as u64, slide.as_nanos() as u64);
+                let p = o.event_ns / slide;
+                for k in p.saturating_sub(range / slide - 1)..=p {
+                    windows_seen.insert((*o.order.symbol(), k));
+                }
+            }
+            Windows::Count(_) => *counts.entry(*o.order.symbol()).or_default() += 1,
+        }
+    }
+    let expected_out = match windows {
+        Windows::Range { .. } => windows_seen.len() as u64,
+        Windows::Count(n) => counts.values().map(|c| c.div_ceil(n)).sum(),
+    };
+    let mut receive = ReceiveArgs::new("127.0.0.1:0");
+    receive.no_write = true;
+    let feed = Feed {
+        source: bettong_apps::market_spread::ORDERS_SOURCE,
+        file: data.path.clone(),
+        record: Some(57),
+        messages: args.messages,
+        connections: args.connections_or(1),
+    };
+    let (report, _) = run(
+        Target::Engine(bettong_apps::vwap::application(windows)),
+        args,
+        receive,
+        None,
+        vec![feed],
+        expected_out,
+    )?;
+    Ok(report)
+}
+
 fn frames_feed(dir: &TempDir, connections: usize, messages: u64) -> Result<Feed, String> {
     let file = dir.0.join("frames.bin");
     write_frames_file(&file)?;

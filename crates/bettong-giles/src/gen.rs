@@ -436,16 +436,16 @@ fn hot_symbol_count(accepted: usize, percent: u64) -> usize {
     hot.clamp(1, accepted)
 }
 
-struct Symbol {
-    name: [u8; 4],
+pub(crate) struct Symbol {
+    pub(crate) name: [u8; 4],
     /// Base price in units of 0.0001; at least 1.00 so that accepted quotes never reach a 5%
     /// relative spread.
-    price_units: i64,
+    pub(crate) price_units: i64,
 }
 
 /// Distinct tickers of 1–4 uppercase letters, mostly 3 and 4 like real ones, each with a base
 /// price between 1.00 and 700.00.
-fn make_symbols(seed: u64, count: usize) -> Vec<Symbol> {
+pub(crate) fn make_symbols(seed: u64, count: usize) -> Vec<Symbol> {
     let mut rng = Rng::new(seed, Stream::Symbols);
     let mut seen = HashSet::with_capacity(count);
     let mut out = Vec::with_capacity(count);
@@ -481,17 +481,18 @@ fn make_symbols(seed: u64, count: usize) -> Vec<Symbol> {
 
 /// Independent random streams per file, so that changing one count leaves the other files alone.
 #[derive(Clone, Copy)]
-enum Stream {
+pub(crate) enum Stream {
     Symbols = 1,
     InitialNbbo = 2,
     Nbbo = 3,
     Orders = 4,
     RejectedPlacement = 5,
+    VwapOrders = 6,
 }
 
 /// xoshiro256** (Blackman and Vigna), seeded through splitmix64: small, fast, and fixed here so
 /// the data never depends on a crate's choice of algorithm.
-struct Rng {
+pub(crate) struct Rng {
     s: [u64; 4],
 }
 
@@ -504,7 +505,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 }
 
 impl Rng {
-    fn new(seed: u64, stream: Stream) -> Rng {
+    pub(crate) fn new(seed: u64, stream: Stream) -> Rng {
         let mut state = seed ^ (stream as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let s = [
             splitmix64(&mut state),
@@ -528,7 +529,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0), without modulo bias (Lemire's multiply-and-reject).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         let mut m = u128::from(self.next_u64()) * u128::from(n);
         if (m as u64) < n {

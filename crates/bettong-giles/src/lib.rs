@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod gen;
+pub mod gen_vwap;
 pub mod progress;
 pub mod receiver;
 pub mod relay;
