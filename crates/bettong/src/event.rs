@@ -39,7 +39,9 @@ impl Stamp {
 }
 
 /// A control event. Operators observe it and forward it; where an operator has several
-/// inputs it forwards each kind once all inputs agree (see [`crate::ops`]).
+/// inputs it forwards a watermark as the minimum over the inputs that are neither ended nor
+/// idle, a barrier once every input has delivered it, and end of stream once every input has
+/// ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     /// No data with an event time below this one will follow on this input.

@@ -20,11 +20,13 @@
 //! ```
 
 pub mod config;
+#[doc(hidden)]
 pub mod doorbell;
 pub(crate) mod exchange;
 mod executors;
 mod failure;
 mod reporter;
+#[doc(hidden)]
 pub mod ring;
 pub mod router;
 pub(crate) mod shard;
