@@ -195,6 +195,25 @@ impl SinkBuffer {
         // How long an idle writer waits before asking the kernel again about bytes not yet
         // acknowledged; doubles while nothing changes.
         let mut tick = MIN_TICK;
+        // Connect at once rather than on the first output: the sink gets its connection
+        // while descriptors are plentiful (a storm of clients near the open-file limit cannot
+        // then keep outputs from flowing), and the first output pays no connect. Until the sink
+        // listens, outputs wait in the buffer as before; a stop with nothing to send ends it.
+        {
+            let eager = self.reconnect(&mut conn, &mut kept, addr, shard);
+            let nothing_to_send = async {
+                while !(self.finishing.get() || self.abandoned.get()) {
+                    self.wake_writer.notified().await;
+                }
+            };
+            futures_lite::future::or(
+                async {
+                    eager.await;
+                },
+                nothing_to_send,
+            )
+            .await;
+        }
         loop {
             if self.abandoned.get() {
                 break;
