@@ -607,12 +607,18 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
 // ---------------------------------------------------------------------------------------------
 // bettong in-process.
 
+/// `PEER_POLL=park|spin|spin:MICROS` (default park); `perf/callgrind.sh` sets spin, because a
+/// shard parked in `io_uring_enter` never wakes under valgrind 3.19.
 fn engine_config(shards: usize) -> EngineConfig {
     let online = online_cores();
+    let poll = std::env::var("PEER_POLL")
+        .ok()
+        .and_then(|p| p.parse::<Poll>().ok())
+        .unwrap_or(Poll::Park);
     EngineConfig {
         cores: online.iter().copied().cycle().take(shards).collect(),
         pin: shards <= online.len(),
-        poll: Poll::Park,
+        poll,
         ..EngineConfig::default()
     }
 }
@@ -641,6 +647,9 @@ fn bettong_inproc(data: &Data, shards: usize) -> Result<Outcome, String> {
     }
     drop(pusher);
     wait_finished(&engine, data.symbols);
+    if let Some(chunk) = std::env::var("PEER_CHUNK").ok().and_then(|c| c.parse::<usize>().ok()) {
+        return bettong_chunked(data, engine, market, outputs, chunk.max(1));
+    }
     // One pusher thread per shard, each with its share of the stream.
     let pushers = (0..shards)
         .map(|_| market.pusher())
@@ -662,6 +671,40 @@ fn bettong_inproc(data: &Data, shards: usize) -> Result<Outcome, String> {
     let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
     engine.stop().map_err(|e| e.to_string())?;
     Ok(r)
+}
+
+/// For `perf/callgrind.sh` (`PEER_CHUNK=C`): the host thread pushes `C` messages at a time
+/// (fewer than a pusher ring holds, so a push never waits) and waits, outside [`push_chunk`],
+/// until the shard has finished them. What callgrind counts in `push_chunk` (decode, route,
+/// push, publish, wake) and in the shard's source task (drain, operators, sink) is then the same
+/// from run to run: no spinning is inside either.
+fn bettong_chunked(
+    data: &Data,
+    engine: Engine,
+    market: InProcessSource<MarketMessage>,
+    outputs: Arc<AtomicU64>,
+    chunk: usize,
+) -> Result<Outcome, String> {
+    let mut pusher = market.pusher()?;
+    let frames_all: Vec<&[u8]> = frames(&data.stream).collect();
+    let span = Span::start();
+    let mut done = data.symbols;
+    for c in frames_all.chunks(chunk) {
+        push_chunk(&mut pusher, c);
+        done += c.len() as u64;
+        wait_finished(&engine, done);
+    }
+    let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
+    drop(pusher);
+    engine.stop().map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+#[inline(never)]
+fn push_chunk(pusher: &mut bettong::Pusher<MarketMessage>, frames: &[&[u8]]) {
+    for f in frames {
+        let _ = pusher.push(decoded(f));
+    }
 }
 
 /// Open-loop latency on one shard, one host pusher thread; see [`timely_latency`].

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Instructions per message of Market Spread, counted by callgrind: stable on a noisy machine
+# (instructions do not depend on what else runs), so engine changes can be compared exactly.
+#
+#   bash perf/callgrind.sh          # about 1 minute after the build
+#
+# Variants (perf/peer, one process each, run under `valgrind --tool=callgrind`):
+#   loop     the hand-written loop: decode, HashMap<symbol, SymbolData> (Fx), check
+#   bettong  1 shard, the in-process path: a host thread decodes and pushes (InProcessSource,
+#            keyed by symbol), the shard's source task drains the ring through the
+#            spread-check operator into a CallbackSink
+# Each variant runs with N messages and with 0; instructions/message = (I(N) - I(0)) / N, so
+# start-up, priming and shutdown cancel out. Collection is limited (--toggle-collect) to the
+# data path, which never spins:
+#   loop:    bettong_peer::run_loop
+#   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and
+#            the shard's source task (bettong::connect::in_process::serve, inlined into
+#            <SourceNode as NodeBuild>::build::{{closure}}: drain, operators,
+#            sink, flush, backpressure check, re-arming its wake-up)
+# The host pushes CG_CHUNK messages at a time (fewer than a pusher ring holds) and waits for the
+# shard outside push_chunk, so a chunk of CG_CHUNK messages costs one wake-up of the shard. The
+# shards run --poll spin (valgrind 3.19 deadlocks a shard parked in io_uring_enter); the spinning
+# itself is in glommio's executor loop, outside what is collected.
+#
+# Settings (environment): CG_MESSAGES [100000], CG_CHUNK [1024], CG_REPEAT [2] (each count is
+# taken this many times, to show that it repeats).
+#
+# Output: the table on stdout and in perf/results/callgrind-latest.md, the annotated profile of
+# the bettong run (per function, inclusive and self) in perf/results/callgrind-latest-bettong.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${CG_MESSAGES:-100000}
+CHUNK=${CG_CHUNK:-1024}
+REPEAT=${CG_REPEAT:-2}
+
+cargo build --release --manifest-path perf/peer/Cargo.toml
+BIN=$PWD/perf/peer/target/release/bettong-peer
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bettong-cg.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+"$BIN" gen "$WORK/data" "$N" 2>/dev/null
+
+declare -A TOGGLES=(
+    [loop]="--toggle-collect=bettong_peer::run_loop"
+    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
+)
+
+# count VARIANT MESSAGES OUTFILE: prints the instructions collected.
+count() {
+    # shellcheck disable=SC2086
+    PEER_POLL=spin PEER_CHUNK=$CHUNK timeout -s KILL 600 valgrind --tool=callgrind \
+        --callgrind-out-file="$3" ${TOGGLES[$1]} \
+        "$BIN" run "$1" --data "$WORK/data" --messages "$2" >"$WORK/log" 2>&1 ||
+        { tail -20 "$WORK/log" >&2; return 1; }
+    sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$WORK/log"
+}
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+commit=${PEER_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p perf/results
+MD=perf/results/callgrind-latest.md
+{
+    echo "# Instructions per message, Market Spread on 1 shard ($STAMP)"
+    echo
+    echo "\`CG_MESSAGES=$N CG_CHUNK=$CHUNK bash perf/callgrind.sh\` — commit $commit, $(valgrind --version)."
+    echo "Per message = (I(N) − I(0)) / N, collected only in the data path (see the script)."
+    echo
+    echo "| variant | I(N=$N) | I(0) | instructions/message | repeats of I(N) |"
+    echo "|---|---|---|---|---|"
+} >"$MD"
+for v in loop bettong; do
+    runs=()
+    for ((r = 0; r < REPEAT; r++)); do runs+=("$(count "$v" "$N" "$WORK/cg.$v.$r")"); done
+    zero=$(count "$v" 0 "$WORK/cg.$v.zero")
+    per=$(python3 -c 'import sys; a, z, n = map(int, sys.argv[1:]); print(f"{(a - z) / n:.1f}")' \
+        "${runs[0]}" "$zero" "$N")
+    echo "| $v | ${runs[0]} | $zero | $per | ${runs[*]} |" >>"$MD"
+    printf '%-8s I(N)=%s I(0)=%s  %s instructions/message  (repeats: %s)\n' "$v" "${runs[0]}" "$zero" "$per" "${runs[*]}"
+done
+# Per function, inclusive then self, without the libc/std start-up frames (which only wrap).
+OUT=perf/results/callgrind-latest-bettong.txt
+{
+    echo "# callgrind, bettong variant, N=$N, chunk $CHUNK, commit $commit: inclusive"
+    callgrind_annotate --inclusive=yes "$WORK/cg.bettong.0" >"$WORK/incl.txt" 2>&1 || true
+    grep -v -e 'libc.so' -e 'ld-linux' -e '/rustc/' -e 'below main' -e '???:main' "$WORK/incl.txt" | sed -n '1,70p'
+    echo
+    echo "# self"
+    callgrind_annotate "$WORK/cg.bettong.0" >"$WORK/self.txt" 2>&1 || true
+    sed -n '/file:function/,$p' "$WORK/self.txt" | sed -n '1,45p'
+} | cut -c1-240 >"$OUT"
+echo "perf: wrote $MD and perf/results/callgrind-latest-bettong.txt"
