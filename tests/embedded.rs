@@ -75,7 +75,7 @@ fn over_tcp(data: &Data, shards: usize) -> BTreeSet<ResultKey> {
         (Some("Orders".into()), "127.0.0.1:0".parse().unwrap()),
         (Some("Nbbo".into()), "127.0.0.1:0".parse().unwrap()),
     ];
-    cfg.outputs = vec![(None, sink.local_addr().unwrap())];
+    cfg.outputs = vec![(None, sink.local_addr().unwrap().into())];
     // A shard connects to the sink only once it has output, so accept until the engine has
     // stopped (by then every connection it made is in the accept queue).
     let stopped = Arc::new(AtomicBool::new(false));

@@ -50,7 +50,7 @@ fn fifty_start_stop_cycles_leave_the_fd_count_flat() {
             cores: vec![0, 1],
             pin: false,
             inputs: vec![(Some("Framed".into()), "127.0.0.1:0".parse().unwrap())],
-            outputs: vec![(None, sink.addr)],
+            outputs: vec![(None, sink.addr.into())],
             ..EngineConfig::default()
         };
         let engine = Engine::start(app, config).unwrap();

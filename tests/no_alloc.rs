@@ -83,7 +83,7 @@ fn market_spread_does_not_allocate_per_message() {
             (Some("Orders".into()), "127.0.0.1:0".parse().unwrap()),
             (Some("Nbbo".into()), "127.0.0.1:0".parse().unwrap()),
         ],
-        outputs: vec![(None, sink_addr)],
+        outputs: vec![(None, sink_addr.into())],
         cores: vec![0, 1],
         pin: false,
         ..EngineConfig::default()
@@ -140,7 +140,7 @@ fn vwap_windows_do_not_allocate_per_message() {
 
     let config = EngineConfig {
         inputs: vec![(None, "127.0.0.1:0".parse().unwrap())],
-        outputs: vec![(None, quiet_sink())],
+        outputs: vec![(None, quiet_sink().into())],
         cores: vec![0, 1],
         pin: false,
         ..EngineConfig::default()

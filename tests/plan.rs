@@ -105,8 +105,8 @@ fn to_sinks_delivers_every_output_to_both_tcp_sinks() {
         );
         let mut cfg = config(shards);
         cfg.outputs = vec![
-            (Some("Binary".to_string()), binary_sink.addr),
-            (Some("Text".to_string()), text_sink.addr),
+            (Some("Binary".to_string()), binary_sink.addr.into()),
+            (Some("Text".to_string()), text_sink.addr.into()),
         ];
         let engine = bettong::Engine::start(app, cfg).unwrap();
         let mut pusher = numbers.pusher().unwrap();

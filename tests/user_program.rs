@@ -41,7 +41,7 @@ fn user_program(sink: SocketAddr, shards: usize) -> ! {
         cores: (0..shards).collect(),
         pin: false,
         inputs: vec![(None, "127.0.0.1:0".parse().unwrap())],
-        outputs: vec![(None, sink)],
+        outputs: vec![(None, sink.into())],
         ..EngineConfig::default()
     };
     let result = bettong::run_until_signal(app, config, |engine| {

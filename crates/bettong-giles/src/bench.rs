@@ -134,9 +134,9 @@ impl BenchArgs {
         Ok(EngineConfig {
             inputs: sources
                 .iter()
-                .map(|s| (Some(s.to_string()), loopback))
+                .map(|s| (Some(s.to_string()), loopback.into()))
                 .collect(),
-            outputs: vec![(None, receiver)],
+            outputs: vec![(None, receiver.into())],
             cores,
             pin: !self.no_pin,
             poll: self.poll,

@@ -84,27 +84,47 @@ impl<D: Decoder> TcpSource<D> {
     }
 }
 
+/// One shard's part of a [`TcpSource`]: its listener, or (for `file:PATH`) the file to read
+/// (shard 0 reads it; the keyed exchange downstream spreads the work).
+pub struct SourcePart(Endpoint);
+
+enum Endpoint {
+    Listener(std::net::TcpListener),
+    File(Option<std::path::PathBuf>),
+}
+
 impl<D: Decoder> Source for TcpSource<D> {
     type Out = D::Out;
-    type Part = std::net::TcpListener;
+    type Part = SourcePart;
 
     fn takes_address(&self) -> bool {
         true
     }
 
     /// Binds one listener per shard on the address (SO_REUSEPORT), here on the starting
-    /// thread so that port 0 resolves to one real port that all shards share.
+    /// thread so that port 0 resolves to one real port that all shards share. A `file:PATH`
+    /// address replays a file of frames instead: the source ends at the end of the file (and
+    /// the engine stops once every source has ended).
     fn open(
         &self,
         name: &str,
         address: Option<&str>,
         shards: usize,
-    ) -> Result<Opened<std::net::TcpListener>, Error> {
+    ) -> Result<Opened<SourcePart>, Error> {
         let connector = |message: String| Error::Connector {
             name: format!("source {name}"),
             message,
         };
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
+        if let Some(path) = address.strip_prefix("file:") {
+            std::fs::metadata(path).map_err(|e| connector(format!("{path}: {e}")))?;
+            return Ok(Opened {
+                parts: (0..shards)
+                    .map(|s| SourcePart(Endpoint::File((s == 0).then(|| path.into()))))
+                    .collect(),
+                endpoint: Some(address.to_string()),
+            });
+        }
         let mut bound = parse_addr(address).map_err(connector)?;
         crate::runtime::probe_port(bound)
             .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
@@ -113,7 +133,7 @@ impl<D: Decoder> Source for TcpSource<D> {
             let l = crate::runtime::bind_reuseport(bound)
                 .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
             bound = l.local_addr().map_err(|e| connector(e.to_string()))?;
-            parts.push(l);
+            parts.push(SourcePart(Endpoint::Listener(l)));
         }
         Ok(Opened {
             parts,
@@ -123,7 +143,7 @@ impl<D: Decoder> Source for TcpSource<D> {
 
     fn run(
         &self,
-        listener: std::net::TcpListener,
+        part: SourcePart,
         ctx: SourceContext<D::Out>,
     ) -> impl Future<Output = ()> + 'static {
         let decoder = self.decoder.clone();
@@ -150,6 +170,19 @@ impl<D: Decoder> Source for TcpSource<D> {
                 counters: core.metrics.source(ctx.name()),
                 watermarks: Default::default(),
             });
+            let listener = match part.0 {
+                Endpoint::Listener(l) => l,
+                Endpoint::File(None) => return,
+                Endpoint::File(Some(path)) => {
+                    let max_frame = core.config.max_frame;
+                    let last =
+                        crate::net::file::read_framed_file(path, &source, &core, max_frame).await;
+                    if last > 0 {
+                        ctx.watermark(last);
+                    }
+                    return;
+                }
+            };
             ctx.spawn(announce_progress(ctx.clone(), source.clone(), idle));
             let conns = Rc::new(Connections::default());
             let fd = listener.into_raw_fd();
@@ -251,8 +284,17 @@ impl<E> TcpSink<E> {
     }
 }
 
+/// One shard's part of a [`TcpSink`]: the address to connect to, or (for `file:PATH`) the
+/// file this shard writes (`PATH` with one shard, `PATH.N` for shard N with several).
+pub struct SinkPart(SinkEndpoint);
+
+enum SinkEndpoint {
+    Tcp(SocketAddr),
+    File(std::path::PathBuf),
+}
+
 impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
-    type Part = SocketAddr;
+    type Part = SinkPart;
 
     fn takes_address(&self) -> bool {
         true
@@ -263,20 +305,47 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
         name: &str,
         address: Option<&str>,
         shards: usize,
-    ) -> Result<Opened<SocketAddr>, Error> {
+    ) -> Result<Opened<SinkPart>, Error> {
         let connector = |message: String| Error::Connector {
             name: format!("sink {name}"),
             message,
         };
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
+        if let Some(path) = address.strip_prefix("file:") {
+            let path = std::path::PathBuf::from(path);
+            let mut parts = Vec::with_capacity(shards);
+            for s in 0..shards {
+                let p = if shards == 1 {
+                    path.clone()
+                } else {
+                    let mut p = path.clone().into_os_string();
+                    p.push(format!(".{s}"));
+                    p.into()
+                };
+                // Created (emptied) here, so a path that cannot be written fails the start.
+                std::fs::File::create(&p)
+                    .map_err(|e| connector(format!("{}: {e}", p.display())))?;
+                parts.push(SinkPart(SinkEndpoint::File(p)));
+            }
+            return Ok(Opened {
+                parts,
+                endpoint: Some(address.to_string()),
+            });
+        }
         let addr = parse_addr(address).map_err(connector)?;
         Ok(Opened {
-            parts: vec![addr; shards],
+            parts: (0..shards)
+                .map(|_| SinkPart(SinkEndpoint::Tcp(addr)))
+                .collect(),
             endpoint: Some(addr.to_string()),
         })
     }
 
-    fn start(&self, addr: SocketAddr, ctx: SinkContext) -> SinkShard<T> {
+    fn start(&self, part: SinkPart, ctx: SinkContext) -> SinkShard<T> {
+        let addr = match part.0 {
+            SinkEndpoint::Tcp(addr) => addr,
+            SinkEndpoint::File(path) => return file_sink(path, self.encoder.clone(), ctx),
+        };
         let core = ctx.core().clone();
         let buffer = Rc::new(
             SinkBuffer::new(core.config.sink_buffer).counted(core.metrics.sink(ctx.name())),
@@ -316,5 +385,110 @@ impl<T, E: Encoder<T>> SinkInput<T> for TcpSinkInput<E> {
     #[inline]
     fn write(&self, msg: T, _stamp: Stamp) {
         self.buffer.append(|out| self.encoder.encode(&msg, out));
+    }
+}
+
+/// A file sink on one shard: outputs are encoded into a buffer that the sink's task appends to
+/// the file on glommio's blocking pool (the shard never waits on the disk); a buffer over
+/// `--sink-buffer` raises the gauge. The file is synced when the sink finishes.
+fn file_sink<T: 'static, E: Encoder<T>>(
+    path: std::path::PathBuf,
+    encoder: Arc<E>,
+    ctx: SinkContext,
+) -> SinkShard<T> {
+    let shared = Rc::new(FileBuffer {
+        buf: std::cell::RefCell::new(Vec::new()),
+        gauge: ctx.gauge(),
+        limit: ctx.core().config.sink_buffer,
+        wake: crate::runtime::shard::Notify::default(),
+    });
+    let b = shared.clone();
+    let task = async move {
+        let mut file = match std::fs::OpenOptions::new().append(true).open(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("sink {}: {}: {e}", ctx.name(), path.display());
+                None
+            }
+        };
+        let finished = std::cell::Cell::new(false);
+        loop {
+            futures_lite::future::or(b.wake.notified(), async {
+                ctx.finishing().await;
+                finished.set(true);
+            })
+            .await;
+            loop {
+                let chunk = std::mem::take(&mut *b.buf.borrow_mut());
+                if chunk.is_empty() {
+                    break;
+                }
+                if let Some(f) = file.take() {
+                    let done = finished.get();
+                    let (f, result) = glommio::executor()
+                        .spawn_blocking(move || {
+                            use std::io::Write;
+                            let mut f = f;
+                            let r = f.write_all(&chunk).and_then(|()| {
+                                if done {
+                                    f.sync_data()
+                                } else {
+                                    Ok(())
+                                }
+                            });
+                            (f, r)
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        tracing::error!(
+                            "sink {}: {}: write failed: {e}",
+                            ctx.name(),
+                            path.display()
+                        );
+                    }
+                    file = Some(f);
+                }
+                if b.gauge.is_over() && b.buf.borrow().len() < b.limit {
+                    b.gauge.set(false);
+                    ctx.relieve();
+                }
+            }
+            if finished.get() {
+                if let Some(f) = file.take() {
+                    let _ = glommio::executor()
+                        .spawn_blocking(move || f.sync_data())
+                        .await;
+                }
+                return;
+            }
+        }
+    };
+    SinkShard::new(FileSinkInput { shared, encoder }).with_task(task)
+}
+
+struct FileBuffer {
+    buf: std::cell::RefCell<Vec<u8>>,
+    gauge: crate::runtime::shard::Gauge,
+    limit: usize,
+    wake: crate::runtime::shard::Notify,
+}
+
+struct FileSinkInput<E> {
+    shared: Rc<FileBuffer>,
+    encoder: Arc<E>,
+}
+
+impl<T, E: Encoder<T>> SinkInput<T> for FileSinkInput<E> {
+    #[inline]
+    fn write(&self, msg: T, _stamp: Stamp) {
+        let mut buf = self.shared.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        self.encoder.encode(&msg, &mut buf);
+        if buf.len() >= self.shared.limit {
+            self.shared.gauge.set(true);
+        }
+        if was_empty {
+            self.shared.wake.notify();
+        }
     }
 }

@@ -105,9 +105,9 @@ impl std::str::FromStr for Poll {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Source addresses: `(Some(name), addr)`, or `(None, addr)` for a one-source application.
-    pub inputs: Vec<(Option<String>, SocketAddr)>,
+    pub inputs: Vec<(Option<String>, Address)>,
     /// Sink addresses: `(Some(name), addr)`, or `(None, addr)` for a one-sink application.
-    pub outputs: Vec<(Option<String>, SocketAddr)>,
+    pub outputs: Vec<(Option<String>, Address)>,
     /// One shard per listed core.
     pub cores: Vec<usize>,
     /// Pin each shard's thread to its core.
@@ -183,7 +183,49 @@ fn check_cores(cores: &[usize]) -> Result<(), String> {
 
 /// Each source once, each fixed address (port not 0) for one source only, and at most one
 /// address without a name.
-fn check_inputs(inputs: &[(Option<String>, SocketAddr)]) -> Result<(), String> {
+/// Where a source reads or a sink writes: a TCP address (`HOST:PORT`) or a file
+/// (`file:PATH`, for replays and back-tests).
+///
+/// ```
+/// use bettong::runtime::config::Address;
+/// assert_eq!("file:/tmp/orders.msg".parse::<Address>(), Ok(Address::File("/tmp/orders.msg".into())));
+/// assert_eq!("127.0.0.1:7000".parse::<Address>().unwrap().to_string(), "127.0.0.1:7000");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("file:") {
+            Some("") => Err(format!("`{s}`: no path after file:")),
+            Some(path) => Ok(Address::File(PathBuf::from(path))),
+            None => parse_addr(s).map(Address::Tcp),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Self {
+        Address::Tcp(a)
+    }
+}
+
+fn check_inputs(inputs: &[(Option<String>, Address)]) -> Result<(), String> {
     for (i, (name, addr)) in inputs.iter().enumerate() {
         let earlier = &inputs[..i];
         match name {
@@ -198,7 +240,8 @@ fn check_inputs(inputs: &[(Option<String>, SocketAddr)]) -> Result<(), String> {
             }
             _ => {}
         }
-        if addr.port() != 0 && earlier.iter().any(|(_, a)| a == addr) {
+        let any_port = matches!(addr, Address::Tcp(a) if a.port() == 0);
+        if !any_port && earlier.iter().any(|(_, a)| a == addr) {
             return Err(format!("{addr} is given for two sources"));
         }
     }
@@ -320,15 +363,15 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// assert!(parse_inputs("A@127.0.0.1:7000,B@127.0.0.1:7000").is_err());
 /// assert!(parse_inputs("A@127.0.0.1:0,B@127.0.0.1:0").is_ok());
 /// ```
-pub fn parse_inputs(text: &str) -> Result<Vec<(Option<String>, SocketAddr)>, String> {
+pub fn parse_inputs(text: &str) -> Result<Vec<(Option<String>, Address)>, String> {
     let inputs = text
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|part| match part.rsplit_once('@') {
             Some(("", _)) => Err(format!("`{part}`: the source name before @ is empty")),
-            Some((name, addr)) => Ok((Some(name.to_string()), parse_addr(addr)?)),
-            None => Ok((None, parse_addr(part)?)),
+            Some((name, addr)) => Ok((Some(name.to_string()), addr.parse()?)),
+            None => Ok((None, part.parse()?)),
         })
         .collect::<Result<Vec<_>, String>>()?;
     check_inputs(&inputs)?;
@@ -378,8 +421,8 @@ mod tests {
         bad(|c| c.cores = vec![1, 1], "--cores");
         bad(
             |c| {
-                let a: SocketAddr = "127.0.0.1:7000".parse().unwrap();
-                c.inputs = vec![(Some("A".into()), a), (Some("A".into()), a)];
+                let a: Address = "127.0.0.1:7000".parse().unwrap();
+                c.inputs = vec![(Some("A".into()), a.clone()), (Some("A".into()), a)];
             },
             "--in",
         );

@@ -58,6 +58,9 @@ pub struct StopHandle(Arc<StopSignal>);
 struct StopSignal {
     stopped: AtomicBool,
     shards: Vec<Arc<Waiter>>,
+    /// Source instances (sources × shards) that have not ended by themselves: when the last
+    /// one ends (every source was a file read to its end), the engine stops.
+    sources_left: std::sync::atomic::AtomicUsize,
 }
 
 impl StopHandle {
@@ -66,6 +69,13 @@ impl StopHandle {
         self.0.stopped.store(true, Ordering::SeqCst);
         for w in &self.0.shards {
             w.wake_if_parked();
+        }
+    }
+
+    /// One source instance has ended by itself; the last one stops the engine.
+    fn source_ended(&self) {
+        if self.0.sources_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stop();
         }
     }
 
@@ -196,6 +206,9 @@ impl Engine {
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
             shards: bells.iter().map(|b| Waiter::new(Some(b))).collect(),
+            sources_left: std::sync::atomic::AtomicUsize::new(
+                plan.of_role(Role::Source).count() * n,
+            ),
         }));
         let (started_tx, started_rx) = mpsc::channel::<Result<(), Error>>();
         let (live_tx, live_rx) = mpsc::channel::<Arc<LiveCounters>>();
@@ -338,9 +351,9 @@ impl Drop for Engine {
 fn assign(
     plan: &Plan,
     role: Role,
-    given: &[(Option<String>, SocketAddr)],
+    given: &[(Option<String>, config::Address)],
     flag: &str,
-) -> Result<HashMap<usize, SocketAddr>, Error> {
+) -> Result<HashMap<usize, config::Address>, Error> {
     let kind = if role == Role::Source {
         "source"
     } else {
@@ -367,13 +380,13 @@ fn assign(
     }
     let mut out = HashMap::new();
     if let ([(None, addr)], [(id, _)]) = (given, wanting.as_slice()) {
-        out.insert(*id, *addr);
+        out.insert(*id, addr.clone());
         return Ok(out);
     }
     for (id, name) in &wanting {
         match given.iter().find(|(n, _)| n.as_deref() == Some(*name)) {
             Some((_, addr)) => {
-                out.insert(*id, *addr);
+                out.insert(*id, addr.clone());
             }
             None => {
                 return Err(Error::Config(format!(
@@ -528,7 +541,16 @@ async fn run_shard(start: ShardStart) -> Summary {
     steps.sort_by_key(|(rank, kind, _)| (*rank, *kind));
     let sources: Vec<_> = sources
         .into_iter()
-        .map(|(_, task)| glommio::spawn_local(task))
+        .map(|(_, task)| {
+            let (stop, core) = (stop.clone(), core.clone());
+            glommio::spawn_local(async move {
+                task.await;
+                // A source that ended by itself (a file read to its end), not by the stop.
+                if !core.stop.is_set() {
+                    stop.source_ended();
+                }
+            })
+        })
         .collect();
     let _ = started.send(Ok(()));
     drop(started);

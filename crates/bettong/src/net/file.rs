@@ -1,0 +1,121 @@
+//! Framed records from a file (`--in NAME@file:PATH`): a capture replayed for a back-test.
+//! The file is read in large chunks on glommio's blocking pool (a shard never waits on the
+//! disk), and each chunk's frames go through the source like a TCP read's.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::metrics::now_ns;
+use crate::runtime::shard::{ShardCore, SourceRuntime};
+
+/// Bytes read per chunk.
+const CHUNK: usize = 256 * 1024;
+
+/// Reads `path` to its end through `source`, or until the engine stops. Returns the event
+/// time of the last message (for the source's final watermark).
+pub(crate) async fn read_framed_file(
+    path: PathBuf,
+    source: &SourceRuntime,
+    core: &ShardCore,
+    max_frame: usize,
+) -> u64 {
+    let metrics = &core.metrics;
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("source {}: {}: {e}", source.name, path.display());
+            return 0;
+        }
+    };
+    let mut file = Some(file);
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + max_frame);
+    let mut start = 0;
+    let mut event_time = 0;
+    let mut errors = 0u64;
+    loop {
+        if core.stop.is_set() {
+            break;
+        }
+        // Read the next chunk off the shard.
+        let Some(mut f) = file.take() else { break };
+        let (f, chunk) = glommio::executor()
+            .spawn_blocking(move || {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = f.read(&mut chunk);
+                (
+                    f,
+                    n.map(|n| {
+                        chunk.truncate(n);
+                        chunk
+                    }),
+                )
+            })
+            .await;
+        let chunk = match chunk {
+            Ok(c) if c.is_empty() => break,
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "source {}: {}: read failed: {e}",
+                    source.name,
+                    path.display()
+                );
+                break;
+            }
+        };
+        file = Some(f);
+        buf.drain(..start);
+        start = 0;
+        buf.extend_from_slice(&chunk);
+        let ingest = now_ns();
+        while buf.len() - start >= 4 {
+            let len =
+                u32::from_be_bytes([buf[start], buf[start + 1], buf[start + 2], buf[start + 3]])
+                    as usize;
+            if len > max_frame {
+                metrics.frame_error_from(&source.counters);
+                tracing::warn!(
+                    "source {}: {}: a {len}-byte frame is over --max-frame ({max_frame}); the rest of the file is not read",
+                    source.name,
+                    path.display()
+                );
+                core.flush();
+                return event_time;
+            }
+            if buf.len() - start < 4 + len {
+                break;
+            }
+            let payload = &buf[start + 4..start + 4 + len];
+            start += 4 + len;
+            metrics.message_in_from(&source.counters);
+            match (source.on_frame)(payload, ingest) {
+                Ok(t) => event_time = event_time.max(t),
+                Err(e) => {
+                    metrics.decode_error_from(&source.counters);
+                    errors += 1;
+                    if errors <= 10 {
+                        tracing::warn!(
+                            "source {}: {}: decode error: {e}",
+                            source.name,
+                            path.display()
+                        );
+                    }
+                }
+            }
+            core.backpressure(&source.gauges).await;
+        }
+        core.flush();
+        glommio::yield_if_needed().await;
+    }
+    if buf.len() > start && !core.stop.is_set() {
+        metrics.truncated_from(&source.counters);
+        tracing::warn!(
+            "source {}: {}: the file ends in the middle of a frame ({} bytes dropped)",
+            source.name,
+            path.display(),
+            buf.len() - start
+        );
+    }
+    core.flush();
+    event_time
+}
