@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod codec;
 pub mod connect;
 mod error;
