@@ -17,26 +17,7 @@ type Ev = (&'static str, u64, f64, f64);
 
 /// The transact time of `ms` since the epoch, as fixish writes it.
 fn transact(ms: u64) -> [u8; 21] {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    let s = format!(
-        "{y:04}{m:02}{d:02}-{:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    );
-    s.as_bytes().try_into().unwrap()
+    bettong_giles::gen_vwap::format_transact_time(ms * 1_000_000)
 }
 
 fn frames(events: &[Ev]) -> Vec<u8> {

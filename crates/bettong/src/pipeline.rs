@@ -714,6 +714,19 @@ impl Application {
 
 // ---- typed node builders -------------------------------------------------------------------
 
+/// An [`Opened`](crate::Opened) with its parts' type erased, for the plan.
+#[allow(clippy::type_complexity)]
+fn erase<P: Send + 'static>(
+    opened: crate::Opened<P>,
+) -> Result<(Vec<Box<dyn std::any::Any + Send>>, Option<String>), Error> {
+    let parts = opened
+        .parts
+        .into_iter()
+        .map(|p| Box::new(p) as Box<dyn std::any::Any + Send>)
+        .collect();
+    Ok((parts, opened.endpoint))
+}
+
 struct SourceNode<S>(Arc<S>);
 
 impl<S: Source> NodeBuild for SourceNode<S> {
@@ -753,15 +766,7 @@ impl<S: Source> Endpoint for SourceNode<S> {
         address: Option<&str>,
         shards: usize,
     ) -> Result<(Vec<Box<dyn std::any::Any + Send>>, Option<String>), Error> {
-        let opened = self.0.open(name, address, shards)?;
-        Ok((
-            opened
-                .parts
-                .into_iter()
-                .map(|p| Box::new(p) as Box<dyn std::any::Any + Send>)
-                .collect(),
-            opened.endpoint,
-        ))
+        erase(self.0.open(name, address, shards)?)
     }
 }
 
@@ -810,15 +815,7 @@ impl<T: Send + 'static, S: Sink<T>> Endpoint for SinkNode<T, S> {
         address: Option<&str>,
         shards: usize,
     ) -> Result<(Vec<Box<dyn std::any::Any + Send>>, Option<String>), Error> {
-        let opened = self.0.open(name, address, shards)?;
-        Ok((
-            opened
-                .parts
-                .into_iter()
-                .map(|p| Box::new(p) as Box<dyn std::any::Any + Send>)
-                .collect(),
-            opened.endpoint,
-        ))
+        erase(self.0.open(name, address, shards)?)
     }
 }
 
