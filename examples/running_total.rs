@@ -23,7 +23,7 @@ struct Deposit {
 }
 
 /// The state entity of one account.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Balance {
     total: i64,
 }

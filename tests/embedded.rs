@@ -197,7 +197,7 @@ fn embedded_market_spread_matches_tcp() {
 fn two_host_threads_keep_per_key_order_and_lose_nothing() {
     const PER_THREAD: u64 = 50_000;
     const KEYS: u64 = 37;
-    #[derive(Default)]
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
     struct Last([u64; 2]);
     let source = InProcessSource::new(|m: &(usize, u64, u64)| &m.1);
     let (sink, mut outputs) = PolledSink::new(64);

@@ -73,6 +73,12 @@ pub struct EngineArgs {
     /// cut what is still open and count outputs not delivered (e.g. 5s, 500ms; 0 = no bound)
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Write barrier checkpoints into DIR, and restore the last complete one at start
+    #[arg(long, value_name = "DIR")]
+    pub resilience_dir: Option<PathBuf>,
+    /// Start a checkpoint this often (with --resilience-dir)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub time_between_checkpoints: Duration,
 }
 
 impl EngineArgs {
@@ -93,6 +99,8 @@ impl EngineArgs {
             metrics_json: self.metrics_json.clone(),
             metrics_addr: self.metrics_addr,
             drain_timeout: (!self.drain_timeout.is_zero()).then_some(self.drain_timeout),
+            resilience_dir: self.resilience_dir.clone(),
+            checkpoint_interval: self.time_between_checkpoints,
         };
         config.validate()?;
         Ok(config)

@@ -537,7 +537,7 @@ pub fn symbol_key(msg: &MarketMessage) -> &[u8; 4] {
 /// assert!(s.should_reject_trades);
 /// assert_eq!((s.last_bid, s.last_offer), (0.0, 0.0));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SymbolData {
     /// Whether an order on this symbol produces an [`OrderResult`].
     pub should_reject_trades: bool,

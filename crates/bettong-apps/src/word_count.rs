@@ -22,7 +22,7 @@ fn is_strip(c: char) -> bool {
 }
 
 /// A word's running count, the state entity of each word.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WordTotal {
     /// Times the word has been seen.
     pub count: u64,

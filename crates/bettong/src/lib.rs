@@ -10,7 +10,7 @@
 //! ```
 //! use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
 //!
-//! #[derive(Default)]
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
 //! struct Seen(u64);
 //!
 //! let app = Application::new(

@@ -43,7 +43,7 @@ use crate::Key;
 /// ```
 /// use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
 ///
-/// #[derive(Default)]
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
 /// struct Total(u64);
 ///
 /// let decode = |b: &[u8]| -> Result<u64, DecodeError> {
@@ -252,7 +252,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// ```
     pub fn to_state<S, U, F>(self, f: F) -> Pipeline<U>
     where
-        S: Default + 'static,
+        S: crate::state::StateEntity,
         U: Send + 'static,
         F: Fn(T, &mut S) -> Option<U> + Send + Sync + 'static,
     {
@@ -390,7 +390,7 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
     /// ```
     /// # use bettong::{DecodeError, Pipeline, TcpSource};
     /// # let p = Pipeline::source("Text", TcpSource::new(|b: &[u8]| -> Result<String, DecodeError> { Ok(String::from_utf8_lossy(b).into_owned()) }));
-    /// #[derive(Default)]
+    /// #[derive(Default, serde::Serialize, serde::Deserialize)]
     /// struct Count(u64);
     /// let counts = p.key_by(|w: &String| w.as_str()).to_state(|w: String, c: &mut Count| {
     ///     c.0 += 1;
@@ -400,7 +400,7 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
     /// ```
     pub fn to_state<S, U, F>(self, f: F) -> Pipeline<U>
     where
-        S: Default + 'static,
+        S: crate::state::StateEntity,
         U: Send + 'static,
         F: Fn(T, &mut S) -> Option<U> + Send + Sync + 'static,
     {
@@ -422,7 +422,7 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> KeyedPipeline<T, K> {
     /// ```
     pub fn to_state_many<S, U, I, F>(self, f: F) -> Pipeline<U>
     where
-        S: Default + 'static,
+        S: crate::state::StateEntity,
         U: Send + 'static,
         I: IntoIterator<Item = U>,
         F: Fn(T, &mut S) -> I + Send + Sync + 'static,
@@ -739,6 +739,9 @@ impl<S: Source> NodeBuild for SourceNode<S> {
         let down = downstream::<S::Out>(out);
         let part = sb.take_part::<S::Part>(node.id, node.name)?;
         let ctx = SourceContext::new(node.name, down, sb.core.clone());
+        let injector = ctx.clone();
+        sb.injectors
+            .push(Box::new(move |id| injector.inject_barrier(id)));
         let run = self.0.run(part, ctx.clone());
         sb.sources.push((
             node.rank,
@@ -790,10 +793,14 @@ impl<T: Send + 'static, S: Sink<T>> NodeBuild for SinkNode<T, S> {
         };
         let shard = self.0.start(part, ctx);
         sb.sinks.push((node.rank, finish, shard.task));
+        let sinks = &sb.core.checkpoints.sinks;
+        sinks.set(sinks.get() + 1);
         let input: Rc<dyn Input<T>> = Rc::new(ops::sink::SinkOp {
             sink: shard.input,
             ports: Ports::new(node.ports),
             metrics: sb.core.metrics.clone(),
+            core: sb.core.clone(),
+            precommits: shard.precommits,
         });
         let gauges: Rc<[Gauge]> = gauges.borrow().clone().into();
         Ok(Some(built(input, gauges)))
@@ -921,7 +928,7 @@ impl<T, K, S, U, I, F> NodeBuild for StateNode<T, K, S, U, F>
 where
     T: Send + 'static,
     K: Key + ?Sized + 'static,
-    S: Default + 'static,
+    S: crate::state::StateEntity,
     U: Send + 'static,
     I: IntoIterator<Item = U>,
     F: Fn(T, &mut S) -> I + Send + Sync + 'static,
@@ -935,7 +942,36 @@ where
         let next = downstream::<U>(out);
         let gauges = next.gauges.clone();
         let states: Rc<KeyedState<K, S>> = Rc::default();
+        // After a restart, the entities of the groups this shard owns.
+        let restored = sb
+            .core
+            .checkpoints
+            .restored
+            .borrow_mut()
+            .states
+            .remove(node.name);
+        for entries in restored.into_iter().flatten() {
+            crate::state::StateView::restore(&*states, &entries)
+                .map_err(|e| Error::Shard(format!("restoring {}: {e}", node.name)))?;
+        }
         sb.states.push((node.name.to_string(), states.clone()));
+        let on_barrier: Rc<dyn Fn(u64)> = {
+            let (core, view, name) = (sb.core.clone(), states.clone(), node.name.to_string());
+            Rc::new(move |id| {
+                for (group, entries) in crate::state::StateView::snapshot(&*view) {
+                    core.checkpoints.record(
+                        id,
+                        crate::checkpoint::format::Record::Group(
+                            crate::checkpoint::format::GroupState {
+                                operator: name.clone(),
+                                group,
+                                entries,
+                            },
+                        ),
+                    );
+                }
+            })
+        };
         let input: Rc<dyn Input<T>> = Rc::new(ops::state::StateOp {
             f: self.f.clone(),
             key: self.key.clone(),
@@ -944,6 +980,7 @@ where
             ports: Ports::new(node.ports),
             timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
             metrics: sb.core.metrics.clone(),
+            on_barrier,
         });
         Ok(Some(built(input, gauges)))
     }
@@ -1016,12 +1053,15 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> ExchangeBuild for KeyExchange
             .downcast::<Downstream<T>>()
             .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
         let key = self.key.clone();
-        let input: Rc<dyn Input<T>> = Rc::new(Exchange {
+        let exchange = Rc::new(Exchange {
             route: Box::new(move |msg: &T| shard_for(key(msg).stable_hash(), shards)),
             me,
             outboxes,
             local,
+            held: Default::default(),
         });
+        sb.tasks.push((rank, Box::pin(exchange.clone().releaser())));
+        let input: Rc<dyn Input<T>> = exchange;
         Box::new(Downstream::to(input, 0, gauges.into()))
     }
 }

@@ -50,6 +50,20 @@ pub fn shard_for(hash: u64, shards: usize) -> usize {
     shard_of_group(key_group(hash), shards)
 }
 
+/// What a state entity must be: created with `Default` when its key is first seen, and
+/// serializable (serde), so that checkpoints can write it and recovery read it back.
+///
+/// ```
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct Balance { total: i64 }
+/// fn takes<S: bettong::state::StateEntity>() {}
+/// takes::<Balance>();
+/// takes::<u64>();
+/// ```
+pub trait StateEntity: Default + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+
+impl<T: Default + serde::Serialize + serde::de::DeserializeOwned + 'static> StateEntity for T {}
+
 /// The state entities of one state operator on one shard, one per key, created with
 /// `S::default()` when the key is first seen.
 pub(crate) struct KeyedState<K: Key + ?Sized, S> {
@@ -66,6 +80,10 @@ impl<K: Key + ?Sized, S> Default for KeyedState<K, S> {
 
 /// What the runtime sees of an operator's keyed state, without knowing its types.
 pub(crate) trait StateView {
+    /// Every entity, encoded (postcard) and grouped by key group: what a checkpoint writes.
+    fn snapshot(&self) -> Vec<(u16, crate::checkpoint::format::Entries)>;
+    /// Loads entities a checkpoint wrote (replacing those with the same key).
+    fn restore(&self, entries: &crate::checkpoint::format::Entries) -> Result<usize, String>;
     /// How many state entities the operator holds on this shard.
     fn entities(&self) -> usize;
     /// How many entities fall in each key group (the unit a checkpoint is written in).
@@ -75,8 +93,34 @@ pub(crate) trait StateView {
 
 impl<K: Key + ?Sized, S> StateView for KeyedState<K, S>
 where
-    K::Owned: std::borrow::Borrow<K>,
+    K::Owned: std::borrow::Borrow<K> + serde::Serialize + serde::de::DeserializeOwned,
+    S: serde::Serialize + serde::de::DeserializeOwned,
 {
+    fn snapshot(&self) -> Vec<(u16, crate::checkpoint::format::Entries)> {
+        let mut groups: HashMap<u16, crate::checkpoint::format::Entries> = HashMap::new();
+        for (k, s) in self.map.borrow().iter() {
+            let key: &K = std::borrow::Borrow::borrow(k);
+            let group = key_group(key.stable_hash()) as u16;
+            let (Ok(kb), Ok(vb)) = (postcard::to_allocvec(k), postcard::to_allocvec(s)) else {
+                continue; // postcard only fails on types serde cannot describe
+            };
+            groups.entry(group).or_default().push((kb, vb));
+        }
+        let mut v: Vec<_> = groups.into_iter().collect();
+        v.sort_unstable_by_key(|(g, _)| *g);
+        v
+    }
+
+    fn restore(&self, entries: &crate::checkpoint::format::Entries) -> Result<usize, String> {
+        let mut map = self.map.borrow_mut();
+        for (kb, vb) in entries {
+            let k: K::Owned = postcard::from_bytes(kb).map_err(|e| format!("a key: {e}"))?;
+            let s: S = postcard::from_bytes(vb).map_err(|e| format!("a state entity: {e}"))?;
+            map.insert(k, s);
+        }
+        Ok(entries.len())
+    }
+
     fn entities(&self) -> usize {
         self.map.borrow().len()
     }
@@ -124,6 +168,19 @@ mod tests {
         assert_eq!(groups, GROUPS);
         assert_eq!(at2, AT2);
         assert_eq!(at4, AT4);
+    }
+
+    #[test]
+    fn snapshot_and_restore_round_trip() {
+        let a: KeyedState<str, (u64, String)> = KeyedState::default();
+        a.map.borrow_mut().insert("GE".into(), (3, "x".into()));
+        a.map.borrow_mut().insert("IBM".into(), (5, "y".into()));
+        let b: KeyedState<str, (u64, String)> = KeyedState::default();
+        for (_, entries) in a.snapshot() {
+            b.restore(&entries).unwrap();
+        }
+        assert_eq!(*b.map.borrow(), *a.map.borrow());
+        assert!(b.restore(&vec![(vec![0xff], vec![])]).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! use bettong::runtime::config::EngineConfig;
 //! use bettong::{Application, Engine, InProcessSource, Pipeline, PolledSink};
 //!
-//! #[derive(Default)]
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
 //! struct Sum(u64);
 //!
 //! let numbers = InProcessSource::new(|n: &u64| n);

@@ -149,6 +149,8 @@ pub trait SinkInput<T> {
 pub struct SinkShard<T> {
     pub(crate) input: Rc<dyn SinkInput<T>>,
     pub(crate) task: Option<LocalFuture>,
+    /// The sink reports its own pre-commits ([`SinkContext::precommit`]).
+    pub(crate) precommits: bool,
 }
 
 impl<T> SinkShard<T> {
@@ -158,7 +160,16 @@ impl<T> SinkShard<T> {
         SinkShard {
             input: Rc::new(input),
             task: None,
+            precommits: false,
         }
+    }
+
+    /// Says that the sink pre-commits checkpoints itself, with [`SinkContext::precommit`]
+    /// (once what it received before the barrier is durable); otherwise a barrier counts as
+    /// pre-committed when it reaches the sink.
+    pub fn with_precommit(mut self) -> Self {
+        self.precommits = true;
+        self
     }
 
     /// Adds the task that delivers the outputs; it must return once
@@ -188,6 +199,9 @@ struct SourceInner<T> {
     core: Rc<ShardCore>,
     counters: std::sync::Arc<crate::metrics::live::SourceCounters>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Where the source is in its input (a file offset), for checkpoints.
+    offset: RefCell<Option<Rc<std::cell::Cell<u64>>>>,
+    ended: std::cell::Cell<bool>,
 }
 
 impl<T: 'static> SourceContext<T> {
@@ -199,6 +213,8 @@ impl<T: 'static> SourceContext<T> {
                 counters: core.metrics.source(name),
                 core,
                 tasks: RefCell::new(Vec::new()),
+                offset: RefCell::new(None),
+                ended: std::cell::Cell::new(false),
             }),
         }
     }
@@ -246,6 +262,41 @@ impl<T: 'static> SourceContext<T> {
     /// source on this shard.
     pub fn watermark(&self, event_ns: u64) {
         self.inner.down.control(Control::Watermark(event_ns))
+    }
+
+    /// Makes the source replayable: `offset` says how far into its input the source has
+    /// emitted (updated by the source after each message); a checkpoint records it, and
+    /// [`restored_offset`](Self::restored_offset) gives it back after a restart.
+    pub fn track_offset(&self, offset: Rc<std::cell::Cell<u64>>) {
+        *self.inner.offset.borrow_mut() = Some(offset);
+    }
+
+    /// The offset the last complete checkpoint recorded for this source on this shard, when
+    /// the engine restarted from one.
+    pub fn restored_offset(&self) -> Option<u64> {
+        let restored = self.inner.core.checkpoints.restored.borrow();
+        restored.offsets.get(&self.inner.name).copied()
+    }
+
+    /// Injects checkpoint barrier `id` (called by the shard, between messages).
+    pub(crate) fn inject_barrier(&self, id: u64) {
+        if self.inner.ended.get() {
+            return;
+        }
+        if let Some(offset) = self.inner.offset.borrow().as_ref() {
+            self.inner.core.checkpoints.record(
+                id,
+                crate::checkpoint::format::Record::SourceOffset(
+                    crate::checkpoint::format::SourceOffset {
+                        source: self.inner.name.clone(),
+                        shard: self.inner.core.index as u32,
+                        offset: offset.get(),
+                    },
+                ),
+            );
+        }
+        self.inner.down.control(Control::Barrier(id));
+        self.inner.core.flush();
     }
 
     /// Says that this source has no data on this shard for now: operators downstream stop
@@ -316,6 +367,7 @@ impl<T: 'static> SourceContext<T> {
                 t.await;
             }
         }
+        self.inner.ended.set(true);
         self.inner.down.control(Control::End);
         self.inner.core.flush();
     }
@@ -387,5 +439,43 @@ impl SinkContext {
 
     pub(crate) fn core(&self) -> &Rc<ShardCore> {
         &self.core
+    }
+
+    /// Pre-commits checkpoint `id`: everything before its barrier is durable, up to
+    /// `position` (recorded in the checkpoint, and given back by
+    /// [`restored_position`](Self::restored_position) after a restart).
+    pub fn precommit(&self, id: u64, position: Option<u64>) {
+        if let Some(position) = position {
+            self.core.checkpoints.record(
+                id,
+                crate::checkpoint::format::Record::SinkPosition(
+                    crate::checkpoint::format::SinkPosition {
+                        sink: self.name.clone(),
+                        shard: self.core.index as u32,
+                        position,
+                    },
+                ),
+            );
+        }
+        precommitted(&self.core, id);
+    }
+
+    /// The position the last complete checkpoint recorded for this sink on this shard, when
+    /// the engine restarted from one: output past it is to be discarded (it will be made
+    /// again).
+    pub fn restored_position(&self) -> Option<u64> {
+        let restored = self.core.checkpoints.restored.borrow();
+        restored.positions.get(&self.name).copied()
+    }
+}
+
+/// A sink on the shard has pre-committed checkpoint `id`: the last one writes the shard's part.
+pub(crate) fn precommitted(core: &Rc<ShardCore>, id: u64) {
+    if let Some(done) = core.checkpoints.sink_done(id) {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            core.checkpoints.write(core.index, done).await;
+        })
+        .detach();
     }
 }

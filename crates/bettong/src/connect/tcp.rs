@@ -175,8 +175,13 @@ impl<D: Decoder> Source for TcpSource<D> {
                 Endpoint::File(None) => return,
                 Endpoint::File(Some(path)) => {
                     let max_frame = core.config.max_frame;
-                    let last =
-                        crate::net::file::read_framed_file(path, &source, &core, max_frame).await;
+                    let offset = Rc::new(std::cell::Cell::new(0));
+                    ctx.track_offset(offset.clone());
+                    let from = ctx.restored_offset().unwrap_or(0);
+                    let last = crate::net::file::read_framed_file(
+                        path, from, offset, &source, &core, max_frame,
+                    )
+                    .await;
                     if last > 0 {
                         ctx.watermark(last);
                     }
@@ -322,8 +327,13 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
                     p.push(format!(".{s}"));
                     p.into()
                 };
-                // Created (emptied) here, so a path that cannot be written fails the start.
-                std::fs::File::create(&p)
+                // Created here (not emptied: a restart cuts it back to its checkpointed
+                // length), so a path that cannot be written fails the start.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&p)
                     .map_err(|e| connector(format!("{}: {e}", p.display())))?;
                 parts.push(SinkPart(SinkEndpoint::File(p)));
             }
@@ -390,27 +400,43 @@ impl<T, E: Encoder<T>> SinkInput<T> for TcpSinkInput<E> {
 
 /// A file sink on one shard: outputs are encoded into a buffer that the sink's task appends to
 /// the file on glommio's blocking pool (the shard never waits on the disk); a buffer over
-/// `--sink-buffer` raises the gauge. The file is synced when the sink finishes.
+/// `--sink-buffer` raises the gauge. A checkpoint barrier pre-commits once the bytes before it
+/// are written and synced, recording the file's length then; after a restart the file is cut
+/// back to the length the restored checkpoint recorded (what follows is made again), so a
+/// replayable source into a file sink is exactly-once across crashes.
 fn file_sink<T: 'static, E: Encoder<T>>(
     path: std::path::PathBuf,
     encoder: Arc<E>,
     ctx: SinkContext,
 ) -> SinkShard<T> {
+    let base = ctx.restored_position().unwrap_or(0);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(base).map(|()| f));
+    let mut file = match file {
+        Ok(f) => {
+            use std::io::Seek;
+            let mut f = f;
+            let _ = f.seek(std::io::SeekFrom::Start(base));
+            Some(f)
+        }
+        Err(e) => {
+            tracing::error!("sink {}: {}: {e}", ctx.name(), path.display());
+            None
+        }
+    };
     let shared = Rc::new(FileBuffer {
         buf: std::cell::RefCell::new(Vec::new()),
+        encoded: std::cell::Cell::new(base),
+        barriers: std::cell::RefCell::new(std::collections::VecDeque::new()),
         gauge: ctx.gauge(),
         limit: ctx.core().config.sink_buffer,
         wake: crate::runtime::shard::Notify::default(),
     });
     let b = shared.clone();
     let task = async move {
-        let mut file = match std::fs::OpenOptions::new().append(true).open(&path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::error!("sink {}: {}: {e}", ctx.name(), path.display());
-                None
-            }
-        };
+        let mut written = base;
         let finished = std::cell::Cell::new(false);
         loop {
             futures_lite::future::or(b.wake.notified(), async {
@@ -420,17 +446,25 @@ fn file_sink<T: 'static, E: Encoder<T>>(
             .await;
             loop {
                 let chunk = std::mem::take(&mut *b.buf.borrow_mut());
-                if chunk.is_empty() {
+                // Barriers whose bytes are all out of the buffer: sync, then pre-commit.
+                let due: Vec<(u64, u64)> = {
+                    let upto = written + chunk.len() as u64;
+                    let mut barriers = b.barriers.borrow_mut();
+                    let n = barriers.iter().take_while(|(_, at)| *at <= upto).count();
+                    barriers.drain(..n).collect()
+                };
+                if chunk.is_empty() && due.is_empty() {
                     break;
                 }
+                let sync = !due.is_empty() || finished.get();
                 if let Some(f) = file.take() {
-                    let done = finished.get();
+                    let len = chunk.len() as u64;
                     let (f, result) = glommio::executor()
                         .spawn_blocking(move || {
                             use std::io::Write;
                             let mut f = f;
                             let r = f.write_all(&chunk).and_then(|()| {
-                                if done {
+                                if sync {
                                     f.sync_data()
                                 } else {
                                     Ok(())
@@ -439,14 +473,18 @@ fn file_sink<T: 'static, E: Encoder<T>>(
                             (f, r)
                         })
                         .await;
-                    if let Err(e) = result {
-                        tracing::error!(
+                    match result {
+                        Ok(()) => written += len,
+                        Err(e) => tracing::error!(
                             "sink {}: {}: write failed: {e}",
                             ctx.name(),
                             path.display()
-                        );
+                        ),
                     }
                     file = Some(f);
+                }
+                for (id, at) in due {
+                    ctx.precommit(id, Some(at));
                 }
                 if b.gauge.is_over() && b.buf.borrow().len() < b.limit {
                     b.gauge.set(false);
@@ -454,20 +492,21 @@ fn file_sink<T: 'static, E: Encoder<T>>(
                 }
             }
             if finished.get() {
-                if let Some(f) = file.take() {
-                    let _ = glommio::executor()
-                        .spawn_blocking(move || f.sync_data())
-                        .await;
-                }
                 return;
             }
         }
     };
-    SinkShard::new(FileSinkInput { shared, encoder }).with_task(task)
+    SinkShard::new(FileSinkInput { shared, encoder })
+        .with_task(task)
+        .with_precommit()
 }
 
 struct FileBuffer {
     buf: std::cell::RefCell<Vec<u8>>,
+    /// The file's length once everything encoded so far is written.
+    encoded: std::cell::Cell<u64>,
+    /// Checkpoint barriers seen and the file length each pre-commits, oldest first.
+    barriers: std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>,
     gauge: crate::runtime::shard::Gauge,
     limit: usize,
     wake: crate::runtime::shard::Notify,
@@ -483,11 +522,22 @@ impl<T, E: Encoder<T>> SinkInput<T> for FileSinkInput<E> {
     fn write(&self, msg: T, _stamp: Stamp) {
         let mut buf = self.shared.buf.borrow_mut();
         let was_empty = buf.is_empty();
+        let before = buf.len();
         self.encoder.encode(&msg, &mut buf);
+        let added = (buf.len() - before) as u64;
+        self.shared.encoded.set(self.shared.encoded.get() + added);
         if buf.len() >= self.shared.limit {
             self.shared.gauge.set(true);
         }
         if was_empty {
+            self.shared.wake.notify();
+        }
+    }
+
+    fn control(&self, event: crate::Control) {
+        if let crate::Control::Barrier(id) = event {
+            let at = self.shared.encoded.get();
+            self.shared.barriers.borrow_mut().push_back((id, at));
             self.shared.wake.notify();
         }
     }

@@ -2,8 +2,10 @@
 //! The file is read in large chunks on glommio's blocking pool (a shard never waits on the
 //! disk), and each chunk's frames go through the source like a TCP read's.
 
-use std::io::Read;
+use std::cell::Cell;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::metrics::now_ns;
 use crate::runtime::shard::{ShardCore, SourceRuntime};
@@ -11,22 +13,30 @@ use crate::runtime::shard::{ShardCore, SourceRuntime};
 /// Bytes read per chunk.
 const CHUNK: usize = 256 * 1024;
 
-/// Reads `path` to its end through `source`, or until the engine stops. Returns the event
-/// time of the last message (for the source's final watermark).
+/// Reads `path` from byte `from` to its end through `source`, or until the engine stops,
+/// keeping `offset` at the end of the last frame emitted (what a checkpoint records). Returns
+/// the event time of the last message (for the source's final watermark).
 pub(crate) async fn read_framed_file(
     path: PathBuf,
+    from: u64,
+    offset: Rc<Cell<u64>>,
     source: &SourceRuntime,
     core: &ShardCore,
     max_frame: usize,
 ) -> u64 {
     let metrics = &core.metrics;
-    let file = match std::fs::File::open(&path) {
+    let file =
+        std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::Start(from)).map(|_| f));
+    let file = match file {
         Ok(f) => f,
         Err(e) => {
             tracing::error!("source {}: {}: {e}", source.name, path.display());
             return 0;
         }
     };
+    offset.set(from);
+    // The file offset of `buf[0]`.
+    let mut base = from;
     let mut file = Some(file);
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + max_frame);
     let mut start = 0;
@@ -65,6 +75,7 @@ pub(crate) async fn read_framed_file(
         };
         file = Some(f);
         buf.drain(..start);
+        base += start as u64;
         start = 0;
         buf.extend_from_slice(&chunk);
         let ingest = now_ns();
@@ -88,7 +99,9 @@ pub(crate) async fn read_framed_file(
             let payload = &buf[start + 4..start + 4 + len];
             start += 4 + len;
             metrics.message_in_from(&source.counters);
-            match (source.on_frame)(payload, ingest) {
+            let decoded = (source.on_frame)(payload, ingest);
+            offset.set(base + start as u64);
+            match decoded {
                 Ok(t) => event_time = event_time.max(t),
                 Err(e) => {
                     metrics.decode_error_from(&source.counters);

@@ -166,13 +166,15 @@ impl Ports {
             if open.iter().all(|&p| s.barrier[p].is_some()) {
                 s.barrier.iter_mut().for_each(|b| *b = None);
                 out.push(Control::Barrier(id));
-                self.released.wake_all();
             }
         }
         if open.is_empty() && !s.forwarded_end {
             s.forwarded_end = true;
             out.push(Control::End);
         }
+        drop(s);
+        // Whoever waits on a port (a held ring, a held local input) looks again.
+        self.released.wake_all();
         out
     }
 
@@ -184,6 +186,11 @@ impl Ports {
             .barrier
             .get(port)
             .is_some_and(Option::is_some)
+    }
+
+    /// True once `port` has delivered end of stream.
+    pub(crate) fn is_ended(&self, port: usize) -> bool {
+        self.state.borrow().ended.get(port).copied().unwrap_or(true)
     }
 
     /// Registers a task to wake when held ports are released.

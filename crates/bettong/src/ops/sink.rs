@@ -12,6 +12,9 @@ pub(crate) struct SinkOp<T> {
     pub(crate) sink: Rc<dyn SinkInput<T>>,
     pub(crate) ports: Ports,
     pub(crate) metrics: Rc<ShardMetrics>,
+    pub(crate) core: Rc<crate::runtime::shard::ShardCore>,
+    /// The sink pre-commits checkpoints itself; otherwise the barrier's arrival does.
+    pub(crate) precommits: bool,
 }
 
 impl<T> Input<T> for SinkOp<T> {
@@ -24,6 +27,9 @@ impl<T> Input<T> for SinkOp<T> {
     fn control(&self, port: usize, event: Control) {
         for e in self.ports.align(port, event) {
             self.sink.control(e);
+            if let (Control::Barrier(id), false) = (e, self.precommits) {
+                crate::connect::precommitted(&self.core, id);
+            }
         }
     }
 

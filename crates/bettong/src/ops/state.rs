@@ -22,6 +22,8 @@ pub(crate) struct StateOp<T, K: Key + ?Sized, S, U, F> {
     pub(crate) ports: Ports,
     pub(crate) timer: ComputationTimer,
     pub(crate) metrics: Rc<ShardMetrics>,
+    /// Writes the entities into checkpoint `id` (when its barrier passes).
+    pub(crate) on_barrier: Rc<dyn Fn(u64)>,
 }
 
 impl<T, K, S, U, I, F> Input<T> for StateOp<T, K, S, U, F>
@@ -50,6 +52,9 @@ where
 
     fn control(&self, port: usize, event: Control) {
         for e in self.ports.align(port, event) {
+            if let Control::Barrier(id) = e {
+                (self.on_barrier)(id);
+            }
             self.next.control(e);
         }
     }

@@ -26,6 +26,8 @@ pub(crate) struct ShardBuild {
     pub(crate) sinks: Vec<(usize, Rc<Latch>, Option<LocalFuture>)>,
     /// Keyed state by operator name.
     pub(crate) states: Vec<(String, Rc<dyn StateView>)>,
+    /// How to inject a checkpoint barrier into each source on this shard.
+    pub(crate) injectors: Vec<Box<dyn Fn(u64)>>,
 }
 
 impl ShardBuild {
@@ -43,6 +45,7 @@ impl ShardBuild {
             tasks: Vec::new(),
             sinks: Vec::new(),
             states: Vec::new(),
+            injectors: Vec::new(),
         }
     }
 

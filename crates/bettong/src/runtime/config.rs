@@ -133,6 +133,11 @@ pub struct EngineConfig {
     /// connections still open and gives up on sinks that have not acknowledged everything,
     /// counting those outputs as undelivered.
     pub drain_timeout: Option<Duration>,
+    /// Where barrier checkpoints are written, and restored from at start (`None`: no
+    /// checkpoints).
+    pub resilience_dir: Option<PathBuf>,
+    /// How often a checkpoint starts when `resilience_dir` is set.
+    pub checkpoint_interval: Duration,
 }
 
 impl EngineConfig {
@@ -158,6 +163,9 @@ impl EngineConfig {
         }
         check_cores(&self.cores).map_err(|e| format!("--cores: {e}"))?;
         check_inputs(&self.inputs).map_err(|e| format!("--in: {e}"))?;
+        if self.checkpoint_interval < Duration::from_millis(1) {
+            return Err("--time-between-checkpoints must be at least 1ms".to_string());
+        }
         Ok(())
     }
 }
@@ -263,6 +271,8 @@ impl Default for EngineConfig {
             metrics_json: None,
             metrics_addr: None,
             drain_timeout: Some(Duration::from_secs(5)),
+            resilience_dir: None,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! shard's operator hears every input. A ring whose port is *held* (it delivered a barrier the
 //! other ports have not) is not drained until the barrier is forwarded: alignment.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -65,6 +66,10 @@ pub(crate) struct Exchange<T> {
     pub(crate) outboxes: Vec<Option<Rc<Outbox<T>>>>,
     /// The operator's local input (its local port).
     pub(crate) local: Downstream<T>,
+    /// What came for the local port after its barrier while the other ports had not delivered
+    /// theirs: it waits here, in order, until the barrier is forwarded (a local input cannot
+    /// stop being called the way a ring stops being drained, so it is held here instead).
+    pub(crate) held: RefCell<VecDeque<Event<T>>>,
 }
 
 impl<T: Send + 'static> Input<T> for Exchange<T> {
@@ -73,15 +78,82 @@ impl<T: Send + 'static> Input<T> for Exchange<T> {
         let dst = self.route(&msg);
         match self.outboxes.get(dst) {
             Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp)),
-            _ if dst == self.me => self.local.data(msg, stamp),
+            _ if dst == self.me => self.local(Event::Data(msg, stamp)),
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
     }
 
     fn control(&self, _port: usize, event: Control) {
-        self.local.control(event);
+        self.local(Event::Control(event));
         for outbox in self.outboxes.iter().flatten() {
             outbox.send(Event::Control(event));
+        }
+    }
+}
+
+impl<T: Send + 'static> Exchange<T> {
+    /// True while the operator holds the local port (it delivered a barrier that other ports
+    /// have not).
+    fn local_held(&self) -> bool {
+        let l = &self.local;
+        l.ctl.ports().is_some_and(|p| p.is_held(l.port))
+    }
+
+    /// Delivers `event` to the local port, or keeps it behind a held barrier.
+    #[inline]
+    fn local(&self, event: Event<T>) {
+        if self.held.borrow().is_empty() && !self.local_held() {
+            match event {
+                Event::Data(m, s) => self.local.data(m, s),
+                Event::Control(c) => self.local.control(c),
+            }
+            return;
+        }
+        self.held.borrow_mut().push_back(event);
+        self.release();
+    }
+
+    /// Delivers what waited for the local port, in order, while the port is not held.
+    pub(crate) fn release(&self) {
+        while !self.local_held() {
+            let Some(event) = self.held.borrow_mut().pop_front() else {
+                return;
+            };
+            match event {
+                Event::Data(m, s) => self.local.data(m, s),
+                Event::Control(c) => self.local.control(c),
+            }
+        }
+    }
+
+    /// Runs until the local port has ended with nothing left waiting: delivers what was held
+    /// as soon as the operator releases the port.
+    pub(crate) async fn releaser(self: Rc<Self>) {
+        loop {
+            self.release();
+            let done = self.held.borrow().is_empty()
+                && self
+                    .local
+                    .ctl
+                    .ports()
+                    .is_none_or(|p| p.is_ended(self.local.port));
+            if done {
+                return;
+            }
+            std::future::poll_fn(|cx| {
+                let ports = self.local.ctl.ports();
+                if let Some(p) = ports {
+                    p.on_release(cx.waker());
+                }
+                let ended = ports.is_none_or(|p| p.is_ended(self.local.port));
+                let waiting = !self.held.borrow().is_empty();
+                if (waiting && !self.local_held()) || (ended && !waiting) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
     }
 }
@@ -214,6 +286,54 @@ mod tests {
         for _ in 0..20 {
             glommio::executor().yield_now().await;
         }
+    }
+
+    /// The local input of an exchange is held too: what this shard sends to the operator after
+    /// its barrier waits until the other ports deliver theirs, then follows the forwarded
+    /// barrier in order (a checkpoint must not see data from after its barrier).
+    #[test]
+    fn the_local_input_is_held_after_its_barrier() {
+        glommio::LocalExecutor::default().run(async {
+            let target = Rc::new(Log {
+                ports: Ports::new(2),
+                seen: RefCell::new(Vec::new()),
+            });
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let exchange = Rc::new(Exchange {
+                route: Box::new(|_: &u64| 0),
+                me: 0,
+                outboxes: vec![None],
+                local: Downstream::to(input, 0, Rc::from([])),
+                held: Default::default(),
+            });
+            let releaser = glommio::spawn_local(exchange.clone().releaser());
+            exchange.data(1, Stamp::default());
+            exchange.control(0, Control::Barrier(3));
+            exchange.data(2, Stamp::default());
+            exchange.control(0, Control::Watermark(9));
+            settle().await;
+            assert_eq!(
+                *target.seen.borrow(),
+                ["data 1"],
+                "2 waits behind the barrier"
+            );
+            // The ring port delivers its barrier: the barrier goes on, then what was held.
+            target.control(1, Control::Barrier(3));
+            settle().await;
+            assert_eq!(
+                *target.seen.borrow(),
+                ["data 1", "forward Barrier(3)", "data 2"],
+            );
+            exchange.control(0, Control::End);
+            target.control(1, Control::End);
+            releaser.await;
+            // (The held watermark reached the port in order; port 1 never sent one, so the
+            // minimum over the ports never moved.)
+            assert_eq!(
+                *target.seen.borrow(),
+                ["data 1", "forward Barrier(3)", "data 2", "forward End"],
+            );
+        });
     }
 
     /// Barrier alignment at an exchange: a ring that delivered its barrier is held (the data

@@ -19,6 +19,7 @@
 //! eprintln!("{summary}");
 //! ```
 
+pub(crate) mod checkpoints;
 pub mod config;
 #[doc(hidden)]
 pub mod doorbell;
@@ -110,6 +111,87 @@ pub struct Engine {
     cores: Vec<usize>,
     live: Vec<Arc<LiveCounters>>,
     reporter: Option<Reporting>,
+    coordinator: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The checkpoint store of an engine with `--resilience-dir`, and the channels between its
+/// coordinator and the shards.
+struct Resilience {
+    store: crate::checkpoint::CheckpointStore,
+    requests: Arc<checkpoints::Requests>,
+    reports_tx: mpsc::Sender<checkpoints::PartReport>,
+    reports_rx: mpsc::Receiver<checkpoints::PartReport>,
+}
+
+impl Resilience {
+    fn open(
+        dir: &std::path::Path,
+        _plan: &Plan,
+        _shards: usize,
+        bells: &[Arc<Doorbell>],
+    ) -> Result<Resilience, Error> {
+        let store = crate::checkpoint::CheckpointStore::open(dir)
+            .map_err(|e| Error::Config(format!("--resilience-dir {}: {e}", dir.display())))?;
+        let waiters = bells.iter().map(|b| Waiter::new(Some(b))).collect();
+        let (reports_tx, reports_rx) = mpsc::channel();
+        Ok(Resilience {
+            store,
+            requests: Arc::new(checkpoints::Requests::new(waiters)),
+            reports_tx,
+            reports_rx,
+        })
+    }
+
+    /// What each of `shards` shards restores from the last complete checkpoint (nothing
+    /// without one): its key groups of every state operator, its sources' offsets and its
+    /// sinks' positions.
+    fn restore(&self, shards: usize) -> Result<Vec<checkpoints::Restored>, Error> {
+        use crate::checkpoint::format::Record;
+        let mut out: Vec<checkpoints::Restored> = (0..shards)
+            .map(|_| checkpoints::Restored::default())
+            .collect();
+        let checkpoint = match self.store.latest_complete() {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(Error::Shard(format!("cannot restore a checkpoint: {e}"))),
+        };
+        // (The store has logged why newer checkpoints were passed over, if any were.)
+        let mut entities = 0;
+        for (shard, r) in out.iter_mut().enumerate() {
+            for group in checkpoint.groups_for(shard, shards) {
+                let g = group.map_err(|e| Error::Shard(format!("restoring: {e}")))?;
+                entities += g.entries.len();
+                r.states.entry(g.operator).or_default().push(g.entries);
+            }
+        }
+        let positions = checkpoint
+            .positions()
+            .map_err(|e| Error::Shard(format!("restoring: {e}")))?;
+        for p in positions {
+            match p {
+                Record::SourceOffset(o) => {
+                    if let Some(r) = out.get_mut(o.shard as usize) {
+                        r.offsets.insert(o.source, o.offset);
+                    }
+                }
+                Record::SinkPosition(p) => {
+                    if let Some(r) = out.get_mut(p.shard as usize) {
+                        r.positions.insert(p.sink, p.position);
+                    }
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(
+            "restored checkpoint {} ({entities} state entities)",
+            checkpoint.id()
+        );
+        eprintln!(
+            "bettong: restored checkpoint {} ({entities} state entities)",
+            checkpoint.id()
+        );
+        Ok(out)
+    }
 }
 
 /// Per shard: what each source's and sink's `open` prepared for it, by node id.
@@ -202,6 +284,15 @@ impl Engine {
             }
         }
         let bells: Vec<Arc<Doorbell>> = executors.iter().map(|e| e.bell.clone()).collect();
+        // Checkpoints: what each shard restores, and where checkpoint requests and reports go.
+        let resilience = match &config.resilience_dir {
+            Some(dir) => Some(Resilience::open(dir, &plan, n, &bells)?),
+            None => None,
+        };
+        let mut restored: Vec<checkpoints::Restored> = match &resilience {
+            Some(r) => r.restore(n)?,
+            None => (0..n).map(|_| checkpoints::Restored::default()).collect(),
+        };
         let rings = Arc::new(RingRegistry::new(bells.clone()));
         let stop = StopHandle(Arc::new(StopSignal {
             stopped: AtomicBool::new(false),
@@ -217,6 +308,9 @@ impl Engine {
         let mut shards = Vec::with_capacity(n);
         for ((index, shard_parts), executor) in parts.into_iter().enumerate().zip(executors) {
             let start = ShardStart {
+                restored: std::mem::take(&mut restored[index]),
+                requests: resilience.as_ref().map(|r| r.requests.clone()),
+                reports: resilience.as_ref().map(|r| r.reports_tx.clone()),
                 index,
                 shards: n,
                 plan: plan.clone(),
@@ -252,6 +346,19 @@ impl Engine {
             }
             return Err(failed);
         }
+        let coordinator = match resilience {
+            Some(r) => Some(
+                checkpoints::spawn_coordinator(
+                    r.store,
+                    r.requests,
+                    r.reports_rx,
+                    stop.clone(),
+                    config.checkpoint_interval,
+                )
+                .map_err(Error::Io)?,
+            ),
+            None => None,
+        };
         let live: Vec<Arc<LiveCounters>> = live_rx.try_iter().collect();
         if let Some(r) = &reporter {
             r.serve(&live);
@@ -264,6 +371,7 @@ impl Engine {
             cores: config.cores,
             live,
             reporter,
+            coordinator,
         })
     }
 
@@ -318,6 +426,9 @@ impl Engine {
                 }
             }
         }
+        if let Some(c) = self.coordinator.take() {
+            let _ = c.join();
+        }
         if let Some(r) = self.reporter.take() {
             // Ends once every shard has dropped its sender, which joining them guarantees.
             let _ = r.join();
@@ -339,6 +450,9 @@ impl Drop for Engine {
         self.stop.stop();
         for outcome in std::mem::take(&mut self.shards) {
             let _ = outcome.recv();
+        }
+        if let Some(c) = self.coordinator.take() {
+            let _ = c.join();
         }
         if let Some(r) = self.reporter.take() {
             let _ = r.join();
@@ -470,6 +584,9 @@ struct ShardStart {
     started: mpsc::Sender<Result<(), Error>>,
     live: mpsc::Sender<Arc<LiveCounters>>,
     periods: mpsc::Sender<ShardPeriod>,
+    restored: checkpoints::Restored,
+    requests: Option<Arc<checkpoints::Requests>>,
+    reports: Option<mpsc::Sender<checkpoints::PartReport>>,
 }
 
 /// Everything one shard does, from instantiating the plan to its final measurements.
@@ -490,8 +607,14 @@ async fn run_shard(start: ShardStart) -> Summary {
         started,
         live,
         periods,
+        restored,
+        requests,
+        reports,
     } = start;
-    let core = Rc::new(ShardCore::new(index, shards, config.clone(), bell));
+    let mut core = ShardCore::new(index, shards, config.clone(), bell);
+    core.checkpoints.reports = reports;
+    *core.checkpoints.restored.borrow_mut() = restored;
+    let core = Rc::new(core);
     let _ = live.send(core.metrics.live.clone());
     let mut sb = ShardBuild::new(core.clone(), rings, parts);
     if let Err(e) = instantiate(&plan, &mut sb) {
@@ -516,8 +639,27 @@ async fn run_shard(start: ShardStart) -> Summary {
         tasks,
         mut sinks,
         states,
+        injectors,
         ..
     } = sb;
+    // Checkpoint barriers: injected into every source of the shard between messages, when
+    // the coordinator asks.
+    if let Some(requests) = requests {
+        let core = core.clone();
+        background.push(glommio::spawn_local(async move {
+            loop {
+                let (id, part) = requests.next(index).await;
+                // Ready at once when the shard has no sinks, or when every sink pre-committed
+                // already (the barrier came from another shard before the request).
+                if let Some(done) = core.checkpoints.begin(id, part) {
+                    core.checkpoints.write(index, done).await;
+                }
+                for inject in &injectors {
+                    inject(id);
+                }
+            }
+        }));
+    }
     sinks.sort_by_key(|(rank, _, _)| *rank);
     let sinks: Vec<_> = sinks
         .into_iter()

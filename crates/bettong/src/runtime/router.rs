@@ -10,14 +10,17 @@ use std::hash::Hash;
 /// that picks the owning shard.
 ///
 /// Implemented for text and bytes (`str`, `String`, `[u8]`, `Vec<u8>`, `[u8; N]`) and for the
-/// unsigned integers (hashed as big-endian bytes).
+/// unsigned integers (hashed as big-endian bytes). Its owned form is serializable: checkpoints
+/// write it.
 ///
 /// ```
 /// use bettong::Key;
 /// assert_eq!("GE".stable_hash(), String::from("GE").stable_hash());
 /// assert_eq!(b"GE".stable_hash(), "GE".stable_hash());
 /// ```
-pub trait Key: Hash + Eq + ToOwned<Owned: Hash + Eq> {
+pub trait Key:
+    Hash + Eq + ToOwned<Owned: Hash + Eq + serde::Serialize + serde::de::DeserializeOwned>
+{
     /// A hash that is the same on every run and platform.
     fn stable_hash(&self) -> u64;
 }
@@ -72,11 +75,17 @@ impl Key for Vec<u8> {
     }
 }
 
-impl<const N: usize> Key for [u8; N] {
-    fn stable_hash(&self) -> u64 {
-        hash_bytes(self)
-    }
+// Fixed-size byte keys up to 32 bytes: the sizes serde can write (keys are checkpointed).
+macro_rules! array_key {
+    ($($n:literal)*) => {$(
+        impl Key for [u8; $n] {
+            fn stable_hash(&self) -> u64 {
+                hash_bytes(self)
+            }
+        }
+    )*};
 }
+array_key!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
 
 macro_rules! int_key {
     ($($t:ty),*) => {$(

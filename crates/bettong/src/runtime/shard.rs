@@ -184,6 +184,8 @@ pub(crate) struct ShardCore {
     pub(crate) deadline: Latch,
     /// This shard's doorbell, for rings whose other end is on a host thread.
     pub(crate) bell: Arc<Doorbell>,
+    /// Checkpoints: the one in flight on this shard, and what was restored at start.
+    pub(crate) checkpoints: crate::runtime::checkpoints::ShardCheckpoints,
     publishers: RefCell<Vec<Rc<dyn Publish>>>,
 }
 
@@ -196,6 +198,7 @@ impl ShardCore {
     ) -> Self {
         ShardCore {
             bell,
+            checkpoints: Default::default(),
             index,
             shards,
             config,

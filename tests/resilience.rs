@@ -1,0 +1,229 @@
+//! Crash resilience through the real binary: word count from a replayable file source to file
+//! sinks, with barrier checkpoints every 20 ms, killed with SIGKILL at arbitrary moments and
+//! restarted with the same command line each time; the last run reads to the end of the file
+//! and stops by itself. Every word's counts must then be exactly 1..n, once each — nothing
+//! missing, nothing repeated — on 1 and 2 shards, and once onto a different shard count.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator for the kill times (no dependency, same on every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn word_count(input: &str, out: &str, dir: &str, shards: usize) -> Command {
+    let cores = (0..shards)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
+    cmd.args([
+        "word-count",
+        "--in",
+        &format!("Text@file:{input}"),
+        "--out",
+        &format!("file:{out}"),
+        "--cores",
+        &cores,
+        "--no-pin",
+        "--metrics-interval",
+        "0",
+        "--resilience-dir",
+        dir,
+        "--time-between-checkpoints",
+        "20ms",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+/// Every sink file of `--out file:OUT` for any shard count used so far.
+fn all_outputs(out: &str) -> String {
+    let mut text = std::fs::read_to_string(out).unwrap_or_default();
+    for s in 0..8 {
+        text.push_str(&std::fs::read_to_string(format!("{out}.{s}")).unwrap_or_default());
+    }
+    text
+}
+
+fn check_exactly_once(text: &str, model: &HashMap<String, u64>, what: &str) {
+    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
+    for line in text.lines() {
+        let (w, n) = line
+            .split_once(" => ")
+            .unwrap_or_else(|| panic!("{what}: a torn line {line:?}"));
+        seen.entry(w).or_default().push(n.parse().unwrap());
+    }
+    assert_eq!(seen.len(), model.len(), "{what}: words");
+    for (w, mut counts) in seen {
+        counts.sort_unstable();
+        let n = model[w];
+        let want: Vec<u64> = (1..=n).collect();
+        if counts != want {
+            let dup = counts.windows(2).filter(|p| p[0] == p[1]).count();
+            panic!(
+                "{what}: `{w}` has {} outputs for {n} occurrences ({dup} repeated)",
+                counts.len()
+            );
+        }
+    }
+}
+
+/// Runs word count, killing it `kills` times at moments from `rng`, switching to `later_shards`
+/// after the kills; returns how many runs restored a checkpoint.
+fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corrupt: bool) -> usize {
+    let dir =
+        std::env::temp_dir().join(format!("bettong-resilience-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("text.frames");
+    let lines: Vec<String> = (0..60_000)
+        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
+        .collect();
+    let mut bytes = Vec::new();
+    for l in &lines {
+        bettong::codec::write_frame(&mut bytes, l.as_bytes());
+    }
+    std::fs::write(&input, &bytes).unwrap();
+    let mut model: HashMap<String, u64> = HashMap::new();
+    for l in &lines {
+        for w in bettong_apps::word_count::split(l) {
+            *model.entry(w).or_default() += 1;
+        }
+    }
+    let (input, out, chk) = (
+        input.display().to_string(),
+        dir.join("counts.txt").display().to_string(),
+        dir.join("checkpoints").display().to_string(),
+    );
+    let mut rng = Lcg(0x5eed ^ shards as u64);
+    let mut restored = 0;
+    for k in 0..kills {
+        let before = complete_checkpoints(std::path::Path::new(&chk));
+        let mut child = word_count(&input, &out, &chk, shards).spawn().unwrap();
+        if k % 2 == 0 || corrupt {
+            // Right after a new checkpoint has committed, or while the next one is in
+            // flight (the machine may be slow: wait for the checkpoint, not for a time).
+            let until = Instant::now() + Duration::from_secs(30);
+            while complete_checkpoints(std::path::Path::new(&chk)) <= before
+                && child.try_wait().unwrap().is_none()
+            {
+                assert!(Instant::now() < until, "no checkpoint completed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(60)));
+        } else {
+            // Anywhere: before the first checkpoint, during one, after several.
+            std::thread::sleep(Duration::from_millis(5 + rng.below(300)));
+        }
+        let _ = child.kill(); // SIGKILL
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        restored += usize::from(stderr.contains("restored checkpoint"));
+        assert!(!stderr.contains("panicked"), "run {k}: {stderr}");
+    }
+    if corrupt {
+        damage_newest_checkpoint(std::path::Path::new(&chk));
+    }
+    // The last run: to the end of the file, on the later shard count.
+    let mut child = word_count(&input, &out, &chk, later_shards)
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the last run did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    restored += usize::from(stderr.contains("restored checkpoint"));
+    if corrupt {
+        assert!(
+            stderr.contains("shard-0.bin") && stderr.contains("using checkpoint"),
+            "the fallback is said: {stderr}"
+        );
+    }
+    check_exactly_once(&all_outputs(&out), &model, name);
+    let _ = std::fs::remove_dir_all(&dir);
+    restored
+}
+
+/// The newest complete checkpoint's id (0 for none).
+fn complete_checkpoints(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST").is_file())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Flips a byte in the middle of the newest complete checkpoint's first part.
+fn damage_newest_checkpoint(dir: &std::path::Path) {
+    let mut complete: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("MANIFEST").is_file())
+        .collect();
+    complete.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    assert!(
+        complete.len() >= 2,
+        "two complete checkpoints to fall back between: {complete:?}"
+    );
+    let part = complete.last().unwrap().join("shard-0.bin");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&part, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
+    let restored = crash_run("damaged", 2, 2, 3, true);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+#[test]
+fn killed_and_restarted_word_count_is_exactly_once_on_one_shard() {
+    let restored = crash_run("one", 1, 1, 10, false);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+#[test]
+fn killed_and_restarted_word_count_is_exactly_once_on_two_shards() {
+    let restored = crash_run("two", 2, 2, 10, false);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+#[test]
+fn restored_onto_a_different_shard_count() {
+    let restored = crash_run("moved", 2, 3, 4, false);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
