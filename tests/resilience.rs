@@ -227,3 +227,100 @@ fn restored_onto_a_different_shard_count() {
     let restored = crash_run("moved", 2, 3, 4, false);
     assert!(restored > 0, "no run restored a checkpoint");
 }
+
+/// VWAP on sliding windows (3 s every 1 s) from a capture file, killed and restarted like word
+/// count: the open panes are checkpointed with the rest, so the windows' lines equal those of
+/// an uninterrupted run, each once.
+#[test]
+fn killed_and_restarted_vwap_windows_are_exactly_once() {
+    let dir = std::env::temp_dir().join(format!("bettong-resilience-{}-vwap", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut g = bettong_giles::gen_vwap::GenVwapArgs::new(&dir);
+    g.orders = 150_000;
+    g.symbols = 30;
+    let data = bettong_giles::gen_vwap::generate(&g).unwrap();
+    let input = data.path.display().to_string();
+    let run = |out: &std::path::Path, resilient: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
+        cmd.args([
+            "vwap",
+            "--in",
+            &format!("Orders@file:{input}"),
+            "--out",
+            &format!("file:{}", out.display()),
+            "--cores",
+            "0,1",
+            "--no-pin",
+            "--metrics-interval",
+            "0",
+            "--window",
+            "3s",
+            "--slide",
+            "1s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if resilient {
+            cmd.args([
+                "--resilience-dir",
+                &dir.join("checkpoints").display().to_string(),
+                "--time-between-checkpoints",
+                "20ms",
+            ]);
+        }
+        cmd
+    };
+    let sorted_lines = |out: &std::path::Path| {
+        let mut v: Vec<String> = all_outputs(&out.display().to_string())
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    // The reference: one uninterrupted run.
+    let reference = dir.join("reference.txt");
+    let status = run(&reference, false).status().unwrap();
+    assert!(status.success());
+    let want = sorted_lines(&reference);
+    assert!(want.len() > 100, "{} windows", want.len());
+
+    let out = dir.join("vwap.txt");
+    let chk = dir.join("checkpoints");
+    let mut rng = Lcg(0xfeed);
+    let mut restored = 0;
+    for k in 0..6 {
+        let before = complete_checkpoints(&chk);
+        let mut child = run(&out, true).spawn().unwrap();
+        if k % 2 == 0 {
+            let until = Instant::now() + Duration::from_secs(30);
+            while complete_checkpoints(&chk) <= before && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < until, "no checkpoint completed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
+        } else {
+            std::thread::sleep(Duration::from_millis(5 + rng.below(200)));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        restored +=
+            usize::from(String::from_utf8_lossy(&output.stderr).contains("restored checkpoint"));
+    }
+    let output = run(&out, true).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    restored += usize::from(stderr.contains("restored checkpoint"));
+    assert!(restored > 0, "no run restored a checkpoint");
+    let got = sorted_lines(&out);
+    if got != want {
+        let missing = want.iter().filter(|l| !got.contains(l)).count();
+        let extra = got.len() as i64 - want.len() as i64 + missing as i64;
+        panic!(
+            "{missing} windows missing or different, {extra} extra, of {}",
+            want.len()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -100,7 +100,7 @@ pub fn decode(payload: &[u8]) -> Result<TimedOrder, DecodeError> {
 }
 
 /// The running sums of a window.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VwapAcc {
     /// Orders.
     pub orders: u64,

@@ -562,6 +562,25 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> CountWindows<T, K> {
     }
 }
 
+/// Hands an operator the entities a restored checkpoint holds for it on this shard.
+fn restore_into(
+    sb: &ShardBuild,
+    name: &str,
+    mut restore: impl FnMut(&crate::checkpoint::format::Entries) -> Result<(), String>,
+) -> Result<(), Error> {
+    let restored = sb
+        .core
+        .checkpoints
+        .restored
+        .borrow_mut()
+        .states
+        .remove(name);
+    for entries in restored.into_iter().flatten() {
+        restore(&entries).map_err(|e| Error::Shard(format!("restoring {name}: {e}")))?;
+    }
+    Ok(())
+}
+
 struct RangeWindowNode<T, A: Aggregation<T>> {
     agg: Arc<A>,
     key: crate::ops::state::KeyFn<T, A::Key>,
@@ -588,7 +607,9 @@ impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for RangeWindowNode<T, A> {
             Ports::new(node.ports),
             ComputationTimer::new(sb.core.metrics.clone(), node.name),
             sb.core.metrics.clone(),
+            Some((sb.core.clone(), node.name.to_string())),
         ));
+        restore_into(sb, node.name, |e| op.restore(e))?;
         sb.tasks
             .push((node.rank, Box::pin(op.clone().run(sb.core.clone()))));
         let input: Rc<dyn Input<T>> = op;
@@ -615,7 +636,7 @@ impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for CountWindowNode<T, A> {
     ) -> Result<Option<Built>, Error> {
         let next = downstream::<A::Out>(out);
         let gauges = next.gauges.clone();
-        let input: Rc<dyn Input<T>> = Rc::new(ops::window::CountWindows {
+        let op = Rc::new(ops::window::CountWindows {
             agg: self.agg.clone(),
             key: self.key.clone(),
             n: self.n,
@@ -624,7 +645,10 @@ impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for CountWindowNode<T, A> {
             ports: Ports::new(node.ports),
             timer: ComputationTimer::new(sb.core.metrics.clone(), node.name),
             metrics: sb.core.metrics.clone(),
+            saver: Some((sb.core.clone(), node.name.to_string())),
         });
+        restore_into(sb, node.name, |e| op.restore(e))?;
+        let input: Rc<dyn Input<T>> = op;
         Ok(Some(built(input, gauges)))
     }
 

@@ -178,8 +178,9 @@ impl<D: Decoder> Source for TcpSource<D> {
                     let offset = Rc::new(std::cell::Cell::new(0));
                     ctx.track_offset(offset.clone());
                     let from = ctx.restored_offset().unwrap_or(0);
+                    let watermark = |t: u64| ctx.watermark(t);
                     let last = crate::net::file::read_framed_file(
-                        path, from, offset, &source, &core, max_frame,
+                        path, from, offset, &source, &core, max_frame, &watermark,
                     )
                     .await;
                     if last > 0 {

@@ -23,6 +23,7 @@ pub(crate) async fn read_framed_file(
     source: &SourceRuntime,
     core: &ShardCore,
     max_frame: usize,
+    watermark: &dyn Fn(u64),
 ) -> u64 {
     let metrics = &core.metrics;
     let file =
@@ -116,6 +117,10 @@ pub(crate) async fn read_framed_file(
                 }
             }
             core.backpressure(&source.gauges).await;
+        }
+        // The event time reached, once per chunk (the file is one ordered input).
+        if event_time > 0 {
+            watermark(event_time);
         }
         core.flush();
         glommio::yield_if_needed().await;

@@ -16,11 +16,14 @@ use rustc_hash::FxBuildHasher;
 
 use super::state::KeyFn;
 use super::{Downstream, Input, Ports};
+use crate::checkpoint::format::{Entries, GroupState, Record};
 use crate::event::{Control, Stamp};
 use crate::metrics::{now_ns, ComputationTimer, ShardMetrics};
 use crate::runtime::shard::{Notify, ShardCore};
+use crate::state::key_group;
 use crate::window::panes::Shape;
 use crate::window::{Aggregation, LatePolicy, Window};
+use crate::Key;
 
 /// Windows fired per step at most.
 pub(crate) const FIRE_SLICE: usize = 256;
@@ -29,6 +32,39 @@ pub(crate) const FIRE_SLICE: usize = 256;
 const QUIET_TICK: Duration = Duration::from_millis(50);
 
 type Owned<A, T> = <<A as Aggregation<T>>::Key as ToOwned>::Owned;
+
+/// A key's panes as a checkpoint writes them (borrowing) and reads them back (owning).
+#[derive(serde::Serialize)]
+struct SavedPanesRef<'a, Acc> {
+    base: u64,
+    next_window: u64,
+    panes: Vec<Option<(&'a Acc, u64)>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedPanes<Acc> {
+    base: u64,
+    next_window: u64,
+    panes: Vec<Option<(Acc, u64)>>,
+}
+
+/// Where a window operator's checkpoint records go: the shard and the operator's name.
+pub(crate) type Saver = Option<(Rc<ShardCore>, String)>;
+
+/// Writes `entries` by key group into checkpoint `id`.
+fn save_groups(saver: &Saver, id: u64, groups: HashMap<u16, Entries>) {
+    let Some((core, name)) = saver else { return };
+    for (group, entries) in groups {
+        core.checkpoints.record(
+            id,
+            Record::Group(GroupState {
+                operator: name.clone(),
+                group,
+                entries,
+            }),
+        );
+    }
+}
 
 /// One pane's accumulator and the latest ingest time folded into it (for the output's
 /// start-to-end latency).
@@ -63,6 +99,9 @@ struct RangeState<K, Acc> {
     last_data: u64,
     /// End of stream has been forwarded: the task ends.
     ended: bool,
+    /// Every input has said it is idle (no data for its idle timeout) and none has spoken
+    /// since: only then does event time advance with the wall clock.
+    inputs_idle: bool,
 }
 
 /// A range-window operator on one shard.
@@ -77,6 +116,7 @@ pub(crate) struct RangeWindows<T, A: Aggregation<T>> {
     pub(crate) timer: ComputationTimer,
     pub(crate) metrics: Rc<ShardMetrics>,
     wake: Notify,
+    pub(crate) saver: Saver,
 }
 
 impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
@@ -90,8 +130,10 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
         ports: Ports,
         timer: ComputationTimer,
         metrics: Rc<ShardMetrics>,
+        saver: Saver,
     ) -> Self {
         RangeWindows {
+            saver,
             agg,
             key,
             shape,
@@ -105,6 +147,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                 max_event: 0,
                 last_data: 0,
                 ended: false,
+                inputs_idle: false,
             }),
             next,
             ports,
@@ -268,21 +311,98 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
         fired.max(1)
     }
 
+    /// Forwards a control event; a barrier first writes the open panes into its checkpoint.
+    fn forward(&self, c: Control) {
+        if let Control::Barrier(id) = c {
+            self.snapshot(id);
+        }
+        self.next.control(c);
+    }
+
+    /// Writes every key's open panes, by key group, into checkpoint `id`.
+    fn snapshot(&self, id: u64) {
+        if self.saver.is_none() {
+            return;
+        }
+        let st = self.state.borrow();
+        let mut groups: HashMap<u16, Entries> = HashMap::new();
+        for (k, kp) in st.keys.iter() {
+            if kp.panes.iter().all(Option::is_none) {
+                continue;
+            }
+            let saved = SavedPanesRef {
+                base: kp.base,
+                next_window: kp.next_window,
+                panes: kp
+                    .panes
+                    .iter()
+                    .map(|p| p.as_ref().map(|p| (&p.acc, p.ingest)))
+                    .collect(),
+            };
+            let key: &A::Key = std::borrow::Borrow::borrow(k);
+            let group = key_group(key.stable_hash()) as u16;
+            if let (Ok(kb), Ok(vb)) = (postcard::to_allocvec(k), postcard::to_allocvec(&saved)) {
+                groups.entry(group).or_default().push((kb, vb));
+            }
+        }
+        drop(st);
+        save_groups(&self.saver, id, groups);
+    }
+
+    /// Loads panes a checkpoint wrote, and schedules each key's next window.
+    pub(crate) fn restore(&self, entries: &Entries) -> Result<(), String> {
+        let mut st = self.state.borrow_mut();
+        for (kb, vb) in entries {
+            let key: Owned<A, T> = postcard::from_bytes(kb).map_err(|e| format!("a key: {e}"))?;
+            let saved: SavedPanes<A::Acc> =
+                postcard::from_bytes(vb).map_err(|e| format!("a key's panes: {e}"))?;
+            let panes: VecDeque<Option<Pane<A::Acc>>> = saved
+                .panes
+                .into_iter()
+                .map(|p| p.map(|(acc, ingest)| Pane { acc, ingest }))
+                .collect();
+            let Some(first) = panes.iter().position(Option::is_some) else {
+                continue;
+            };
+            let k = self
+                .shape
+                .first_window_of(saved.base + first as u64)
+                .max(saved.next_window);
+            let due = self.shape.fires_at(k);
+            let borrowed: &A::Key = std::borrow::Borrow::borrow(&key);
+            st.timers.entry(due).or_default().push(borrowed.to_owned());
+            st.keys.insert(
+                key,
+                KeyPanes {
+                    base: saved.base,
+                    panes,
+                    next_window: saved.next_window,
+                    scheduled: Some(due),
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Takes a control event (already aligned over the ports): fires what it makes due and
     /// forwards it, or queues both for the task when the firing is more than a slice.
     fn on_control(&self, event: Control) {
         let mut st = self.state.borrow_mut();
         match event {
-            Control::Watermark(w) => st.target = st.target.max(w),
+            Control::Watermark(w) => {
+                st.target = st.target.max(w);
+                st.inputs_idle = false;
+            }
             Control::End => st.target = u64::MAX,
-            Control::Barrier(_) | Control::Idle => {}
+            Control::Idle => st.inputs_idle = true,
+            Control::Barrier(_) => {}
         }
         st.queued.push_back(event);
         if st.queued.len() == 1 && self.fire(&mut st, FIRE_SLICE) {
             st.queued.clear();
             st.ended |= event == Control::End;
             drop(st);
-            self.next.control(event);
+            self.forward(event);
             if event == Control::End {
                 self.wake.notify();
             }
@@ -327,7 +447,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                     continue;
                 };
                 for c in queued {
-                    self.next.control(c);
+                    self.forward(c);
                     if c == Control::End {
                         self.state.borrow_mut().ended = true;
                         return;
@@ -342,7 +462,8 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
     /// latest event seen, so the last windows fire (see the module docs of `window`).
     fn quiet(&self) {
         let mut st = self.state.borrow_mut();
-        if st.max_event == 0 || !st.queued.is_empty() {
+        // Quiet means the sources say so (a replay that stalls for a moment is not quiet).
+        if st.max_event == 0 || !st.queued.is_empty() || !st.inputs_idle {
             return;
         }
         let idle = now_ns().saturating_sub(st.last_data);
@@ -372,6 +493,7 @@ impl<T: 'static, A: Aggregation<T>> Input<T> for RangeWindows<T, A> {
         let t = stamp.event_ns;
         st.max_event = st.max_event.max(t);
         st.last_data = stamp.ingest_ns;
+        st.inputs_idle = false;
         let mut pane = self.shape.pane_of(t);
         if self.shape.is_late(t, st.target) {
             match self.late {
@@ -422,6 +544,7 @@ impl<T: 'static, A: Aggregation<T>> Input<T> for RangeWindows<T, A> {
 }
 
 /// One key's count window in progress.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Counted<Acc> {
     acc: Acc,
     count: u64,
@@ -444,9 +567,38 @@ pub(crate) struct CountWindows<T, A: Aggregation<T>> {
     pub(crate) ports: Ports,
     pub(crate) timer: ComputationTimer,
     pub(crate) metrics: Rc<ShardMetrics>,
+    pub(crate) saver: Saver,
 }
 
 impl<T: 'static, A: Aggregation<T>> CountWindows<T, A> {
+    /// Writes every key's window in progress, by key group, into checkpoint `id`.
+    fn snapshot(&self, id: u64) {
+        if self.saver.is_none() {
+            return;
+        }
+        let mut groups: HashMap<u16, Entries> = HashMap::new();
+        for (k, c) in self.state.borrow().iter().filter(|(_, c)| c.count > 0) {
+            let key: &A::Key = std::borrow::Borrow::borrow(k);
+            let group = key_group(key.stable_hash()) as u16;
+            if let (Ok(kb), Ok(vb)) = (postcard::to_allocvec(k), postcard::to_allocvec(c)) {
+                groups.entry(group).or_default().push((kb, vb));
+            }
+        }
+        save_groups(&self.saver, id, groups);
+    }
+
+    /// Loads windows in progress a checkpoint wrote.
+    pub(crate) fn restore(&self, entries: &Entries) -> Result<(), String> {
+        let mut map = self.state.borrow_mut();
+        for (kb, vb) in entries {
+            let key: Owned<A, T> = postcard::from_bytes(kb).map_err(|e| format!("a key: {e}"))?;
+            let c: Counted<A::Acc> =
+                postcard::from_bytes(vb).map_err(|e| format!("a count window: {e}"))?;
+            map.insert(key, c);
+        }
+        Ok(())
+    }
+
     fn emit(&self, key: &A::Key, c: &Counted<A::Acc>) {
         let window = Window {
             start_ns: c.first,
@@ -502,6 +654,9 @@ impl<T: 'static, A: Aggregation<T>> Input<T> for CountWindows<T, A> {
                 for (k, c) in map.iter().filter(|(_, c)| c.count > 0) {
                     self.emit(std::borrow::Borrow::borrow(k), c);
                 }
+            }
+            if let Control::Barrier(id) = e {
+                self.snapshot(id);
             }
             self.next.control(e);
         }

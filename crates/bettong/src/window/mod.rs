@@ -11,7 +11,7 @@
 //! | fires | when the watermark reaches `end + delay` (a message at exactly `end` belongs to the next window) |
 //! | empty windows | produce nothing |
 //! | late message (every window it belongs to has fired) | [`LatePolicy::Drop`]: counted, no output; [`LatePolicy::FirePerMessage`]: the message alone makes an output, for the last window it belongs to; [`LatePolicy::PlaceInOldestWindow`]: added to the oldest window not yet fired |
-//! | quiet input | event time is taken to advance with the wall clock while no message arrives: the last window fires at most `range + delay` after the input goes quiet (checked every 50 ms) |
+//! | quiet input | once every source says it is idle (a TCP source after 250 ms without data), event time is taken to advance with the wall clock from the latest event seen: the last window fires at most `range + delay` (plus the idle timeout) after the input goes quiet (checked every 50 ms) |
 //! | clean stop | every open window fires before the engine exits |
 //!
 //! Count windows fire on their `n`-th message; at a clean stop the remainder fires.
@@ -85,8 +85,8 @@ pub enum LatePolicy {
 pub trait Aggregation<In>: Send + Sync + 'static {
     /// The key type of the `key_by` in front of the windows.
     type Key: Key + ?Sized;
-    /// The running state of one window (or pane).
-    type Acc: 'static;
+    /// The running state of one window (or pane); serializable, as checkpoints write it.
+    type Acc: serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// What a window produces.
     type Out: Send + 'static;
     /// The accumulator of an empty window.
