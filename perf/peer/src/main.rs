@@ -702,6 +702,13 @@ fn bettong_chunked(
 
 #[inline(never)]
 fn push_chunk(pusher: &mut bettong::Pusher<MarketMessage>, frames: &[&[u8]]) {
+    // PEER_BATCH=1: one `push_batch` per chunk (one handshake, clock read and publish per
+    // ring per chunk) instead of one `push` per message.
+    static BATCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *BATCH.get_or_init(|| std::env::var("PEER_BATCH").is_ok_and(|v| v == "1")) {
+        let _ = pusher.push_batch(frames.iter().map(|f| decoded(f)));
+        return;
+    }
     for f in frames {
         let _ = pusher.push(decoded(f));
     }
@@ -837,10 +844,10 @@ fn bettong_tcp(data: &Data, shards: usize) -> Result<Outcome, String> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = engine_config(shards);
     config.inputs = vec![
-        (Some("Orders".into()), loopback),
-        (Some("Nbbo".into()), loopback),
+        (Some("Orders".into()), loopback.into()),
+        (Some("Nbbo".into()), loopback.into()),
     ];
-    config.outputs = vec![(None, rx.local_addr())];
+    config.outputs = vec![(None, rx.local_addr().into())];
     let stop = rx.stop_handle();
     let receiving = std::thread::spawn(move || rx.run());
     let engine = Engine::start(bettong_apps::market_spread::application(), config)

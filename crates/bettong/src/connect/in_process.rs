@@ -223,6 +223,67 @@ impl<T: Send + 'static> Pusher<T> {
         }
     }
 
+    /// Pushes a batch of messages, each to the shard that owns its key, waiting while a ring is
+    /// full: the close handshake, the clock read and each ring's publish happen once per batch
+    /// instead of once per message (all messages of a batch carry the batch's ingest time).
+    /// Returns the messages not pushed because the engine stopped.
+    ///
+    /// ```
+    /// # use bettong::{Application, CallbackSink, Engine, EngineConfig, InProcessSource, Pipeline};
+    /// let numbers = InProcessSource::new(|n: &u64| n);
+    /// let app = Application::new("sink", Pipeline::source("N", numbers.clone())
+    ///     .to_sink("Out", CallbackSink::new(|_: &u64| {})));
+    /// let engine = Engine::start(app, EngineConfig { cores: vec![0], pin: false, ..EngineConfig::default() }).unwrap();
+    /// let mut pusher = numbers.pusher().unwrap();
+    /// assert!(pusher.push_batch(0..1000u64).is_ok());
+    /// drop(pusher);
+    /// assert_eq!(engine.stop().unwrap().messages_in, 1000);
+    /// ```
+    pub fn push_batch(
+        &mut self,
+        msgs: impl IntoIterator<Item = T>,
+    ) -> Result<(), PushError<Vec<T>>> {
+        let mut msgs = msgs.into_iter();
+        let mut dirty = vec![false; self.rings.len()];
+        // A message that found its ring full, pushed first when the batch goes on.
+        let mut carry: Option<T> = None;
+        'batch: loop {
+            // The close handshake of `try_push`, once for this stretch of the batch.
+            self.state.pushing.store(true, Ordering::SeqCst);
+            if self.state.closed.load(Ordering::SeqCst) {
+                self.state.pushing.store(false, Ordering::Release);
+                return Err(PushError::Stopped(carry.into_iter().chain(msgs).collect()));
+            }
+            let ingest = now_ns();
+            while let Some(msg) = carry.take().or_else(|| msgs.next()) {
+                let shard = (self.route)(&msg, self.rings.len());
+                match self.rings[shard].push((msg, ingest)) {
+                    Ok(()) => dirty[shard] = true,
+                    Err((msg, _)) => {
+                        // Full: publish what is pending, step out of the handshake while
+                        // waiting (the shard may be stopping), then go on with this message.
+                        self.publish(&mut dirty);
+                        self.state.pushing.store(false, Ordering::Release);
+                        wait_for_space(&mut self.rings[shard]);
+                        carry = Some(msg);
+                        continue 'batch;
+                    }
+                }
+            }
+            self.publish(&mut dirty);
+            self.state.pushing.store(false, Ordering::Release);
+            return Ok(());
+        }
+    }
+
+    fn publish(&mut self, dirty: &mut [bool]) {
+        for (ring, d) in self.rings.iter_mut().zip(dirty.iter_mut()) {
+            if std::mem::take(d) {
+                ring.publish();
+            }
+        }
+    }
+
     /// Pushes `msg` if the owning shard's ring has room, or hands it back.
     pub fn try_push(&mut self, msg: T) -> Result<(), PushError<T>> {
         // The shard closes a pusher by raising `closed` and then waiting until `pushing` is
