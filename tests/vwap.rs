@@ -1,6 +1,6 @@
 //! `bettong vwap` over TCP: every output line compared with a reference model written here,
 //! for tumbling and sliding windows, with and without delay, each late-data policy, count
-//! windows, the quiet-input timeout and the flush at SIGTERM, on 1 and 2 shards.
+//! windows, the quiet-input timeout and the flush at SIGTERM, on 1, 2 and 3 shards.
 
 mod common;
 
@@ -168,14 +168,14 @@ fn flushed_at_sigterm(cores: &str, window: &str, slide: &str, range: u64, slide_
 
 #[test]
 fn tumbling_windows_flushed_at_sigterm() {
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         flushed_at_sigterm(cores, "1s", "1s", 1000, 1000);
     }
 }
 
 #[test]
 fn sliding_windows_flushed_at_sigterm() {
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         flushed_at_sigterm(cores, "3s", "1s", 3000, 1000);
     }
 }
@@ -184,7 +184,7 @@ fn sliding_windows_flushed_at_sigterm() {
 /// runs; the last ones at the stop.
 #[test]
 fn windows_fire_on_the_watermark_without_delay() {
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         for (window, slide, range, slide_ms) in [("1s", "1s", 1000, 1000), ("3s", "1s", 3000, 1000)]
         {
             let sink = Sink::bind();
@@ -225,7 +225,7 @@ fn late_data_policies() {
     let late = [("GE", T0 + 500, 300.0, 30.0)];
     let after = [("GE", T0 + 1_500, 100.0, 40.0)];
     let w0 = format!("GE,{T0},{},1,100,10.000000", T0 + 1000);
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         for (policy, want) in [
             (
                 "drop",
@@ -282,7 +282,7 @@ fn late_data_policies() {
 /// 3 orders of a symbol make a window, and the stop flushes the remainders.
 #[test]
 fn count_windows() {
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         let sink = Sink::bind();
         let engine = start(cores, &sink, &["--count", "3"]);
         let groups: Vec<Vec<Ev>> = [["GE", "IBM"], ["AAPL", "T"]]
@@ -332,7 +332,7 @@ fn count_windows() {
 /// within range + delay of wall-clock time (plus the 50 ms check).
 #[test]
 fn quiet_input_fires_the_last_window() {
-    for cores in ["0", "0,1"] {
+    for cores in ["0", "0,1", "0,1,2"] {
         let sink = Sink::bind();
         let engine = start(cores, &sink, &["--window", "500ms"]);
         let events: Vec<Ev> = (0..10u64)
