@@ -615,10 +615,6 @@ impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for RangeWindowNode<T, A> {
         let input: Rc<dyn Input<T>> = op;
         Ok(Some(built(input, gauges)))
     }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
-    }
 }
 
 struct CountWindowNode<T, A: Aggregation<T>> {
@@ -650,10 +646,6 @@ impl<T: Send + 'static, A: Aggregation<T>> NodeBuild for CountWindowNode<T, A> {
         restore_into(sb, node.name, |e| op.restore(e))?;
         let input: Rc<dyn Input<T>> = op;
         Ok(Some(built(input, gauges)))
-    }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
     }
 }
 
@@ -776,10 +768,6 @@ impl<S: Source> NodeBuild for SourceNode<S> {
         ));
         Ok(None)
     }
-
-    fn forward(&self, _built: &Built, _port: usize) -> AnyBox {
-        unreachable!("nothing feeds a source")
-    }
 }
 
 impl<S: Source> Endpoint for SourceNode<S> {
@@ -829,10 +817,6 @@ impl<T: Send + 'static, S: Sink<T>> NodeBuild for SinkNode<T, S> {
         let gauges: Rc<[Gauge]> = gauges.borrow().clone().into();
         Ok(Some(built(input, gauges)))
     }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
-    }
 }
 
 impl<T: Send + 'static, S: Sink<T>> Endpoint for SinkNode<T, S> {
@@ -873,10 +857,6 @@ impl<T: Send + 'static, U: Send + 'static, F: Fn(T) -> Option<U> + Send + Sync +
         });
         Ok(Some(built(input, gauges)))
     }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
-    }
 }
 
 struct FlatMapNode<T, U, F>(Arc<F>, PhantomData<fn(T) -> U>);
@@ -906,10 +886,6 @@ where
         });
         Ok(Some(built(input, gauges)))
     }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
-    }
 }
 
 struct MergeNode<T>(PhantomData<fn(T)>);
@@ -934,11 +910,8 @@ impl<T: Send + 'static> NodeBuild for MergeNode<T> {
             // Data skips the merge: each input calls the next operator directly.
             data: Box::new(data),
             gauges,
+            forward: forward::<T>,
         }))
-    }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
     }
 }
 
@@ -1007,10 +980,6 @@ where
             on_barrier,
         });
         Ok(Some(built(input, gauges)))
-    }
-
-    fn forward(&self, built: &Built, port: usize) -> AnyBox {
-        forward::<T>(built, port)
     }
 }
 

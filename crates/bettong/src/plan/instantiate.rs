@@ -116,7 +116,7 @@ pub(crate) fn instantiate(plan: &Plan, sb: &mut ShardBuild) -> Result<(), Error>
         for (i, e) in plan.edges.iter().enumerate().filter(|(_, e)| e.to == id) {
             let down = match &e.exchange {
                 Some(x) if shards > 1 => x.build(sb, i, &built, base[i], rank[id]),
-                _ => node.spec.build.forward(&built, base[i]),
+                _ => (built.forward)(&built, base[i]),
             };
             downs.insert(i, down);
         }
@@ -133,6 +133,7 @@ pub(crate) fn built<T: 'static>(
         input: Box::new(input.clone()),
         data: Box::new(input),
         gauges,
+        forward: forward::<T>,
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct Built {
     pub(crate) input: AnyBox,
     pub(crate) data: AnyBox,
     pub(crate) gauges: Rc<[Gauge]>,
+    /// Makes a `Downstream<In>` into this node on a port (typed where the node was built).
+    pub(crate) forward: fn(&Built, usize) -> AnyBox,
 }
 
 /// A node as the shard sees it while building.
@@ -57,9 +59,6 @@ pub(crate) trait NodeBuild: Send + Sync {
         node: &NodeCtx<'_>,
         out: Option<AnyBox>,
     ) -> Result<Option<Built>, Error>;
-
-    /// A `Downstream<In>` into what `build` made, on `port`.
-    fn forward(&self, built: &Built, port: usize) -> AnyBox;
 }
 
 /// An exchange edge's builder: routes `Downstream<T>` by key (typed in `pipeline`).
