@@ -239,16 +239,24 @@ fn sink_that_never_reads_is_given_up_at_the_drain_timeout() {
         &["--drain-timeout", "1s", "--sink-buffer", "16384"],
     );
     let sender = blast(engine.addr("Text"), 60_000);
-    // Output is flowing: a shard has connected to the sink.
-    let first = accepted
-        .recv_timeout(DEADLINE)
-        .expect("the engine connects");
+    // Output is flowing: a shard's sink connection has bytes waiting. (The shards connect to
+    // the sink at start, before any input is read, so an accepted connection alone says
+    // nothing: stopping then found 0 messages in and exited 0.)
+    let mut conns: Vec<TcpStream> = Vec::new();
+    wait_until("output at the sink", || {
+        conns.extend(accepted.try_iter());
+        conns.iter().any(|c| {
+            c.set_nonblocking(true).unwrap();
+            let waiting = matches!(c.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+            c.set_nonblocking(false).unwrap();
+            waiting
+        })
+    });
     let (status, took, stderr) = engine.terminate_within(Duration::from_secs(6));
     let _ = sender.join();
     let (out, undelivered) = assert_gave_up(status, &stderr);
     assert!(took < Duration::from_secs(4), "took {took:?}");
     // Now read what the sink's kernel took: never more complete lines than `out`.
-    let mut conns = vec![first];
     conns.extend(accepted.try_iter());
     let mut lines = 0u64;
     for mut c in conns {
