@@ -56,7 +56,9 @@ pub use connect::in_process::{
     CallbackSink, InProcessSource, Outputs, PolledSink, PushError, Pusher,
 };
 pub use connect::tcp::{TcpSink, TcpSource};
-pub use connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
+pub use connect::{
+    CheckpointOutcomes, Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext,
+};
 pub use error::Error;
 pub use event::{Control, Stamp};
 pub use metrics::{now_ns, Summary};

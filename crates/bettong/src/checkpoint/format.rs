@@ -198,6 +198,8 @@ pub enum Record {
     SourceOffset(SourceOffset),
     /// What a sink shard had pre-committed when the barrier passed.
     SinkPosition(SinkPosition),
+    /// Where the streams of a connector source stood when the barrier passed.
+    Streams(StreamPositions),
 }
 
 /// The state entities of one operator in one key group, as serialized key and value bytes.
@@ -258,6 +260,25 @@ pub struct SinkPosition {
     pub shard: u32,
     /// The pre-committed position (transaction, file offset, sequence number).
     pub position: u64,
+}
+
+/// The points of reference of a connector source's streams at the barrier, as one shard
+/// recorded them: `(stream id, last message id included)`. Recovery takes, per stream, the
+/// highest over every shard's record (a stream moves between connections, so between shards).
+///
+/// ```
+/// use bettong::checkpoint::format::StreamPositions;
+/// let s = StreamPositions { source: "Text".into(), shard: 0, streams: vec![(7, 41)] };
+/// assert_eq!(s.streams[0], (7, 41));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPositions {
+    /// The source's name.
+    pub source: String,
+    /// The shard that recorded them.
+    pub shard: u32,
+    /// `(stream id, point of reference)` pairs.
+    pub streams: Vec<(u64, u64)>,
 }
 
 /// Appends one frame (length, CRC-32, postcard payload) holding `value` to `out`; returns

@@ -44,8 +44,11 @@
 //! }
 //! ```
 
+pub(crate) mod connector_source;
 pub(crate) mod in_process;
+mod protocol;
 pub(crate) mod tcp;
+mod twopc;
 pub(crate) mod watermarks;
 
 use std::cell::RefCell;
@@ -201,7 +204,39 @@ struct SourceInner<T> {
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// Where the source is in its input (a file offset), for checkpoints.
     offset: RefCell<Option<Rc<std::cell::Cell<u64>>>>,
+    /// Where its streams are (a connector source), for checkpoints.
+    streams: RefCell<Option<StreamsHook>>,
     ended: std::cell::Cell<bool>,
+}
+
+/// Gives a source's `(stream id, point of reference)` pairs at checkpoint barrier `id`.
+type StreamsHook = Rc<dyn Fn(u64) -> Vec<(u64, u64)>>;
+
+/// The outcomes of checkpoints as one connector sees them, in order: see
+/// [`SourceContext::checkpoint_outcomes`] and [`SinkContext::checkpoint_outcomes`].
+pub struct CheckpointOutcomes {
+    core: Rc<ShardCore>,
+    seen: u64,
+}
+
+impl CheckpointOutcomes {
+    /// Waits for the outcome of the next checkpoint: `(id, true)` once it committed (its
+    /// manifest is on disk), `(id, false)` if it was given up. Never resolves when the engine
+    /// runs without `--resilience-dir`.
+    pub async fn next(&mut self) -> (u64, bool) {
+        let checkpoints = &self.core.checkpoints;
+        let seen = self.seen;
+        let outcome = std::future::poll_fn(|cx| match checkpoints.outcome_after(seen) {
+            Some(o) => std::task::Poll::Ready(o),
+            None => {
+                checkpoints.outcome_waiters.register(cx.waker());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        self.seen = outcome.0;
+        outcome
+    }
 }
 
 impl<T: 'static> SourceContext<T> {
@@ -214,6 +249,7 @@ impl<T: 'static> SourceContext<T> {
                 core,
                 tasks: RefCell::new(Vec::new()),
                 offset: RefCell::new(None),
+                streams: RefCell::new(None),
                 ended: std::cell::Cell::new(false),
             }),
         }
@@ -278,10 +314,53 @@ impl<T: 'static> SourceContext<T> {
         restored.offsets.get(&self.inner.name).copied()
     }
 
+    /// Makes the source replayable stream by stream (a connector source): at each
+    /// checkpoint barrier `streams(id)` gives the `(stream id, point of reference)` pairs to
+    /// record, and [`restored_streams`](Self::restored_streams) gives them back after a
+    /// restart (each stream's highest over every shard's record).
+    pub fn track_streams(&self, streams: impl Fn(u64) -> Vec<(u64, u64)> + 'static) {
+        *self.inner.streams.borrow_mut() = Some(Rc::new(streams));
+    }
+
+    /// The streams' points of reference that the last complete checkpoint recorded for this
+    /// source (on any shard), when the engine restarted from one.
+    pub fn restored_streams(&self) -> std::collections::HashMap<u64, u64> {
+        let restored = self.inner.core.checkpoints.restored.borrow();
+        restored
+            .streams
+            .get(&self.inner.name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// True when the engine takes checkpoints (`--resilience-dir`).
+    pub fn checkpointing(&self) -> bool {
+        self.inner.core.config.resilience_dir.is_some()
+    }
+
+    /// The outcomes of the checkpoints from now on (a connector source acknowledges its
+    /// peer's data once the checkpoint that holds it has committed).
+    pub fn checkpoint_outcomes(&self) -> CheckpointOutcomes {
+        outcomes_from_now(&self.inner.core)
+    }
+
     /// Injects checkpoint barrier `id` (called by the shard, between messages).
     pub(crate) fn inject_barrier(&self, id: u64) {
         if self.inner.ended.get() {
             return;
+        }
+        let hook = self.inner.streams.borrow().clone();
+        if let Some(streams) = hook {
+            self.inner.core.checkpoints.record(
+                id,
+                crate::checkpoint::format::Record::Streams(
+                    crate::checkpoint::format::StreamPositions {
+                        source: self.inner.name.clone(),
+                        shard: self.inner.core.index as u32,
+                        streams: streams(id),
+                    },
+                ),
+            );
         }
         if let Some(offset) = self.inner.offset.borrow().as_ref() {
             self.inner.core.checkpoints.record(
@@ -460,12 +539,50 @@ impl SinkContext {
         precommitted(&self.core, id);
     }
 
+    /// Refuses checkpoint `id` instead of pre-committing it (a two-phase-commit sink's peer
+    /// voted no): the checkpoint is given up on every shard.
+    pub fn refuse(&self, id: u64, why: &str) {
+        self.core
+            .checkpoints
+            .refuse(self.core.index, id, format!("sink {}: {why}", self.name));
+    }
+
+    /// True when the engine takes checkpoints (`--resilience-dir`).
+    pub fn checkpointing(&self) -> bool {
+        self.core.config.resilience_dir.is_some()
+    }
+
+    /// The outcomes of the checkpoints from now on (a two-phase-commit sink commits or
+    /// aborts its transaction on each).
+    pub fn checkpoint_outcomes(&self) -> CheckpointOutcomes {
+        outcomes_from_now(&self.core)
+    }
+
+    /// The id of the checkpoint the engine restarted from, if it did.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        self.core.checkpoints.restored.borrow().checkpoint
+    }
+
     /// The position the last complete checkpoint recorded for this sink on this shard, when
     /// the engine restarted from one: output past it is to be discarded (it will be made
     /// again).
     pub fn restored_position(&self) -> Option<u64> {
         let restored = self.core.checkpoints.restored.borrow();
         restored.positions.get(&self.name).copied()
+    }
+}
+
+/// Outcomes of checkpoints newer than any whose outcome the shard already knows.
+fn outcomes_from_now(core: &Rc<ShardCore>) -> CheckpointOutcomes {
+    let seen = core
+        .checkpoints
+        .outcomes
+        .borrow()
+        .back()
+        .map_or(0, |(id, _)| *id);
+    CheckpointOutcomes {
+        core: core.clone(),
+        seen,
     }
 }
 

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::{Decoder, Encoder};
+use crate::connect::connector_source;
 use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
 use crate::error::Error;
 use crate::event::Stamp;
 use crate::net::sink::SinkBuffer;
 use crate::net::source::{accept_loop, fd_reserve, Connections};
-use crate::runtime::config::parse_addr;
+use crate::runtime::config::{Address, ConnectorAddress};
 use crate::runtime::shard::SourceRuntime;
 
 /// A TCP source: a listener (one per shard, same port) taking `[u32 BE len][payload]` frames,
@@ -91,6 +92,12 @@ pub struct SourcePart(Endpoint);
 enum Endpoint {
     Listener(std::net::TcpListener),
     File(Option<std::path::PathBuf>),
+    /// A listener whose clients speak the connector protocol.
+    Connector(
+        std::net::TcpListener,
+        ConnectorAddress,
+        Arc<connector_source::Registry>,
+    ),
 }
 
 impl<D: Decoder> Source for TcpSource<D> {
@@ -125,7 +132,17 @@ impl<D: Decoder> Source for TcpSource<D> {
                 endpoint: Some(address.to_string()),
             });
         }
-        let mut bound = parse_addr(address).map_err(connector)?;
+        // HOST:PORT, or the connector protocol's HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS.
+        let (mut bound, protocol) = match address.parse::<Address>().map_err(connector)? {
+            Address::Tcp(a) => (a, None),
+            Address::Connector(c) => (c.addr, Some((c, connector_source::Registry::new()))),
+            Address::File(_) | Address::TwoPhase(_) => {
+                return Err(connector(format!(
+                    "`{address}` is not a source address (HOST:PORT, file:PATH or \
+                     HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS)"
+                )))
+            }
+        };
         crate::runtime::probe_port(bound)
             .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
         let mut parts = Vec::with_capacity(shards);
@@ -133,7 +150,10 @@ impl<D: Decoder> Source for TcpSource<D> {
             let l = crate::runtime::bind_reuseport(bound)
                 .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
             bound = l.local_addr().map_err(|e| connector(e.to_string()))?;
-            parts.push(SourcePart(Endpoint::Listener(l)));
+            parts.push(SourcePart(match &protocol {
+                None => Endpoint::Listener(l),
+                Some((c, registry)) => Endpoint::Connector(l, c.clone(), registry.clone()),
+            }));
         }
         Ok(Opened {
             parts,
@@ -169,9 +189,41 @@ impl<D: Decoder> Source for TcpSource<D> {
                 gauges: ctx.gauges().clone(),
                 counters: core.metrics.source(ctx.name()),
                 watermarks: Default::default(),
+                connector: None,
             });
-            let listener = match part.0 {
-                Endpoint::Listener(l) => l,
+            let (listener, source) = match part.0 {
+                Endpoint::Listener(l) => (l, source),
+                Endpoint::Connector(l, settings, registry) => {
+                    let listening = l
+                        .local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+                    let shard = connector_source::ConnectorShard::new(
+                        settings,
+                        registry,
+                        core.index,
+                        listening,
+                        ctx.checkpointing(),
+                        &ctx.restored_streams(),
+                    );
+                    let at_barrier = shard.clone();
+                    ctx.track_streams(move |id| at_barrier.at_barrier(id));
+                    let (on_outcome, mut outcomes) = (shard.clone(), ctx.checkpoint_outcomes());
+                    let stopping = ctx.clone();
+                    ctx.spawn(futures_lite::future::or(
+                        async move {
+                            loop {
+                                let (id, committed) = outcomes.next().await;
+                                on_outcome.outcome(id, committed);
+                            }
+                        },
+                        async move { stopping.stopping().await },
+                    ));
+                    let Ok(mut source) = Rc::try_unwrap(source) else {
+                        unreachable!("the source runtime is not shared yet")
+                    };
+                    source.connector = Some(shard);
+                    (l, Rc::new(source))
+                }
                 Endpoint::File(None) => return,
                 Endpoint::File(Some(path)) => {
                     let max_frame = core.config.max_frame;
@@ -297,6 +349,8 @@ pub struct SinkPart(SinkEndpoint);
 enum SinkEndpoint {
     Tcp(SocketAddr),
     File(std::path::PathBuf),
+    /// A two-phase-commit connector sink.
+    TwoPhase(SocketAddr),
 }
 
 impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
@@ -343,12 +397,18 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
                 endpoint: Some(address.to_string()),
             });
         }
-        let addr = parse_addr(address).map_err(connector)?;
+        let (addr, endpoint) = match address.parse::<Address>().map_err(connector)? {
+            Address::Tcp(a) => (a, SinkEndpoint::Tcp as fn(SocketAddr) -> SinkEndpoint),
+            Address::TwoPhase(a) => (a, SinkEndpoint::TwoPhase as fn(SocketAddr) -> SinkEndpoint),
+            _ => {
+                return Err(connector(format!(
+                    "`{address}` is not a sink address (HOST:PORT, file:PATH or 2pc:HOST:PORT)"
+                )))
+            }
+        };
         Ok(Opened {
-            parts: (0..shards)
-                .map(|_| SinkPart(SinkEndpoint::Tcp(addr)))
-                .collect(),
-            endpoint: Some(addr.to_string()),
+            parts: (0..shards).map(|_| SinkPart(endpoint(addr))).collect(),
+            endpoint: Some(address.to_string()),
         })
     }
 
@@ -356,6 +416,9 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
         let addr = match part.0 {
             SinkEndpoint::Tcp(addr) => addr,
             SinkEndpoint::File(path) => return file_sink(path, self.encoder.clone(), ctx),
+            SinkEndpoint::TwoPhase(addr) => {
+                return crate::connect::twopc::sink(addr, self.encoder.clone(), ctx)
+            }
         };
         let core = ctx.core().clone();
         let buffer = Rc::new(

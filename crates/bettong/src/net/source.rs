@@ -343,7 +343,12 @@ fn spawn_connection(
     let (source, core, conns) = (source.clone(), core.clone(), conns.clone());
     glommio::spawn_local(async move {
         let frames = FrameReader::adaptive(SMALL_READ_BUFFER, conns.buffers.clone(), max_frame);
-        serve(stream, frames, &source, &core).await;
+        match &source.connector {
+            Some(c) => {
+                crate::connect::connector_source::serve(stream, frames, &source, &core, c).await
+            }
+            None => serve(stream, frames, &source, &core).await,
+        }
         // `serve` has dropped the stream: forget its fd before anything else can reuse it.
         conns.fds.borrow_mut().retain(|&f| f != fd);
         conns.open.set(conns.open.get() - 1);

@@ -24,32 +24,62 @@ use crate::checkpoint::{CheckpointStore, Manifest, PartInfo, PartWriter};
 /// A shard's report on checkpoint `id`: its part, or why it could not write it.
 pub(crate) type PartReport = (usize, u64, Result<PartInfo, String>);
 
-/// The checkpoint requests of every shard (set by the coordinator, taken by the shard).
+/// What the coordinator hands a shard: a new checkpoint to take, or the outcome of earlier
+/// ones.
+pub(crate) enum Handed {
+    /// Take checkpoint `id`, writing the shard's part with the writer.
+    Request(u64, PartWriter),
+    /// These checkpoints committed (`true`) or were given up, oldest first.
+    Outcomes(Vec<(u64, bool)>),
+}
+
+#[derive(Default)]
+struct Slot {
+    request: Option<(u64, PartWriter)>,
+    outcomes: Vec<(u64, bool)>,
+}
+
+/// The checkpoint requests and outcomes of every shard (set by the coordinator, taken by the
+/// shard).
 pub(crate) struct Requests {
-    slots: Vec<Mutex<Option<(u64, PartWriter)>>>,
+    slots: Vec<Mutex<Slot>>,
     pub(crate) waiters: Vec<Arc<Waiter>>,
 }
 
 impl Requests {
     pub(crate) fn new(waiters: Vec<Arc<Waiter>>) -> Self {
         Requests {
-            slots: waiters.iter().map(|_| Mutex::new(None)).collect(),
+            slots: waiters.iter().map(|_| Mutex::default()).collect(),
             waiters,
         }
     }
 
+    fn slot(&self, shard: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.slots[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn put(&self, shard: usize, id: u64, part: PartWriter) {
-        *self.slots[shard].lock().unwrap_or_else(|e| e.into_inner()) = Some((id, part));
+        self.slot(shard).request = Some((id, part));
         self.waiters[shard].wake_if_parked();
     }
 
-    /// Waits on the shard until a checkpoint is requested.
-    pub(crate) async fn next(&self, shard: usize) -> (u64, PartWriter) {
+    /// Tells every shard how checkpoint `id` ended.
+    fn resolve(&self, id: u64, committed: bool) {
+        for shard in 0..self.slots.len() {
+            self.slot(shard).outcomes.push((id, committed));
+            self.waiters[shard].wake_if_parked();
+        }
+    }
+
+    /// Waits on the shard until the coordinator hands it something (outcomes first: a
+    /// checkpoint's outcome always reaches a shard before the next request does).
+    pub(crate) async fn next(&self, shard: usize) -> Handed {
         let take = || {
-            self.slots[shard]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
+            let mut slot = self.slot(shard);
+            if !slot.outcomes.is_empty() {
+                return Some(Handed::Outcomes(std::mem::take(&mut slot.outcomes)));
+            }
+            slot.request.take().map(|(id, p)| Handed::Request(id, p))
         };
         std::future::poll_fn(|cx| {
             if let Some(r) = take() {
@@ -118,6 +148,8 @@ pub(crate) fn spawn_coordinator(
                 }
                 let mut parts = Vec::with_capacity(shards);
                 let deadline = Instant::now() + Duration::from_secs(30).max(interval * 10);
+                // A stop gives up the checkpoint in flight at once (its outcome lets a
+                // two-phase-commit sink send what it holds back for it).
                 while handed && parts.len() < shards && !stop.is_stopping() {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match reports.recv_timeout(left.min(Duration::from_millis(20))) {
@@ -131,21 +163,29 @@ pub(crate) fn spawn_coordinator(
                         Err(_) => break,
                     }
                 }
-                if parts.len() == shards {
+                let committed = if parts.len() == shards {
                     let bytes: u64 = parts.iter().map(|p| p.bytes).sum();
                     match store.commit(id, Manifest::new(id, shards as u32, parts)) {
-                        Ok(()) => tracing::debug!(
-                            "checkpoint {id}: {bytes} bytes in {:?}",
-                            started.elapsed()
-                        ),
-                        Err(e) => tracing::error!("checkpoint {id}: {e}"),
+                        Ok(()) => {
+                            tracing::debug!(
+                                "checkpoint {id}: {bytes} bytes in {:?}",
+                                started.elapsed()
+                            );
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!("checkpoint {id}: {e}");
+                            false
+                        }
                     }
                 } else {
                     if !stop.is_stopping() {
                         tracing::warn!("checkpoint {id}: not every shard finished; given up");
                     }
                     let _ = store.abort(id);
-                }
+                    false
+                };
+                requests.resolve(id, committed);
             }
         })
 }
@@ -159,6 +199,11 @@ pub(crate) struct Restored {
     pub(crate) offsets: HashMap<String, u64>,
     /// Positions of this shard's sinks, by sink name.
     pub(crate) positions: HashMap<String, u64>,
+    /// The points of reference of connector sources' streams, by source name (every shard
+    /// gets them all: a stream can come back on any shard's connection).
+    pub(crate) streams: HashMap<String, HashMap<u64, u64>>,
+    /// The id of the checkpoint restored.
+    pub(crate) checkpoint: Option<u64>,
 }
 
 /// One shard's side of the checkpoint in flight. Its records can come before the shard has
@@ -179,7 +224,15 @@ pub(crate) struct ShardCheckpoints {
     pub(crate) reports: Option<mpsc::Sender<PartReport>>,
     pub(crate) sinks: Cell<usize>,
     pub(crate) restored: RefCell<Restored>,
+    /// The outcomes of recent checkpoints, oldest first (the last [`OUTCOMES_KEPT`]), and the
+    /// connector tasks waiting for the next one.
+    pub(crate) outcomes: RefCell<std::collections::VecDeque<(u64, bool)>>,
+    pub(crate) outcome_waiters: super::shard::WaitList,
 }
+
+/// Outcomes a shard keeps for connectors that have not looked yet. Only one checkpoint is in
+/// flight at a time and a connector looks at each outcome as it comes, so a few are plenty.
+const OUTCOMES_KEPT: usize = 64;
 
 impl ShardCheckpoints {
     /// Applies `f` to checkpoint `id` in flight, starting it if it is newer than the one in
@@ -218,6 +271,41 @@ impl ShardCheckpoints {
     /// A sink has pre-committed checkpoint `id`; returns the checkpoint once it is complete.
     pub(crate) fn sink_done(&self, id: u64) -> Option<InFlight> {
         self.with(id, |c| c.sinks_left = c.sinks_left.saturating_sub(1))
+    }
+
+    /// Records how checkpoints ended and wakes the connectors waiting to hear.
+    pub(crate) fn resolved(&self, outcomes: Vec<(u64, bool)>) {
+        {
+            let mut kept = self.outcomes.borrow_mut();
+            kept.extend(outcomes);
+            while kept.len() > OUTCOMES_KEPT {
+                kept.pop_front();
+            }
+        }
+        self.outcome_waiters.wake_all();
+    }
+
+    /// The first outcome of a checkpoint newer than `after`, if one has come.
+    pub(crate) fn outcome_after(&self, after: u64) -> Option<(u64, bool)> {
+        self.outcomes
+            .borrow()
+            .iter()
+            .find(|(id, _)| *id > after)
+            .copied()
+    }
+
+    /// A sink refuses checkpoint `id` (a two-phase-commit sink voted no): the shard reports
+    /// it failed, and the coordinator gives it up.
+    pub(crate) fn refuse(&self, shard: usize, id: u64, why: String) {
+        {
+            let mut slot = self.in_flight.borrow_mut();
+            if slot.as_ref().is_some_and(|c| c.id == id) {
+                *slot = None;
+            }
+        }
+        if let Some(tx) = &self.reports {
+            let _ = tx.send((shard, id, Err(why)));
+        }
     }
 
     /// Writes a finished shard checkpoint off the shard and reports it to the coordinator.

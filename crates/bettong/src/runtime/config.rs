@@ -191,13 +191,19 @@ fn check_cores(cores: &[usize]) -> Result<(), String> {
 
 /// Each source once, each fixed address (port not 0) for one source only, and at most one
 /// address without a name.
-/// Where a source reads or a sink writes: a TCP address (`HOST:PORT`) or a file
-/// (`file:PATH`, for replays and back-tests).
+/// Where a source reads or a sink writes: a TCP address (`HOST:PORT`), a file (`file:PATH`,
+/// for replays and back-tests), a Wallaroo connector-protocol source
+/// (`HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS`, as Wallaroo spells it) or a two-phase-commit
+/// connector sink (`2pc:HOST:PORT`).
 ///
 /// ```
 /// use bettong::runtime::config::Address;
 /// assert_eq!("file:/tmp/orders.msg".parse::<Address>(), Ok(Address::File("/tmp/orders.msg".into())));
 /// assert_eq!("127.0.0.1:7000".parse::<Address>().unwrap().to_string(), "127.0.0.1:7000");
+/// let c = "127.0.0.1:7100:Dragons-Love-Tacos:500:50".parse::<Address>().unwrap();
+/// assert!(matches!(c, Address::Connector(ref c) if c.cookie == "Dragons-Love-Tacos" && c.max_credits == 500));
+/// assert_eq!(c.to_string(), "127.0.0.1:7100:Dragons-Love-Tacos:500:50");
+/// assert!(matches!("2pc:127.0.0.1:7200".parse::<Address>(), Ok(Address::TwoPhase(_))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
@@ -205,16 +211,94 @@ pub enum Address {
     Tcp(SocketAddr),
     /// A file.
     File(PathBuf),
+    /// A connector-protocol source's listening address, cookie and credits.
+    Connector(ConnectorAddress),
+    /// A two-phase-commit connector sink's address.
+    TwoPhase(SocketAddr),
+}
+
+/// Where a connector-protocol source listens, the cookie its connectors must give, and its
+/// credits: a connector may send `max_credits` frames before the engine acknowledges, and
+/// the engine acknowledges (refilling to `max_credits`) once `refill_credits` or fewer are left.
+///
+/// ```
+/// let c = bettong::runtime::config::parse_connector("127.0.0.1:7100:tacos:500:50").unwrap();
+/// assert_eq!((c.max_credits, c.refill_credits), (500, 50));
+/// assert!(bettong::runtime::config::parse_connector("127.0.0.1:7100:tacos:50:500").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorAddress {
+    /// The address to listen on.
+    pub addr: SocketAddr,
+    /// The cookie a connector's Hello must carry.
+    pub cookie: String,
+    /// Credits given at Hello and after every acknowledgement.
+    pub max_credits: u32,
+    /// The credit level at or under which the engine acknowledges.
+    pub refill_credits: u32,
+}
+
+impl std::fmt::Display for ConnectorAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.addr, self.cookie, self.max_credits, self.refill_credits
+        )
+    }
+}
+
+/// Parses a connector source's `HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS`.
+pub fn parse_connector(text: &str) -> Result<ConnectorAddress, String> {
+    let form = "HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS";
+    let mut parts = text.rsplitn(4, ':');
+    let (Some(refill), Some(max), Some(cookie), Some(addr)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("`{text}` is not {form}"));
+    };
+    let credits = |what: &str, v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("`{text}`: {what} `{v}` is not a number ({form})"))
+    };
+    let (max_credits, refill_credits) = (
+        credits("MAX_CREDITS", max)?,
+        credits("REFILL_CREDITS", refill)?,
+    );
+    if max_credits == 0 || refill_credits >= max_credits {
+        return Err(format!(
+            "`{text}`: REFILL_CREDITS ({refill_credits}) must be below MAX_CREDITS ({max_credits}), which must be at least 1"
+        ));
+    }
+    if cookie.is_empty() {
+        return Err(format!("`{text}`: the cookie is empty ({form})"));
+    }
+    Ok(ConnectorAddress {
+        addr: parse_addr(addr)?,
+        cookie: cookie.to_string(),
+        max_credits,
+        refill_credits,
+    })
 }
 
 impl std::str::FromStr for Address {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("file:") {
-            Some("") => Err(format!("`{s}`: no path after file:")),
-            Some(path) => Ok(Address::File(PathBuf::from(path))),
-            None => parse_addr(s).map(Address::Tcp),
+        if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(format!("`{s}`: no path after file:"));
+            }
+            return Ok(Address::File(PathBuf::from(path)));
         }
+        if let Some(addr) = s.strip_prefix("2pc:") {
+            return parse_addr(addr).map(Address::TwoPhase);
+        }
+        // HOST:PORT has one colon outside brackets; the connector form has four.
+        let colons = s.rsplit(']').next().unwrap_or(s).matches(':').count();
+        if colons >= 4 {
+            return parse_connector(s).map(Address::Connector);
+        }
+        parse_addr(s).map(Address::Tcp)
     }
 }
 
@@ -223,6 +307,8 @@ impl std::fmt::Display for Address {
         match self {
             Address::Tcp(a) => write!(f, "{a}"),
             Address::File(p) => write!(f, "file:{}", p.display()),
+            Address::Connector(c) => write!(f, "{c}"),
+            Address::TwoPhase(a) => write!(f, "2pc:{a}"),
         }
     }
 }
@@ -248,7 +334,8 @@ fn check_inputs(inputs: &[(Option<String>, Address)]) -> Result<(), String> {
             }
             _ => {}
         }
-        let any_port = matches!(addr, Address::Tcp(a) if a.port() == 0);
+        let any_port = matches!(addr, Address::Tcp(a) | Address::TwoPhase(a) if a.port() == 0)
+            || matches!(addr, Address::Connector(c) if c.addr.port() == 0);
         if !any_port && earlier.iter().any(|(_, a)| a == addr) {
             return Err(format!("{addr} is given for two sources"));
         }

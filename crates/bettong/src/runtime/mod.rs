@@ -179,8 +179,20 @@ impl Resilience {
                         r.positions.insert(p.sink, p.position);
                     }
                 }
+                Record::Streams(s) => {
+                    for r in out.iter_mut() {
+                        let table = r.streams.entry(s.source.clone()).or_default();
+                        for &(stream, por) in &s.streams {
+                            let e = table.entry(stream).or_insert(por);
+                            *e = (*e).max(por);
+                        }
+                    }
+                }
                 _ => {}
             }
+        }
+        for r in out.iter_mut() {
+            r.checkpoint = Some(checkpoint.id());
         }
         tracing::info!(
             "restored checkpoint {} ({entities} state entities)",
@@ -648,7 +660,13 @@ async fn run_shard(start: ShardStart) -> Summary {
         let core = core.clone();
         background.push(glommio::spawn_local(async move {
             loop {
-                let (id, part) = requests.next(index).await;
+                let (id, part) = match requests.next(index).await {
+                    checkpoints::Handed::Request(id, part) => (id, part),
+                    checkpoints::Handed::Outcomes(o) => {
+                        core.checkpoints.resolved(o);
+                        continue;
+                    }
+                };
                 // Ready at once when the shard has no sinks, or when every sink pre-committed
                 // already (the barrier came from another shard before the request).
                 if let Some(done) = core.checkpoints.begin(id, part) {

@@ -168,6 +168,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) watermarks: crate::connect::watermarks::Watermarks,
     /// The source's counters on this shard.
     pub(crate) counters: Arc<crate::metrics::live::SourceCounters>,
+    /// Set when the clients speak the connector protocol.
+    pub(crate) connector: Option<Rc<crate::connect::connector_source::ConnectorShard>>,
 }
 
 /// The shard-wide services that operators, connectors and tasks share while it runs.
