@@ -527,12 +527,26 @@ fn twopc_connection(mut conn: TcpStream, state: &Mutex<TwoPcState>) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// A port that is free now and that no one else in this test run is handed: below the
+/// kernel's range for port 0 (`ip_local_port_range`), so an engine or sink of another test that
+/// binds port 0 cannot take it while the engine under test is between runs.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Spread by process and a counter so parallel tests start apart.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let span = low.saturating_sub(10_000).max(1000);
+    let start = (std::process::id() as u16 % 97) * 61;
+    for _ in 0..span {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low - 1 - (start.wrapping_add(k.wrapping_mul(7919)) % span);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}")
 }
 
 fn word_count(source: &str, sink: &str, cores: &str, dir: Option<&str>) -> Command {

@@ -117,6 +117,9 @@ struct Outbox {
     wake: Notify,
 }
 
+/// A checkpoint id and the `(stream, point of reference)` pairs recorded for it.
+type Recorded = (u64, Vec<(u64, u64)>);
+
 /// One shard's side of a connector source.
 pub(crate) struct ConnectorShard {
     settings: ConnectorAddress,
@@ -129,7 +132,7 @@ pub(crate) struct ConnectorShard {
     owned: RefCell<HashMap<u64, Owned>>,
     releasing: RefCell<HashMap<u64, Releasing>>,
     /// What this shard recorded at each checkpoint in flight: `(stream, point of reference)`.
-    recorded: RefCell<Vec<(u64, Vec<(u64, u64)>)>>,
+    recorded: RefCell<Vec<Recorded>>,
     outboxes: RefCell<HashMap<u64, Rc<Outbox>>>,
     /// Messages dropped as replays of what was already processed.
     pub(crate) duplicates: Cell<u64>,

@@ -406,9 +406,13 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
                 )))
             }
         };
+        let shown = match endpoint(addr) {
+            SinkEndpoint::TwoPhase(a) => format!("2pc:{a}"),
+            _ => addr.to_string(),
+        };
         Ok(Opened {
             parts: (0..shards).map(|_| SinkPart(endpoint(addr))).collect(),
-            endpoint: Some(address.to_string()),
+            endpoint: Some(shown),
         })
     }
 

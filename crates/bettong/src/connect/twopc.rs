@@ -41,7 +41,7 @@ use glommio::net::TcpStream;
 
 use crate::codec::{Encoder, FrameReader};
 use crate::connect::protocol::{message_header, set_len, Frame, TwoPc, SINK_COOKIE, SINK_VERSION};
-use crate::connect::{SinkContext, SinkInput, SinkShard};
+use crate::connect::{CheckpointOutcomes, SinkContext, SinkInput, SinkShard};
 use crate::event::{Control, Stamp};
 use crate::runtime::shard::{Gauge, Notify};
 
@@ -130,18 +130,18 @@ pub(crate) fn sink<T: 'static, E: Encoder<T>>(
         limit: ctx.core().config.sink_buffer,
         wake: Notify::default(),
     });
+    let outcomes = ctx.checkpoint_outcomes();
     let task = Writer {
         addr,
         held: held.clone(),
         stream_name: format!("bettong-w-bettong-shard-{}-id-{}", ctx.shard(), ctx.name()),
-        outcomes: RefCell::new(ctx.checkpoint_outcomes()),
         known: RefCell::new(VecDeque::new()),
         txn: RefCell::new(None),
         next_start: Cell::new(base),
         finished: Cell::new(false),
         ctx,
     }
-    .run();
+    .run(outcomes);
     SinkShard::new(Input { held, encoder })
         .with_task(task)
         .with_precommit()
@@ -161,7 +161,6 @@ struct Writer {
     held: Rc<Held>,
     stream_name: String,
     ctx: SinkContext,
-    outcomes: RefCell<crate::connect::CheckpointOutcomes>,
     /// Outcomes heard, newest last (a few).
     known: RefCell<VecDeque<(u64, bool)>>,
     txn: RefCell<Option<Txn>>,
@@ -201,7 +200,7 @@ impl Writer {
             && self.held.unsent() == 0
     }
 
-    async fn run(self) {
+    async fn run(self, mut outcomes: CheckpointOutcomes) {
         let shard = self.ctx.shard();
         let name = self.ctx.name().to_string();
         let mut delay = Duration::from_millis(10);
@@ -234,7 +233,7 @@ impl Writer {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            match self.session(&mut stream).await {
+            match self.session(&mut stream, &mut outcomes).await {
                 Ok(()) => {
                     let _ = stream.flush().await;
                     let _ = stream.close().await;
@@ -265,7 +264,11 @@ impl Writer {
 
     /// One connection: handshake, resolve, then stream until done (Ok) or the connection
     /// fails (Err).
-    async fn session(&self, stream: &mut TcpStream) -> Result<(), String> {
+    async fn session(
+        &self,
+        stream: &mut TcpStream,
+        outcomes: &mut CheckpointOutcomes,
+    ) -> Result<(), String> {
         let mut frames = FrameReader::new(64 * 1024, 16 * 1024 * 1024);
         let mut out = Vec::new();
         Frame::Hello {
@@ -322,14 +325,14 @@ impl Writer {
             if self.done() {
                 return Ok(());
             }
-            let woke = self.wait(stream, &mut frames).await;
+            let woke = self.wait(stream, &mut frames, outcomes).await;
             match woke {
                 Woke::Read(Ok(0)) => return Err("the sink closed the connection".into()),
                 Woke::Read(Err(e)) => return Err(e.to_string()),
                 Woke::Read(Ok(n)) => {
                     frames.filled(n);
                     while let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? {
-                        self.from_sink(payload)?;
+                        self.on_sink_frame(payload)?;
                     }
                 }
                 Woke::Wake => {}
@@ -478,7 +481,7 @@ impl Writer {
     }
 
     /// A frame from the sink while streaming: a vote, or an error.
-    fn from_sink(&self, payload: &[u8]) -> Result<(), String> {
+    fn on_sink_frame(&self, payload: &[u8]) -> Result<(), String> {
         match Frame::decode(payload).map_err(|e| e.to_string())? {
             Frame::Message {
                 stream: 0, payload, ..
@@ -518,7 +521,12 @@ impl Writer {
         }
     }
 
-    async fn wait(&self, stream: &mut TcpStream, frames: &mut FrameReader) -> Woke {
+    async fn wait(
+        &self,
+        stream: &mut TcpStream,
+        frames: &mut FrameReader,
+        outcomes: &mut CheckpointOutcomes,
+    ) -> Woke {
         let read = async {
             Woke::Read(
                 std::future::poll_fn(|cx| {
@@ -531,7 +539,7 @@ impl Writer {
             self.held.wake.notified().await;
             Woke::Wake
         };
-        let outcome = async { Woke::Outcome(self.outcomes.borrow_mut().next().await) };
+        let outcome = async { Woke::Outcome(outcomes.next().await) };
         let finishing = async {
             if self.finished.get() {
                 std::future::pending::<()>().await;
