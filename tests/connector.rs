@@ -863,3 +863,68 @@ fn replays_are_dropped_credits_refill_and_eos_is_acknowledged() {
     }
     assert_eq!(restart, Some(addr));
 }
+
+/// The sum of every sample of `name` in a `/metrics` scrape (plain HTTP, read to the end).
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| {
+            found = true;
+            l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+        })
+        .sum();
+    assert!(found, "no {name} in\n{text}");
+    sum
+}
+
+/// With checkpoints, a stream's Ack comes once a committed checkpoint holds its messages, and
+/// `/metrics` shows the checkpoints and the replays dropped.
+#[test]
+fn acks_follow_committed_checkpoints_and_metrics_show_them() {
+    let dir =
+        std::env::temp_dir().join(format!("bettong-connector-{}-metrics", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sink = Sink::bind();
+    let mut cmd = word_count(
+        &format!("127.0.0.1:0:{COOKIE}:100:10"),
+        &sink.addr.to_string(),
+        "0,1",
+        Some(&dir.display().to_string()),
+    );
+    cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+    let engine = Engine::start_command(cmd);
+    let mut c = connect(&engine);
+    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::Ok(100)));
+    c.write_all(&notify(7, "seven", NONE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 7, NONE)));
+    let mut out = Vec::new();
+    for id in [0u64, 1, 2, 1, 2] {
+        out.extend_from_slice(&message(7, id, format!("m{id}").as_bytes()));
+    }
+    c.write_all(&out).unwrap();
+    // Credits are plentiful: the only Ack that can come is a committed checkpoint's.
+    match read_in(&mut c) {
+        Some(In::Ack(_, acks)) => assert_eq!(acks, vec![(7, 2)]),
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+    let m = engine.addr("metrics");
+    assert!(
+        metric(m, "bettong_checkpoints_committed_total") >= 2.0,
+        "both shards heard"
+    );
+    assert!(metric(m, "bettong_checkpoint_parts_total") >= 2.0);
+    assert!(metric(m, "bettong_checkpoint_bytes_total") > 0.0);
+    assert!(metric(m, "bettong_checkpoint_last_committed_id") >= 1.0);
+    assert_eq!(metric(m, "bettong_duplicates_dropped_total"), 2.0);
+    let (status, stderr) = engine.stop();
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -134,8 +134,6 @@ pub(crate) struct ConnectorShard {
     /// What this shard recorded at each checkpoint in flight: `(stream, point of reference)`.
     recorded: RefCell<Vec<Recorded>>,
     outboxes: RefCell<HashMap<u64, Rc<Outbox>>>,
-    /// Messages dropped as replays of what was already processed.
-    pub(crate) duplicates: Cell<u64>,
 }
 
 impl ConnectorShard {
@@ -159,7 +157,6 @@ impl ConnectorShard {
             releasing: RefCell::new(HashMap::new()),
             recorded: RefCell::new(Vec::new()),
             outboxes: RefCell::new(HashMap::new()),
-            duplicates: Cell::new(0),
         })
     }
 
@@ -549,7 +546,7 @@ impl Session<'_> {
                     )));
                 };
                 if o.last_seen != NONE_SEEN && id <= o.last_seen {
-                    self.shard.duplicates.set(self.shard.duplicates.get() + 1);
+                    source.counters.duplicates.inc();
                     return Ok(());
                 }
                 o.last_seen = id;

@@ -591,7 +591,9 @@ pub(crate) fn precommitted(core: &Rc<ShardCore>, id: u64) {
     if let Some(done) = core.checkpoints.sink_done(id) {
         let core = core.clone();
         glommio::spawn_local(async move {
-            core.checkpoints.write(core.index, done).await;
+            core.checkpoints
+                .write(core.index, done, &core.metrics.live)
+                .await;
         })
         .detach();
     }

@@ -135,6 +135,8 @@ pub struct SourceCounters {
     pub open: Counter,
     /// Connections still open at the drain timeout, which the stop cut.
     pub cut: Counter,
+    /// Messages a connector source dropped as replays of what it had processed.
+    pub duplicates: Counter,
 }
 
 /// One sink's counters on one shard (sinks that keep them: the TCP sink).
@@ -202,6 +204,19 @@ pub struct LiveCounters {
     pub cut_connections: Counter,
     /// Messages a window dropped as late (every window they belonged to had fired).
     pub late: Counter,
+    /// Checkpoints whose shard part this shard wrote.
+    pub checkpoint_parts: Counter,
+    /// Bytes of those parts.
+    pub checkpoint_bytes: Counter,
+    /// From a checkpoint's request to its part written, for the last one, ns (a gauge):
+    /// barrier alignment, sink pre-commits and the write.
+    pub checkpoint_last_ns: Counter,
+    /// Checkpoints the shard heard committed.
+    pub checkpoints_committed: Counter,
+    /// Checkpoints the shard heard given up.
+    pub checkpoints_aborted: Counter,
+    /// The id of the last checkpoint committed (or restored at start), a gauge.
+    pub checkpoint_last_committed: Counter,
     /// Start-to-end latency of every finished message, ns.
     pub latency: Pow2Histogram,
     sources: Mutex<Vec<Arc<SourceCounters>>>,

@@ -85,7 +85,7 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
     let mut out = String::with_capacity(16 * 1024);
 
     type ShardValue = fn(&LiveCounters) -> String;
-    let per_shard: [(&'static str, &str, &str, ShardValue); 7] = [
+    let per_shard: [(&'static str, &str, &str, ShardValue); 13] = [
         (
             "bettong_messages_out_total",
             "counter",
@@ -128,6 +128,42 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
             "Source connections still open at the drain timeout, which the stop cut.",
             |s| s.cut_connections.get().to_string(),
         ),
+        (
+            "bettong_checkpoint_parts_total",
+            "counter",
+            "Checkpoints whose part this shard wrote (--resilience-dir).",
+            |s| s.checkpoint_parts.get().to_string(),
+        ),
+        (
+            "bettong_checkpoint_bytes_total",
+            "counter",
+            "Bytes of the checkpoint parts this shard wrote.",
+            |s| s.checkpoint_bytes.get().to_string(),
+        ),
+        (
+            "bettong_checkpoint_last_seconds",
+            "gauge",
+            "The last checkpoint on this shard, from its request to its part written (alignment, sink pre-commits, write).",
+            |s| format!("{:.9}", s.checkpoint_last_ns.get() as f64 / 1e9),
+        ),
+        (
+            "bettong_checkpoints_committed_total",
+            "counter",
+            "Checkpoints committed (manifest written).",
+            |s| s.checkpoints_committed.get().to_string(),
+        ),
+        (
+            "bettong_checkpoints_aborted_total",
+            "counter",
+            "Checkpoints given up (a shard or sink failed or refused, or the engine stopped).",
+            |s| s.checkpoints_aborted.get().to_string(),
+        ),
+        (
+            "bettong_checkpoint_last_committed_id",
+            "gauge",
+            "The id of the last checkpoint committed, or restored at start.",
+            |s| s.checkpoint_last_committed.get().to_string(),
+        ),
     ];
     for (name, kind, help, value) in per_shard {
         let mut f = Family::new(&mut out, name, kind, help);
@@ -141,7 +177,7 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
         .map(|s| (base(s), s.sources()))
         .collect::<Vec<_>>();
     type SourceValue = fn(&super::live::SourceCounters) -> u64;
-    let per_source: [(&'static str, &str, &str, SourceValue); 6] = [
+    let per_source: [(&'static str, &str, &str, SourceValue); 7] = [
         (
             "bettong_messages_in_total",
             "counter",
@@ -177,6 +213,12 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
             "gauge",
             "Source connections open now.",
             |c| c.open.get(),
+        ),
+        (
+            "bettong_duplicates_dropped_total",
+            "counter",
+            "Messages a connector source dropped as replays (message id at or below the last processed).",
+            |c| c.duplicates.get(),
         ),
     ];
     for (name, kind, help, value) in per_source {

@@ -20,6 +20,7 @@ use super::doorbell::Waiter;
 use super::StopHandle;
 use crate::checkpoint::format::{Entries, Record};
 use crate::checkpoint::{CheckpointStore, Manifest, PartInfo, PartWriter};
+use crate::metrics::LiveCounters;
 
 /// A shard's report on checkpoint `id`: its part, or why it could not write it.
 pub(crate) type PartReport = (usize, u64, Result<PartInfo, String>);
@@ -215,6 +216,8 @@ pub(crate) struct InFlight {
     part: Option<PartWriter>,
     records: Vec<Record>,
     sinks_left: usize,
+    /// When the shard got the request (ns, `metrics::now_ns`).
+    requested: Option<u64>,
 }
 
 /// A shard's checkpoint state: the one in flight, where reports go, what was restored.
@@ -246,6 +249,7 @@ impl ShardCheckpoints {
                 part: None,
                 records: Vec::new(),
                 sinks_left: self.sinks.get(),
+                requested: None,
             });
         }
         let c = slot.as_mut().filter(|c| c.id == id)?;
@@ -259,7 +263,10 @@ impl ShardCheckpoints {
 
     /// The coordinator's request for checkpoint `id` (with the shard's part writer).
     pub(crate) fn begin(&self, id: u64, part: PartWriter) -> Option<InFlight> {
-        self.with(id, |c| c.part = Some(part))
+        self.with(id, |c| {
+            c.part = Some(part);
+            c.requested = Some(crate::metrics::now_ns());
+        })
     }
 
     /// Adds a record to checkpoint `id`.
@@ -274,7 +281,15 @@ impl ShardCheckpoints {
     }
 
     /// Records how checkpoints ended and wakes the connectors waiting to hear.
-    pub(crate) fn resolved(&self, outcomes: Vec<(u64, bool)>) {
+    pub(crate) fn resolved(&self, outcomes: Vec<(u64, bool)>, live: &LiveCounters) {
+        for &(id, committed) in &outcomes {
+            if committed {
+                live.checkpoints_committed.inc();
+                live.checkpoint_last_committed.set(id);
+            } else {
+                live.checkpoints_aborted.inc();
+            }
+        }
         {
             let mut kept = self.outcomes.borrow_mut();
             kept.extend(outcomes);
@@ -309,9 +324,13 @@ impl ShardCheckpoints {
     }
 
     /// Writes a finished shard checkpoint off the shard and reports it to the coordinator.
-    pub(crate) async fn write(&self, shard: usize, done: InFlight) {
+    pub(crate) async fn write(&self, shard: usize, done: InFlight, live: &LiveCounters) {
         let InFlight {
-            id, part, records, ..
+            id,
+            part,
+            records,
+            requested,
+            ..
         } = done;
         let Some(mut part) = part else { return };
         let result = glommio::executor()
@@ -322,6 +341,14 @@ impl ShardCheckpoints {
                 part.finish().map_err(|e| e.to_string())
             })
             .await;
+        if let Ok(info) = &result {
+            live.checkpoint_parts.inc();
+            live.checkpoint_bytes.add(info.bytes);
+            if let Some(at) = requested {
+                live.checkpoint_last_ns
+                    .set(crate::metrics::now_ns().saturating_sub(at));
+            }
+        }
         if let Some(tx) = &self.reports {
             let _ = tx.send((shard, id, result));
         }

@@ -625,6 +625,9 @@ async fn run_shard(start: ShardStart) -> Summary {
     } = start;
     let mut core = ShardCore::new(index, shards, config.clone(), bell);
     core.checkpoints.reports = reports;
+    if let Some(id) = restored.checkpoint {
+        core.metrics.live.checkpoint_last_committed.set(id);
+    }
     *core.checkpoints.restored.borrow_mut() = restored;
     let core = Rc::new(core);
     let _ = live.send(core.metrics.live.clone());
@@ -663,14 +666,16 @@ async fn run_shard(start: ShardStart) -> Summary {
                 let (id, part) = match requests.next(index).await {
                     checkpoints::Handed::Request(id, part) => (id, part),
                     checkpoints::Handed::Outcomes(o) => {
-                        core.checkpoints.resolved(o);
+                        core.checkpoints.resolved(o, &core.metrics.live);
                         continue;
                     }
                 };
                 // Ready at once when the shard has no sinks, or when every sink pre-committed
                 // already (the barrier came from another shard before the request).
                 if let Some(done) = core.checkpoints.begin(id, part) {
-                    core.checkpoints.write(index, done).await;
+                    core.checkpoints
+                        .write(index, done, &core.metrics.live)
+                        .await;
                 }
                 for inject in &injectors {
                     inject(id);
