@@ -190,10 +190,7 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < until,
-            "bettong did not exit after a signal"
-        );
+        assert!(Instant::now() < until, "bettong did not exit in time");
         std::thread::sleep(Duration::from_millis(5));
     }
 }

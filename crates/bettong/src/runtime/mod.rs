@@ -555,21 +555,37 @@ fn assign(
 /// A race remains: the probe must be closed before the shards' listeners can bind, and a
 /// program that binds the port with SO_REUSEPORT in the microseconds between the two would
 /// share it. Port 0 needs no probe: the kernel never picks a port that is in use.
+///
+/// A busy port is tried again for up to [`PROBE_PATIENCE`]: the listener of an engine that was
+/// just killed can outlive its process, because the kernel releases the sockets an io_uring
+/// holds when it tears the ring down, after the process is gone (`tests/connector.rs` restarts
+/// word count right after SIGKILL and saw the port busy once in about 250 starts without it).
 pub(crate) fn probe_port(addr: SocketAddr) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() == 0 {
         return Ok(());
     }
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    match socket.bind(&addr.into()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
-            e.kind(),
-            "the address is already in use by another listener",
-        )),
-        other => other,
+    let until = std::time::Instant::now() + PROBE_PATIENCE;
+    loop {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= until {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        "the address is already in use by another listener",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
+
+/// How long [`probe_port`] waits for a busy port to come free.
+const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds a listening socket that this engine's other shards can share (SO_REUSEPORT).
 pub(crate) fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
