@@ -20,15 +20,25 @@
 //!   against that model too);
 //! - *quoted* symbols get NBBO updates (every update of a symbol identical; half of them narrow,
 //!   half wide) and never an order: their state entities are checkpointed and restored with the
-//!   rest and the NBBO file's offset is replayed, so both sources, the merge's barrier alignment
-//!   and the state of both kinds of keys take part in every checkpoint. Were a quoted symbol's
-//!   state ever restored under a quiet symbol's key, the orders on it would come out with that
-//!   NBBO's prices or not at all.
+//!   rest and the NBBO file is replayed from its checkpointed offset, so both sources and the
+//!   state of both kinds of keys take part in the checkpoints. Were a quoted symbol's state
+//!   ever restored under a quiet symbol's key, the orders on it would come out with that NBBO's
+//!   prices or not at all.
 //!
-//! What fails this test: an Orders offset that is not restored (orders replayed from the
-//! start), a sink file not cut back to its checkpointed length, or an output of an order after
-//! the barrier committed with the checkpoint before it (alignment that lets the Orders input
-//! run ahead of the Nbbo input's barrier): each makes an order id appear twice, or go missing.
+//! What fails these tests (each checked by breaking it in the engine): an Orders offset that is
+//! not restored (orders replayed from the start: order ids repeated), a sink file not cut back
+//! to exactly its checkpointed length (repeated ids, or a torn frame). Neither file source's
+//! barrier needs aligning with the other's: both files are read by shard 0, which injects a
+//! checkpoint's barrier into both between the same two messages.
+//!
+//! The NBBO file is the shorter one, so it ends first: a source that has ended records no
+//! offset in later checkpoints (a known engine bug, shown by the ignored
+//! [`an_ended_source_is_not_replayed_after_a_restart`]), and a restart then replays the whole
+//! NBBO file — harmless here, since its updates repeat identical states of symbols without
+//! orders. The kills stop well before the Orders file's end (about a third of it on the
+//! development machine), so that a replayed NBBO file cannot outlast the remaining orders in a
+//! killed run. Two shard-count changes are known not to work yet (ignored tests below): from 1
+//! shard to several, and to fewer shards.
 
 mod common;
 
@@ -40,10 +50,12 @@ use std::time::{Duration, Instant};
 use bettong_apps::market_spread::{Nbbo, Order, OrderResult};
 use common::{payloads, result_key, ResultKey};
 
-/// Orders in the capture: enough that ten killed runs cannot finish it on this machine.
-const ORDERS: u32 = 120_000;
-/// NBBO updates in the capture.
-const NBBO_UPDATES: u32 = 40_000;
+/// Orders in the capture: ten killed runs get through about a third of it on the development
+/// machine (see the module documentation for why they must not reach its end).
+const ORDERS: u32 = 200_000;
+/// NBBO updates in the capture: fewer than orders, so that the Nbbo file usually ends first
+/// (see [`an_ended_source_is_not_replayed_after_a_restart`] for why that matters).
+const NBBO_UPDATES: u32 = 20_000;
 /// Symbols that get orders and never an NBBO.
 const QUIET_SYMBOLS: u32 = 300;
 /// Symbols that get NBBO updates and never an order.
@@ -77,7 +89,7 @@ fn transact_time(ms: u64) -> [u8; 21] {
 
 /// Writes `orders.msg` and `nbbo.msg` into `dir` with the crate's own encoders (see the module
 /// documentation for why the symbols are split in two).
-fn write_data(dir: &Path) -> Data {
+fn write_data(dir: &Path, order_count: u32, nbbo_count: u32) -> Data {
     let quiet = |i: u32| -> [u8; 4] {
         format!("Q{:03}", i % QUIET_SYMBOLS)
             .as_bytes()
@@ -90,9 +102,9 @@ fn write_data(dir: &Path) -> Data {
             .try_into()
             .unwrap()
     };
-    let mut orders = Vec::with_capacity(ORDERS as usize * 57);
-    let mut model = Vec::with_capacity(ORDERS as usize);
-    for i in 0..ORDERS {
+    let mut orders = Vec::with_capacity(order_count as usize * 57);
+    let mut model = Vec::with_capacity(order_count as usize);
+    for i in 0..order_count {
         // Unique order ids, so that "each once" can be checked per id.
         let id: [u8; 6] = format!("{i:06}").as_bytes().try_into().unwrap();
         let symbol = quiet(i.wrapping_mul(7919));
@@ -109,8 +121,8 @@ fn write_data(dir: &Path) -> Data {
         // A quiet symbol never has an NBBO: every order is rejected at bid 0, offer 0.
         model.push(result_key(&OrderResult::new(&order, 0.0, 0.0, 0)));
     }
-    let mut nbbo = Vec::with_capacity(NBBO_UPDATES as usize * 46);
-    for i in 0..NBBO_UPDATES {
+    let mut nbbo = Vec::with_capacity(nbbo_count as usize * 46);
+    for i in 0..nbbo_count {
         let s = i % QUOTED_SYMBOLS;
         let bid = 20.0 + f64::from(s);
         // The same update for a symbol every time: even symbols narrow, odd ones wide.
@@ -262,7 +274,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let data = write_data(&dir);
+    let data = write_data(&dir, ORDERS, NBBO_UPDATES);
 
     // The reference: one uninterrupted run without checkpoints, which must also match the
     // model (the data are deterministic by construction, not by luck of the interleaving).
@@ -320,6 +332,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
         restored += usize::from(stderr.contains("restored checkpoint"));
     }
 
+    let after_kills = results(&out).len();
     // The last run: both files to their end.
     let (ok, stderr) = wait_to_end(
         market_spread(&data, &out, Some(&chk), later)
@@ -331,7 +344,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
     assert_same_results(&results(&out), &want, name);
     eprintln!(
         "{name}: {} results; uninterrupted run {reference_time:?}; {kills} kills in {attempts} \
-         runs; {restored} runs restored a checkpoint",
+         runs, {after_kills} results by then; {restored} runs restored a checkpoint",
         want.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -369,4 +382,72 @@ fn killed_and_restarted_market_spread_is_exactly_once_on_two_shards() {
 fn market_spread_restored_onto_three_unpinned_shards() {
     let restored = crash_run("moved", TWO, THREE_UNPINNED, KILLS / 2);
     assert!(restored > 0, "no run restored a checkpoint");
+}
+
+/// Known engine bug (not fixed here: `crates/bettong/src/connect/mod.rs` is being changed
+/// elsewhere): a source that has ended records no offset in later checkpoints
+/// (`SourceContext::inject_barrier` returns early once the source has ended), so a restart
+/// from such a checkpoint replays that source's whole file. Here the Orders file ends long
+/// before the NBBO file; the engine is killed after a checkpoint taken once every order's
+/// result is in the sink, and the restart writes every result a second time. The crash tests
+/// above do not meet this because their NBBO file is the one that ends first, and replaying it
+/// only repeats identical updates of symbols without orders.
+#[test]
+#[ignore = "engine bug: an ended source's offset is not checkpointed, so it replays from 0"]
+fn an_ended_source_is_not_replayed_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "bettong-resilience-ms-{}-ended",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = write_data(&dir, 5_000, 400_000);
+    let out = dir.join("results.bin");
+    let chk = dir.join("checkpoints");
+    let mut child = market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap();
+    // Every order's result is in the sink file: the Orders source has ended.
+    let full = data.model.len() as u64 * bettong_apps::market_spread::ORDER_RESULT_FRAME_LEN as u64;
+    common::wait_until("every result in the sink", || {
+        std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) >= full
+    });
+    // A checkpoint started after that has committed.
+    let seen = newest_complete_checkpoint(&chk);
+    common::wait_until("a checkpoint after the Orders file ended", || {
+        newest_complete_checkpoint(&chk) >= seen + 2
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the NBBO file is too short: the run ended before the kill"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ok, stderr) = wait_to_end(market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap());
+    assert!(ok, "{stderr}");
+    assert_same_results(&results(&out), &data.model, "ended");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Known engine bug (not fixed here: the file sink is in `crates/bettong/src/connect/tcp.rs`):
+/// sink positions are restored by shard index, and one shard writes `OUT` while several write
+/// `OUT.N`. Going from 1 shard to 2, shard 0's checkpointed length of `OUT` is applied to
+/// `OUT.0` (a new, empty file, which `set_len` pads with zero bytes) and `OUT` keeps what was
+/// written after the checkpoint: the output has zero-filled records and repeats.
+#[test]
+#[ignore = "engine bug: a 1-shard sink position is applied to OUT.0, and OUT is not cut back"]
+fn restored_from_one_shard_onto_two() {
+    crash_run("one-to-two", ONE, TWO, KILLS / 2);
+}
+
+/// Known engine bug (same place): going from 3 shards to 2, no shard opens `OUT.2` any more,
+/// so what shard 2 wrote after the checkpoint stays in it while the replay writes it again
+/// into `OUT.0` and `OUT.1` (repeated results). Fewer shards than the checkpoint's need the
+/// sink files of the shards that are gone cut back to their checkpointed lengths too.
+#[test]
+#[ignore = "engine bug: the sink files of shards beyond the new count are not cut back"]
+fn restored_from_three_shards_onto_two() {
+    let two_unpinned = Shards {
+        count: 2,
+        pin: false,
+    };
+    crash_run("three-to-two", THREE_UNPINNED, two_unpinned, KILLS / 2);
 }
