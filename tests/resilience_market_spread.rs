@@ -1,0 +1,453 @@
+//! Crash resilience of Market Spread through the real binary: `bettong market-spread` reads
+//! Orders and NBBO updates from two replayable file sources and writes OrderResults to file
+//! sinks, with barrier checkpoints every 20 ms; it is killed with SIGKILL at random moments at
+//! least 10 times and restarted each time with the same command line, and the last run reads
+//! both files to their end and stops by itself. The OrderResults in the sink files must then be
+//! exactly those of an uninterrupted run, as a multiset, each order id exactly once — on 1
+//! shard, on 2 shards, and from 2 pinned shards onto 3 unpinned ones.
+//!
+//! **Why the expected output is deterministic.** The two file sources are read concurrently,
+//! so which NBBO update an order meets first depends on timing, and differs again after every
+//! restart. An order's outcome cannot be made independent of that by choosing the NBBO well: a
+//! symbol without an NBBO rejects with bid = offer = 0 (`SymbolData::default()`), while after
+//! any NBBO its state holds that NBBO's bid and offer and rejects only if the spread is wide,
+//! and a rejecting spread with both prices 0 does not exist (`0 - 0 >= 0.05` is false and
+//! `0 / 0` is NaN). So the data keep the two kinds of symbols apart:
+//!
+//! - *quiet* symbols get orders and never an NBBO: their state stays the default whatever the
+//!   interleaving, so every order on them produces exactly one OrderResult with bid 0 and offer
+//!   0, and the expected output is known before the run (the test checks the uninterrupted run
+//!   against that model too);
+//! - *quoted* symbols get NBBO updates (every update of a symbol identical; half of them narrow,
+//!   half wide) and never an order: their state entities are checkpointed and restored with the
+//!   rest and the NBBO file is replayed from its checkpointed offset, so both sources and the
+//!   state of both kinds of keys take part in the checkpoints. Were a quoted symbol's state
+//!   ever restored under a quiet symbol's key, the orders on it would come out with that NBBO's
+//!   prices or not at all.
+//!
+//! What fails these tests (each checked by breaking it in the engine): an Orders offset that is
+//! not restored (orders replayed from the start: order ids repeated), a sink file not cut back
+//! to exactly its checkpointed length (repeated ids, or a torn frame). Neither file source's
+//! barrier needs aligning with the other's: both files are read by shard 0, which injects a
+//! checkpoint's barrier into both between the same two messages.
+//!
+//! The NBBO file is the shorter one, so it ends first: a source that has ended records no
+//! offset in later checkpoints (a known engine bug, shown by the ignored
+//! [`an_ended_source_is_not_replayed_after_a_restart`]), and a restart then replays the whole
+//! NBBO file — harmless here, since its updates repeat identical states of symbols without
+//! orders. The kills stop well before the Orders file's end (about a third of it on the
+//! development machine), so that a replayed NBBO file cannot outlast the remaining orders in a
+//! killed run. Two shard-count changes are known not to work yet (ignored tests below): from 1
+//! shard to several, and to fewer shards.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bettong_apps::market_spread::{Nbbo, Order, OrderResult};
+use common::{payloads, result_key, ResultKey};
+
+/// Orders in the capture: ten killed runs get through about a third of it on the development
+/// machine (see the module documentation for why they must not reach its end).
+const ORDERS: u32 = 200_000;
+/// NBBO updates in the capture: fewer than orders, so that the Nbbo file usually ends first
+/// (see [`an_ended_source_is_not_replayed_after_a_restart`] for why that matters).
+const NBBO_UPDATES: u32 = 20_000;
+/// Symbols that get orders and never an NBBO.
+const QUIET_SYMBOLS: u32 = 300;
+/// Symbols that get NBBO updates and never an order.
+const QUOTED_SYMBOLS: u32 = 60;
+/// Kills that must hit a running engine in each test.
+const KILLS: usize = 10;
+
+/// A small deterministic generator for the kill moments (the same on every run of the test).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The capture files and the OrderResults any correct run produces from them, sorted.
+struct Data {
+    orders: PathBuf,
+    nbbo: PathBuf,
+    model: Vec<ResultKey>,
+}
+
+fn transact_time(ms: u64) -> [u8; 21] {
+    bettong_giles::gen_vwap::format_transact_time(ms * 1_000_000)
+}
+
+/// Writes `orders.msg` and `nbbo.msg` into `dir` with the crate's own encoders (see the module
+/// documentation for why the symbols are split in two).
+fn write_data(dir: &Path, order_count: u32, nbbo_count: u32) -> Data {
+    let quiet = |i: u32| -> [u8; 4] {
+        format!("Q{:03}", i % QUIET_SYMBOLS)
+            .as_bytes()
+            .try_into()
+            .unwrap()
+    };
+    let quoted = |i: u32| -> [u8; 4] {
+        format!("N{:03}", i % QUOTED_SYMBOLS)
+            .as_bytes()
+            .try_into()
+            .unwrap()
+    };
+    let mut orders = Vec::with_capacity(order_count as usize * 57);
+    let mut model = Vec::with_capacity(order_count as usize);
+    for i in 0..order_count {
+        // Unique order ids, so that "each once" can be checked per id.
+        let id: [u8; 6] = format!("{i:06}").as_bytes().try_into().unwrap();
+        let symbol = quiet(i.wrapping_mul(7919));
+        let order = Order::new(
+            1 + (i % 2) as u8,
+            1 + i % 300,
+            id,
+            symbol,
+            f64::from(10 * (1 + i % 65)),
+            10.0 + f64::from(i % QUIET_SYMBOLS) * 0.25,
+            transact_time(1_472_800_000_000 + u64::from(i)),
+        );
+        order.encode_framed(&mut orders);
+        // A quiet symbol never has an NBBO: every order is rejected at bid 0, offer 0.
+        model.push(result_key(&OrderResult::new(&order, 0.0, 0.0, 0)));
+    }
+    let mut nbbo = Vec::with_capacity(nbbo_count as usize * 46);
+    for i in 0..nbbo_count {
+        let s = i % QUOTED_SYMBOLS;
+        let bid = 20.0 + f64::from(s);
+        // The same update for a symbol every time: even symbols narrow, odd ones wide.
+        let offer = if s % 2 == 0 { bid + 0.01 } else { bid + 0.25 };
+        Nbbo::new(quoted(s), transact_time(1_472_800_000_000), bid, offer).encode_framed(&mut nbbo);
+    }
+    model.sort_unstable();
+    let data = Data {
+        orders: dir.join("orders.msg"),
+        nbbo: dir.join("nbbo.msg"),
+        model,
+    };
+    std::fs::write(&data.orders, orders).unwrap();
+    std::fs::write(&data.nbbo, nbbo).unwrap();
+    data
+}
+
+/// Where the shards of a run go: how many, and whether they are pinned to cores 0..n.
+#[derive(Clone, Copy)]
+struct Shards {
+    count: usize,
+    pin: bool,
+}
+
+/// `bettong market-spread` from the two capture files to `--out file:OUT`, checkpointing into
+/// `chk` every 20 ms when given.
+fn market_spread(data: &Data, out: &Path, chk: Option<&Path>, shards: Shards) -> Command {
+    let cores = (0..shards.count)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
+    cmd.args([
+        "market-spread",
+        "--in",
+        &format!(
+            "Orders@file:{},Nbbo@file:{}",
+            data.orders.display(),
+            data.nbbo.display()
+        ),
+        "--out",
+        &format!("file:{}", out.display()),
+        "--cores",
+        &cores,
+        "--metrics-interval",
+        "0",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    if !shards.pin {
+        cmd.arg("--no-pin");
+    }
+    if let Some(chk) = chk {
+        cmd.args([
+            "--resilience-dir",
+            &chk.display().to_string(),
+            "--time-between-checkpoints",
+            "20ms",
+        ]);
+    }
+    cmd
+}
+
+/// Every OrderResult in the sink files of `--out file:OUT` for any shard count used (`OUT`,
+/// `OUT.0`, `OUT.1`, …), without timestamps, sorted. A torn frame fails the test.
+fn results(out: &Path) -> Vec<ResultKey> {
+    let mut files = vec![out.to_path_buf()];
+    files.extend((0..8).map(|s| PathBuf::from(format!("{}.{s}", out.display()))));
+    let mut keys = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for p in payloads(&bytes) {
+            let r = OrderResult::decode(&p)
+                .unwrap_or_else(|e| panic!("{}: not an OrderResult: {e}", f.display()));
+            keys.push(result_key(&r));
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// Fails with a count of what differs: order ids missing, repeated, or with other fields.
+fn assert_same_results(got: &[ResultKey], want: &[ResultKey], what: &str) {
+    if got == want {
+        return;
+    }
+    let mut ids: HashMap<[u8; 6], i64> = HashMap::new();
+    for k in want {
+        *ids.entry(k.2).or_default() += 1;
+    }
+    for k in got {
+        *ids.entry(k.2).or_default() -= 1;
+    }
+    let missing = ids.values().filter(|&&n| n > 0).count();
+    let repeated = ids.values().filter(|&&n| n < 0).count();
+    let mut want_set = want.to_vec();
+    want_set.dedup();
+    let changed = got
+        .iter()
+        .filter(|k| want_set.binary_search(k).is_err())
+        .count();
+    panic!(
+        "{what}: {} results for {} orders: {missing} order ids missing, {repeated} repeated, \
+         {changed} results not as expected",
+        got.len(),
+        want.len()
+    );
+}
+
+/// The newest complete checkpoint's id (0 for none): a checkpoint is complete once its
+/// manifest is written.
+fn newest_complete_checkpoint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST").is_file())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits for `child` to exit by itself; returns whether it succeeded and its stderr.
+fn wait_to_end(mut child: Child) -> (bool, String) {
+    let until = Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the run did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.success(), stderr)
+}
+
+/// Runs Market Spread killed [`KILLS`] times while it runs (the first `switch_after` kills on
+/// `first`, the rest on `later`) and then to the end on `later`; checks the output against an
+/// uninterrupted run and returns how many runs restored a checkpoint.
+fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> usize {
+    let dir = std::env::temp_dir().join(format!(
+        "bettong-resilience-ms-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = write_data(&dir, ORDERS, NBBO_UPDATES);
+
+    // The reference: one uninterrupted run without checkpoints, which must also match the
+    // model (the data are deterministic by construction, not by luck of the interleaving).
+    let reference = dir.join("reference.bin");
+    let started = Instant::now();
+    let (ok, stderr) = wait_to_end(
+        market_spread(&data, &reference, None, first)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(ok, "{name}: the uninterrupted run failed: {stderr}");
+    let reference_time = started.elapsed();
+    let want = results(&reference);
+    assert_same_results(&want, &data.model, &format!("{name}: uninterrupted run"));
+
+    let out = dir.join("results.bin");
+    let chk = dir.join("checkpoints");
+    let mut rng = Lcg(0x5eed_0005 ^ first.count as u64 ^ (later.count as u64) << 8);
+    let (mut kills, mut restored, mut attempts) = (0, 0, 0);
+    while kills < KILLS {
+        attempts += 1;
+        assert!(
+            attempts <= 3 * KILLS,
+            "{name}: only {kills} of {attempts} runs were still running when killed \
+             (the capture is too short for this machine)"
+        );
+        let shards = if kills < switch_after { first } else { later };
+        let before = newest_complete_checkpoint(&chk);
+        let mut child = market_spread(&data, &out, Some(&chk), shards)
+            .spawn()
+            .unwrap();
+        if attempts % 2 == 0 {
+            // Just after a checkpoint commits, or while the next one is in flight: wait for
+            // the manifest (the machine may be slow), then a random moment more.
+            let until = Instant::now() + common::DEADLINE;
+            while newest_complete_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none()
+            {
+                assert!(Instant::now() < until, "{name}: no checkpoint completed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
+        } else {
+            // Anywhere: before the first checkpoint, while restoring, during one, after several.
+            std::thread::sleep(Duration::from_millis(5 + rng.below(250)));
+        }
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill(); // SIGKILL
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "{name}: run {attempts}: {stderr}"
+        );
+        kills += usize::from(running);
+        restored += usize::from(stderr.contains("restored checkpoint"));
+    }
+
+    let after_kills = results(&out).len();
+    // The last run: both files to their end.
+    let (ok, stderr) = wait_to_end(
+        market_spread(&data, &out, Some(&chk), later)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(ok, "{name}: the last run failed: {stderr}");
+    restored += usize::from(stderr.contains("restored checkpoint"));
+    assert_same_results(&results(&out), &want, name);
+    eprintln!(
+        "{name}: {} results; uninterrupted run {reference_time:?}; {kills} kills in {attempts} \
+         runs, {after_kills} results by then; {restored} runs restored a checkpoint",
+        want.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    restored
+}
+
+const ONE: Shards = Shards {
+    count: 1,
+    pin: true,
+};
+const TWO: Shards = Shards {
+    count: 2,
+    pin: true,
+};
+const THREE_UNPINNED: Shards = Shards {
+    count: 3,
+    pin: false,
+};
+
+#[test]
+fn killed_and_restarted_market_spread_is_exactly_once_on_one_shard() {
+    let restored = crash_run("one", ONE, ONE, KILLS);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+#[test]
+fn killed_and_restarted_market_spread_is_exactly_once_on_two_shards() {
+    let restored = crash_run("two", TWO, TWO, KILLS);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+/// Half the kills on 2 pinned shards, the rest and the last run on 3 unpinned ones (more
+/// shards than this machine's cores): key groups and sink files move to the new shard count.
+#[test]
+fn market_spread_restored_onto_three_unpinned_shards() {
+    let restored = crash_run("moved", TWO, THREE_UNPINNED, KILLS / 2);
+    assert!(restored > 0, "no run restored a checkpoint");
+}
+
+/// Known engine bug (not fixed here: `crates/bettong/src/connect/mod.rs` is being changed
+/// elsewhere): a source that has ended records no offset in later checkpoints
+/// (`SourceContext::inject_barrier` returns early once the source has ended), so a restart
+/// from such a checkpoint replays that source's whole file. Here the Orders file ends long
+/// before the NBBO file; the engine is killed after a checkpoint taken once every order's
+/// result is in the sink, and the restart writes every result a second time. The crash tests
+/// above do not meet this because their NBBO file is the one that ends first, and replaying it
+/// only repeats identical updates of symbols without orders.
+#[test]
+#[ignore = "engine bug: an ended source's offset is not checkpointed, so it replays from 0"]
+fn an_ended_source_is_not_replayed_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "bettong-resilience-ms-{}-ended",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = write_data(&dir, 5_000, 400_000);
+    let out = dir.join("results.bin");
+    let chk = dir.join("checkpoints");
+    let mut child = market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap();
+    // Every order's result is in the sink file: the Orders source has ended.
+    let full = data.model.len() as u64 * bettong_apps::market_spread::ORDER_RESULT_FRAME_LEN as u64;
+    common::wait_until("every result in the sink", || {
+        std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) >= full
+    });
+    // A checkpoint started after that has committed.
+    let seen = newest_complete_checkpoint(&chk);
+    common::wait_until("a checkpoint after the Orders file ended", || {
+        newest_complete_checkpoint(&chk) >= seen + 2
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the NBBO file is too short: the run ended before the kill"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ok, stderr) = wait_to_end(market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap());
+    assert!(ok, "{stderr}");
+    assert_same_results(&results(&out), &data.model, "ended");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Known engine bug (not fixed here: the file sink is in `crates/bettong/src/connect/tcp.rs`):
+/// sink positions are restored by shard index, and one shard writes `OUT` while several write
+/// `OUT.N`. Going from 1 shard to 2, shard 0's checkpointed length of `OUT` is applied to
+/// `OUT.0` (a new, empty file, which `set_len` pads with zero bytes) and `OUT` keeps what was
+/// written after the checkpoint: the output has zero-filled records and repeats.
+#[test]
+#[ignore = "engine bug: a 1-shard sink position is applied to OUT.0, and OUT is not cut back"]
+fn restored_from_one_shard_onto_two() {
+    crash_run("one-to-two", ONE, TWO, KILLS / 2);
+}
+
+/// Known engine bug (same place): going from 3 shards to 2, no shard opens `OUT.2` any more,
+/// so what shard 2 wrote after the checkpoint stays in it while the replay writes it again
+/// into `OUT.0` and `OUT.1` (repeated results). Fewer shards than the checkpoint's need the
+/// sink files of the shards that are gone cut back to their checkpointed lengths too.
+#[test]
+#[ignore = "engine bug: the sink files of shards beyond the new count are not cut back"]
+fn restored_from_three_shards_onto_two() {
+    let two_unpinned = Shards {
+        count: 2,
+        pin: false,
+    };
+    crash_run("three-to-two", THREE_UNPINNED, two_unpinned, KILLS / 2);
+}
