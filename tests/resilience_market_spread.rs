@@ -31,14 +31,10 @@
 //! barrier needs aligning with the other's: both files are read by shard 0, which injects a
 //! checkpoint's barrier into both between the same two messages.
 //!
-//! The NBBO file is the shorter one, so it ends first: a source that has ended records no
-//! offset in later checkpoints (a known engine bug, shown by the ignored
-//! [`an_ended_source_is_not_replayed_after_a_restart`]), and a restart then replays the whole
-//! NBBO file — harmless here, since its updates repeat identical states of symbols without
-//! orders. The kills stop well before the Orders file's end (about a third of it on the
-//! development machine), so that a replayed NBBO file cannot outlast the remaining orders in a
-//! killed run. Two shard-count changes are known not to work yet (ignored tests below): from 1
-//! shard to several, and to fewer shards.
+//! Shard-count changes in both directions are tested (from 1 shard to 2, from 3 to 2): the
+//! sink files are cut back by file, not by shard, and a source that has ended still records
+//! where it ended ([`an_ended_source_is_not_replayed_after_a_restart`]); both were engine bugs
+//! these tests found.
 
 mod common;
 
@@ -50,11 +46,9 @@ use std::time::{Duration, Instant};
 use bettong_apps::market_spread::{Nbbo, Order, OrderResult};
 use common::{payloads, result_key, ResultKey};
 
-/// Orders in the capture: ten killed runs get through about a third of it on the development
-/// machine (see the module documentation for why they must not reach its end).
+/// Orders in the capture.
 const ORDERS: u32 = 200_000;
-/// NBBO updates in the capture: fewer than orders, so that the Nbbo file usually ends first
-/// (see [`an_ended_source_is_not_replayed_after_a_restart`] for why that matters).
+/// NBBO updates in the capture: fewer than orders, so the Nbbo file usually ends first.
 const NBBO_UPDATES: u32 = 20_000;
 /// Symbols that get orders and never an NBBO.
 const QUIET_SYMBOLS: u32 = 300;
@@ -293,6 +287,10 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
     let out = dir.join("results.bin");
     let chk = dir.join("checkpoints");
     let mut rng = Lcg(0x5eed_0005 ^ first.count as u64 ^ (later.count as u64) << 8);
+    // Kill moments scale with how long a whole run takes here (every restart resumes from its
+    // checkpoint, so the work left shrinks with each kill): ten kills at up to a sixth of a
+    // run each mostly land while the run is still going, on a fast machine or a loaded one.
+    let span = (reference_time.as_millis() as u64 / 6).max(10);
     let (mut kills, mut restored, mut attempts) = (0, 0, 0);
     while kills < KILLS {
         attempts += 1;
@@ -315,10 +313,10 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
                 assert!(Instant::now() < until, "{name}: no checkpoint completed");
                 std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(rng.below(40)));
+            std::thread::sleep(Duration::from_millis(rng.below(span / 2)));
         } else {
             // Anywhere: before the first checkpoint, while restoring, during one, after several.
-            std::thread::sleep(Duration::from_millis(5 + rng.below(250)));
+            std::thread::sleep(Duration::from_millis(5 + rng.below(span)));
         }
         let running = child.try_wait().unwrap().is_none();
         let _ = child.kill(); // SIGKILL
@@ -384,16 +382,11 @@ fn market_spread_restored_onto_three_unpinned_shards() {
     assert!(restored > 0, "no run restored a checkpoint");
 }
 
-/// Known engine bug (not fixed here: `crates/bettong/src/connect/mod.rs` is being changed
-/// elsewhere): a source that has ended records no offset in later checkpoints
-/// (`SourceContext::inject_barrier` returns early once the source has ended), so a restart
-/// from such a checkpoint replays that source's whole file. Here the Orders file ends long
+/// A source that has ended still records its offset in later checkpoints (it used not to, and
+/// a restart from such a checkpoint replayed its whole file). Here the Orders file ends long
 /// before the NBBO file; the engine is killed after a checkpoint taken once every order's
-/// result is in the sink, and the restart writes every result a second time. The crash tests
-/// above do not meet this because their NBBO file is the one that ends first, and replaying it
-/// only repeats identical updates of symbols without orders.
+/// result is in the sink, and the restart must not write any result a second time.
 #[test]
-#[ignore = "engine bug: an ended source's offset is not checkpointed, so it replays from 0"]
 fn an_ended_source_is_not_replayed_after_a_restart() {
     let dir = std::env::temp_dir().join(format!(
         "bettong-resilience-ms-{}-ended",
@@ -427,23 +420,19 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Known engine bug (not fixed here: the file sink is in `crates/bettong/src/connect/tcp.rs`):
-/// sink positions are restored by shard index, and one shard writes `OUT` while several write
-/// `OUT.N`. Going from 1 shard to 2, shard 0's checkpointed length of `OUT` is applied to
-/// `OUT.0` (a new, empty file, which `set_len` pads with zero bytes) and `OUT` keeps what was
-/// written after the checkpoint: the output has zero-filled records and repeats.
+/// From 1 shard to 2: one shard writes `OUT`, two write `OUT.0` and `OUT.1`. Sink lengths are
+/// restored by file, so `OUT` is cut back to its committed length (and kept, frozen, in every
+/// later checkpoint) and the new files start empty. (Restored by shard index, `OUT`'s length
+/// was applied to `OUT.0`, zero-padded, and `OUT` kept what followed the checkpoint.)
 #[test]
-#[ignore = "engine bug: a 1-shard sink position is applied to OUT.0, and OUT is not cut back"]
 fn restored_from_one_shard_onto_two() {
     crash_run("one-to-two", ONE, TWO, KILLS / 2);
 }
 
-/// Known engine bug (same place): going from 3 shards to 2, no shard opens `OUT.2` any more,
-/// so what shard 2 wrote after the checkpoint stays in it while the replay writes it again
-/// into `OUT.0` and `OUT.1` (repeated results). Fewer shards than the checkpoint's need the
-/// sink files of the shards that are gone cut back to their checkpointed lengths too.
+/// From 3 shards to 2: no shard writes `OUT.2` any more, so shard 0 cuts it back to its
+/// committed length at the restart (what shard 2 wrote after the checkpoint is made again into
+/// `OUT.0` and `OUT.1`) and keeps its length in every later checkpoint.
 #[test]
-#[ignore = "engine bug: the sink files of shards beyond the new count are not cut back"]
 fn restored_from_three_shards_onto_two() {
     let two_unpinned = Shards {
         count: 2,

@@ -200,6 +200,8 @@ pub enum Record {
     SinkPosition(SinkPosition),
     /// Where the streams of a connector source stood when the barrier passed.
     Streams(StreamPositions),
+    /// The committed length of one file of a file sink.
+    SinkFile(SinkFile),
 }
 
 /// The state entities of one operator in one key group, as serialized key and value bytes.
@@ -279,6 +281,27 @@ pub struct StreamPositions {
     pub shard: u32,
     /// `(stream id, point of reference)` pairs.
     pub streams: Vec<(u64, u64)>,
+}
+
+/// The length of one file of a file sink at the barrier. Kept by file rather than by shard,
+/// because the files a sink writes depend on the shard count (`PATH` with one shard, `PATH.N`
+/// with several): after a restart on another count, every file a checkpoint knows is cut back
+/// to its length, including those no shard writes any more (which shard 0 then carries into
+/// every later checkpoint, so that growing back finds them as they were).
+///
+/// ```
+/// use bettong::checkpoint::format::SinkFile;
+/// let f = SinkFile { sink: "Out".into(), file: "/tmp/out.txt.1".into(), position: 590 };
+/// assert_eq!(f.position, 590);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkFile {
+    /// The sink's name.
+    pub sink: String,
+    /// The file's path, as the sink was given it.
+    pub file: String,
+    /// Its committed length in bytes.
+    pub position: u64,
 }
 
 /// Appends one frame (length, CRC-32, postcard payload) holding `value` to `out`; returns

@@ -346,9 +346,9 @@ impl<T: 'static> SourceContext<T> {
 
     /// Injects checkpoint barrier `id` (called by the shard, between messages).
     pub(crate) fn inject_barrier(&self, id: u64) {
-        if self.inner.ended.get() {
-            return;
-        }
+        // A source that has ended still records where it ended (everything it emitted is
+        // upstream of every later barrier), or a restart from a later checkpoint would replay
+        // it from the start; it sends no barrier after its end of stream.
         let hook = self.inner.streams.borrow().clone();
         if let Some(streams) = hook {
             self.inner.core.checkpoints.record(
@@ -373,6 +373,9 @@ impl<T: 'static> SourceContext<T> {
                     },
                 ),
             );
+        }
+        if self.inner.ended.get() {
+            return;
         }
         self.inner.down.control(Control::Barrier(id));
         self.inner.core.flush();

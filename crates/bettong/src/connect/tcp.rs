@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::format::{Record, SinkFile};
 use crate::codec::{Decoder, Encoder};
 use crate::connect::connector_source;
 use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
@@ -348,7 +349,8 @@ pub struct SinkPart(SinkEndpoint);
 
 enum SinkEndpoint {
     Tcp(SocketAddr),
-    File(std::path::PathBuf),
+    /// This shard's file, and every shard's.
+    File(std::path::PathBuf, Vec<std::path::PathBuf>),
     /// A two-phase-commit connector sink.
     TwoPhase(SocketAddr),
 }
@@ -373,15 +375,19 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
         if let Some(path) = address.strip_prefix("file:") {
             let path = std::path::PathBuf::from(path);
+            let files: Vec<std::path::PathBuf> = (0..shards)
+                .map(|s| {
+                    if shards == 1 {
+                        path.clone()
+                    } else {
+                        let mut p = path.clone().into_os_string();
+                        p.push(format!(".{s}"));
+                        p.into()
+                    }
+                })
+                .collect();
             let mut parts = Vec::with_capacity(shards);
-            for s in 0..shards {
-                let p = if shards == 1 {
-                    path.clone()
-                } else {
-                    let mut p = path.clone().into_os_string();
-                    p.push(format!(".{s}"));
-                    p.into()
-                };
+            for p in files.iter().cloned() {
                 // Created here (not emptied: a restart cuts it back to its checkpointed
                 // length), so a path that cannot be written fails the start.
                 std::fs::OpenOptions::new()
@@ -390,7 +396,7 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
                     .write(true)
                     .open(&p)
                     .map_err(|e| connector(format!("{}: {e}", p.display())))?;
-                parts.push(SinkPart(SinkEndpoint::File(p)));
+                parts.push(SinkPart(SinkEndpoint::File(p, files.clone())));
             }
             return Ok(Opened {
                 parts,
@@ -419,7 +425,9 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
     fn start(&self, part: SinkPart, ctx: SinkContext) -> SinkShard<T> {
         let addr = match part.0 {
             SinkEndpoint::Tcp(addr) => addr,
-            SinkEndpoint::File(path) => return file_sink(path, self.encoder.clone(), ctx),
+            SinkEndpoint::File(path, all) => {
+                return file_sink(path, &all, self.encoder.clone(), ctx)
+            }
             SinkEndpoint::TwoPhase(addr) => {
                 return crate::connect::twopc::sink(addr, self.encoder.clone(), ctx)
             }
@@ -472,12 +480,53 @@ impl<T, E: Encoder<T>> SinkInput<T> for TcpSinkInput<E> {
 /// are written and synced, recording the file's length then; after a restart the file is cut
 /// back to the length the restored checkpoint recorded (what follows is made again), so a
 /// replayable source into a file sink is exactly-once across crashes.
+///
+/// The committed lengths are kept by file (see [`SinkFile`]): after a restart on another shard
+/// count, shard 0 also cuts back the files no shard writes any more and records them in every
+/// checkpoint from then on.
 fn file_sink<T: 'static, E: Encoder<T>>(
     path: std::path::PathBuf,
+    all: &[std::path::PathBuf],
     encoder: Arc<E>,
     ctx: SinkContext,
 ) -> SinkShard<T> {
-    let base = ctx.restored_position().unwrap_or(0);
+    let key = |p: &std::path::Path| p.display().to_string();
+    let restored = ctx
+        .core()
+        .checkpoints
+        .restored
+        .borrow()
+        .files
+        .get(ctx.name())
+        .cloned();
+    let base = match &restored {
+        Some(files) => files.get(&key(&path)).copied().unwrap_or(0),
+        // A checkpoint without file records (taken before they existed) has positions by
+        // shard.
+        None => ctx.restored_position().unwrap_or(0),
+    };
+    let frozen: Vec<(String, u64)> = match &restored {
+        Some(files) if ctx.shard() == 0 => files
+            .iter()
+            .filter(|(f, _)| !all.iter().any(|a| key(a) == **f))
+            .map(|(f, p)| (f.clone(), *p))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (f, len) in &frozen {
+        let cut = std::fs::OpenOptions::new()
+            .write(true)
+            .open(f)
+            .and_then(|file| file.set_len(*len));
+        match cut {
+            Ok(()) => tracing::info!(
+                "sink {}: {f} is no shard's file now; cut back to its committed {len} bytes",
+                ctx.name()
+            ),
+            Err(e) => tracing::error!("sink {}: {f}: cannot cut back: {e}", ctx.name()),
+        }
+    }
+    let file_key = key(&path);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -552,6 +601,20 @@ fn file_sink<T: 'static, E: Encoder<T>>(
                     file = Some(f);
                 }
                 for (id, at) in due {
+                    let record = |file: &str, position: u64| {
+                        ctx.core().checkpoints.record(
+                            id,
+                            Record::SinkFile(SinkFile {
+                                sink: ctx.name().to_string(),
+                                file: file.to_string(),
+                                position,
+                            }),
+                        )
+                    };
+                    record(&file_key, at);
+                    for (f, len) in &frozen {
+                        record(f, *len);
+                    }
                     ctx.precommit(id, Some(at));
                 }
                 if b.gauge.is_over() && b.buf.borrow().len() < b.limit {

@@ -205,6 +205,9 @@ pub(crate) struct Restored {
     pub(crate) streams: HashMap<String, HashMap<u64, u64>>,
     /// The id of the checkpoint restored.
     pub(crate) checkpoint: Option<u64>,
+    /// The committed length of every file of each file sink, by sink name and path (every
+    /// shard gets them all).
+    pub(crate) files: HashMap<String, HashMap<String, u64>>,
 }
 
 /// One shard's side of the checkpoint in flight. Its records can come before the shard has

@@ -179,6 +179,14 @@ impl Resilience {
                         r.positions.insert(p.sink, p.position);
                     }
                 }
+                Record::SinkFile(f) => {
+                    for r in out.iter_mut() {
+                        r.files
+                            .entry(f.sink.clone())
+                            .or_default()
+                            .insert(f.file.clone(), f.position);
+                    }
+                }
                 Record::Streams(s) => {
                     for r in out.iter_mut() {
                         let table = r.streams.entry(s.source.clone()).or_default();
