@@ -321,6 +321,9 @@ struct TwoPcState {
     faults: Vec<String>,
     commits: u64,
     aborts: u64,
+    /// Close each connection after this many frames (0: never), to play a sink that goes away.
+    drop_after: usize,
+    drops: u64,
 }
 
 struct TwoPcSink {
@@ -422,10 +425,18 @@ fn twopc_connection(mut conn: TcpStream, state: &Mutex<TwoPcState>) {
     if conn.write_all(&reply).is_err() {
         return;
     }
+    let mut frames = 0;
     while let Some((tag, body)) = read_frame(&mut conn) {
         let mut reply = None;
         let mut guard = state.lock().unwrap();
         let st = &mut *guard;
+        frames += 1;
+        if st.drop_after > 0 && frames > st.drop_after {
+            // Gone without a word, in the middle of whatever the engine was sending.
+            st.drops += 1;
+            let _ = conn.shutdown(Shutdown::Both);
+            return;
+        }
         let inst = st.instances.get_mut(&instance).unwrap();
         if inst.generation != generation {
             return; // a newer connection took over
@@ -768,6 +779,67 @@ fn connector_to_two_phase_sink_is_exactly_once_across_kills_on_one_shard() {
 #[test]
 fn connector_to_two_phase_sink_is_exactly_once_across_kills_on_two_shards() {
     crash_run("two", "0,1", "0,1", 10);
+}
+
+/// A 2PC sink that drops the connection every 12 frames (in the middle of data, a Phase 1, a
+/// vote): each shard reconnects, resolves what the sink lists, and resends from where the sink
+/// is, so the output is still exactly once (3 unpinned shards).
+#[test]
+fn a_two_phase_sink_that_keeps_going_away_loses_nothing_and_repeats_nothing() {
+    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-drops", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = (0..40_000)
+        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
+        .collect();
+    let (_, model) = streams(&lines, 2);
+    let path = dir.join("text.frames");
+    let mut bytes = Vec::new();
+    for l in &lines {
+        bettong::codec::write_frame(&mut bytes, l.as_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let sink = TwoPcSink::start();
+    sink.state.lock().unwrap().drop_after = 12;
+    let output = word_count(
+        &format!("file:{}", path.display()),
+        &format!("2pc:{}", sink.addr),
+        "0-2",
+        Some(&dir.join("checkpoints").display().to_string()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let until = Instant::now() + DEADLINE;
+    while sink.lines() < lines.len() * 5 {
+        assert!(
+            Instant::now() < until,
+            "the sink has {} lines",
+            sink.lines()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = sink.state.lock().unwrap();
+    assert!(st.faults.is_empty(), "sink saw {:?}", st.faults);
+    assert!(st.drops >= 3, "the sink went away {} times", st.drops);
+    let drops = st.drops;
+    drop(st);
+    check_exactly_once(&sink.output(), &model, "drops");
+    eprintln!("drops: the sink went away {drops} times");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without checkpoints a 2PC sink would wait forever for a commit: refused at start.
+#[test]
+fn a_two_phase_sink_needs_checkpoints() {
+    let out = word_count("127.0.0.1:0", "2pc:127.0.0.1:9", "0", None)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --resilience-dir"));
 }
 
 /// A file replay into the 2PC sink: the last run ends by itself at the end of the file (its

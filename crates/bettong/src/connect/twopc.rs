@@ -45,6 +45,11 @@ use crate::connect::{CheckpointOutcomes, SinkContext, SinkInput, SinkShard};
 use crate::event::{Control, Stamp};
 use crate::runtime::shard::{Gauge, Notify};
 
+/// The checkpoint id of the final transaction a stop leaves voted and unresolved (checkpoint
+/// ids start at 1, so no restart ever restores it: the next start aborts it and makes its range
+/// again from the restored checkpoint).
+const FINAL: u64 = 0;
+
 /// Bytes of output per Message frame at most.
 const CHUNK: usize = 64 * 1024;
 
@@ -193,11 +198,18 @@ impl Writer {
         }
     }
 
+    /// Finished: everything is sent, and what followed the last checkpoint is in the final
+    /// transaction, which the sink has voted for (or there was nothing after it).
     fn done(&self) -> bool {
         self.finished.get()
-            && self.txn.borrow().is_none()
             && self.held.barriers.borrow().is_empty()
             && self.held.unsent() == 0
+            && self
+                .txn
+                .borrow()
+                .as_ref()
+                .is_none_or(|t| t.checkpoint == FINAL && t.voted)
+            && (self.txn.borrow().is_some() || self.next_start.get() == self.held.end())
     }
 
     async fn run(self, mut outcomes: CheckpointOutcomes) {
@@ -361,7 +373,9 @@ impl Writer {
                     ours_listed = true;
                     if !t.voted {
                         t.voted = true;
-                        self.ctx.precommit(c, Some(t.end));
+                        if c != FINAL {
+                            self.ctx.precommit(c, Some(t.end));
+                        }
                     }
                 }
                 (Some(c), _) => {
@@ -385,13 +399,16 @@ impl Writer {
         let resume = match ours.as_mut() {
             Some(t) if ours_listed => t.end,
             Some(t) => {
-                // It never voted: the range goes again, then Phase1 again.
+                // It never voted: the range goes again, then Phase1 again (a final one is
+                // opened again by `step`).
                 let start = t.start;
                 let t = ours.take().unwrap_or_else(|| unreachable!());
-                self.held
-                    .barriers
-                    .borrow_mut()
-                    .push_front((t.checkpoint, t.end));
+                if t.checkpoint != FINAL {
+                    self.held
+                        .barriers
+                        .borrow_mut()
+                        .push_front((t.checkpoint, t.end));
+                }
                 start
             }
             None => self.next_start.get(),
@@ -443,9 +460,20 @@ impl Writer {
         };
         let upto = barrier.map_or(self.held.end(), |(_, at)| at);
         self.send_data(upto, out);
+        // A stop: what followed the last checkpoint goes into a final transaction, so that the
+        // stop ends only once the sink has it all (its vote says so). It is never committed:
+        // only a checkpoint can say the state and the sources' positions match it.
+        let barrier = match barrier {
+            None if self.finished.get() && self.next_start.get() < self.held.end() => {
+                Some((FINAL, self.held.end()))
+            }
+            b => b,
+        };
         if let Some((checkpoint, at)) = barrier {
             if self.held.sent.get() == at {
-                self.held.barriers.borrow_mut().pop_front();
+                if checkpoint != FINAL {
+                    self.held.barriers.borrow_mut().pop_front();
+                }
                 let start = self.next_start.get();
                 TwoPc::Phase1 {
                     txn: self.txn_name(checkpoint),
@@ -490,7 +518,12 @@ impl Writer {
                     let mut ours = self.txn.borrow_mut();
                     match ours.as_mut() {
                         Some(t) if self.txn_name(t.checkpoint) == txn && !t.voted => {
-                            if commit {
+                            if t.checkpoint == FINAL {
+                                t.voted = commit;
+                                if !commit {
+                                    return Err(format!("the sink voted no on {txn}"));
+                                }
+                            } else if commit {
                                 t.voted = true;
                                 self.ctx.precommit(t.checkpoint, Some(t.end));
                             } else {

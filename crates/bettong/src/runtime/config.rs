@@ -166,6 +166,19 @@ impl EngineConfig {
         if self.checkpoint_interval < Duration::from_millis(1) {
             return Err("--time-between-checkpoints must be at least 1ms".to_string());
         }
+        // A two-phase-commit sink's transactions are the checkpoints: without them it would
+        // keep every output for a commit that never comes.
+        if self.resilience_dir.is_none() {
+            if let Some((_, a)) = self
+                .outputs
+                .iter()
+                .find(|(_, a)| matches!(a, Address::TwoPhase(_)))
+            {
+                return Err(format!(
+                    "--out {a}: a two-phase-commit sink needs --resilience-dir (its transactions are the checkpoints)"
+                ));
+            }
+        }
         Ok(())
     }
 }
