@@ -144,7 +144,8 @@ fn read_in(s: &mut impl Read) -> Option<In> {
 struct Stream {
     id: u64,
     name: String,
-    lines: Vec<String>,
+    /// The payloads, message id = index.
+    lines: Vec<Vec<u8>>,
     /// The engine's last acknowledged point of reference.
     acked: u64,
     done: bool,
@@ -230,7 +231,7 @@ fn session(mut conn: TcpStream, streams: &mut [Stream], rate: usize, quit: &Atom
                 continue;
             };
             while *next < s.lines.len() && credits > 0 && sent < rate {
-                out.extend_from_slice(&message(s.id, *next as u64, s.lines[*next].as_bytes()));
+                out.extend_from_slice(&message(s.id, *next as u64, &s.lines[*next]));
                 *next += 1;
                 credits -= 1;
                 sent += 1;
@@ -356,6 +357,22 @@ impl TwoPcSink {
             .into_iter()
             .map(|n| String::from_utf8(st.instances[n].out.clone()).unwrap())
             .collect()
+    }
+
+    /// Every instance's output bytes, in instance order.
+    fn output_bytes(&self) -> Vec<u8> {
+        let st = self.state.lock().unwrap();
+        let mut names: Vec<&String> = st.instances.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|n| st.instances[n].out.clone())
+            .collect()
+    }
+
+    fn bytes(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.instances.values().map(|i| i.out.len()).sum()
     }
 
     fn lines(&self) -> usize {
@@ -622,7 +639,12 @@ fn streams(lines: &[String], n: usize) -> (Vec<Vec<Stream>>, HashMap<String, u64
         feeds[k % 2].push(Stream {
             id: 1000 + k as u64,
             name: format!("text-{k}"),
-            lines: lines.iter().skip(k).step_by(n).cloned().collect(),
+            lines: lines
+                .iter()
+                .skip(k)
+                .step_by(n)
+                .map(|l| l.as_bytes().to_vec())
+                .collect(),
             acked: NONE,
             done: false,
         });
@@ -643,6 +665,95 @@ fn newest_checkpoint(dir: &std::path::Path) -> u64 {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// How a crash test runs the engine.
+struct Restarts<'a> {
+    chk: &'a std::path::Path,
+    kills: u64,
+    /// The cores of the killed runs, and of the last one.
+    first: &'a str,
+    later: &'a str,
+    /// The engine's command line on the given cores.
+    command: &'a dyn Fn(&str) -> Command,
+    /// The last run stops by itself (file sources); else it is stopped once `complete`.
+    ends_by_itself: bool,
+    /// The connectors feeding it, which end once every stream's end is acknowledged.
+    feeders: Vec<std::thread::JoinHandle<usize>>,
+    quit: Arc<AtomicBool>,
+    /// True once the sink has every output.
+    complete: &'a dyn Fn() -> bool,
+}
+
+/// Kills the engine with SIGKILL `kills` times at arbitrary moments, restarting it each time
+/// with the same command line, then runs it until the sink is complete (and again after the
+/// stop, which sends the range of the checkpoint it gives up again). Returns how many runs
+/// restored a checkpoint and how many connections the connectors made.
+fn kill_and_restart(r: Restarts) -> (usize, usize) {
+    let mut seed = 0x9e3779b97f4a7c15u64 ^ r.kills;
+    let mut below = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut restored = 0;
+    for k in 0..r.kills {
+        let before = newest_checkpoint(r.chk);
+        let mut child = (r.command)(r.first)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if k % 2 == 0 {
+            // Just after a checkpoint committed (or while the next is in flight).
+            let until = Instant::now() + DEADLINE;
+            while newest_checkpoint(r.chk) <= before && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < until, "no checkpoint completed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(below(60)));
+        } else {
+            // Anywhere: before the first checkpoint, in the middle of one, after several.
+            std::thread::sleep(Duration::from_millis(5 + below(250)));
+        }
+        let _ = child.kill(); // SIGKILL
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "run {k}: {stderr}");
+        restored += usize::from(stderr.contains("restored checkpoint"));
+    }
+    // The last run: until every stream's end is acknowledged and the sink has every output.
+    let mut last = (r.command)(r.later);
+    if r.ends_by_itself {
+        // It may end before it could print `ready` (the checkpoint was at the end already).
+        let output = last
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        restored += usize::from(stderr.contains("restored checkpoint"));
+    }
+    let engine = (!r.ends_by_itself).then(|| Engine::start_command(last));
+    let connections: usize = r.feeders.into_iter().map(|f| f.join().unwrap()).sum();
+    let wait_complete = |when: &str| {
+        let until = Instant::now() + DEADLINE;
+        while !(r.complete)() {
+            assert!(Instant::now() < until, "{when}, the sink is not complete");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_complete("before the stop");
+    if let Some(engine) = engine {
+        let (status, stderr) = engine.stop();
+        assert!(status.success(), "{stderr}");
+        restored += usize::from(stderr.contains("restored checkpoint"));
+    }
+    r.quit.store(true, Ordering::Relaxed);
+    wait_complete("after the stop");
+    (restored, connections)
 }
 
 /// Word count from a connector source into a 2PC sink, killed `kills` times and restarted on
@@ -686,79 +797,17 @@ fn crash_run_from(name: &str, shards: &str, later: &str, kills: u64, from_file: 
             .collect();
         (format!("127.0.0.1:{port}:{COOKIE}:200:50"), feeders)
     };
-    let mut seed = 0x9e3779b97f4a7c15u64 ^ kills;
-    let mut below = |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
-    let mut restored = 0;
-    for k in 0..kills {
-        let before = newest_checkpoint(&chk);
-        let mut child = word_count(&source, &out, shards, Some(&chk_s))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if k % 2 == 0 {
-            // Just after a checkpoint committed (or while the next is in flight).
-            let until = Instant::now() + DEADLINE;
-            while newest_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < until, "no checkpoint completed");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            std::thread::sleep(Duration::from_millis(below(60)));
-        } else {
-            // Anywhere: before the first checkpoint, in the middle of one, after several.
-            std::thread::sleep(Duration::from_millis(5 + below(250)));
-        }
-        let _ = child.kill(); // SIGKILL
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!stderr.contains("panicked"), "run {k}: {stderr}");
-        restored += usize::from(stderr.contains("restored checkpoint"));
-    }
-    // The last run: until every stream's end is acknowledged and the sink has every output.
-    let mut last = word_count(&source, &out, later, Some(&chk_s));
-    if from_file {
-        // It may end before it could print `ready` (the checkpoint was at the end already).
-        let output = last
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
-        restored += usize::from(stderr.contains("restored checkpoint"));
-    }
-    let engine = (!from_file).then(|| Engine::start_command(last));
-    let connections: usize = feeders.into_iter().map(|f| f.join().unwrap()).sum();
-    let until = Instant::now() + DEADLINE;
-    while sink.lines() < total {
-        assert!(
-            Instant::now() < until,
-            "the sink has {} of {total} lines",
-            sink.lines()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if let Some(engine) = engine {
-        let (status, stderr) = engine.stop();
-        assert!(status.success(), "{stderr}");
-        restored += usize::from(stderr.contains("restored checkpoint"));
-    }
-    quit.store(true, Ordering::Relaxed);
-    // The stop gives up the checkpoint in flight: its range is sent again after the abort.
-    let until = Instant::now() + DEADLINE;
-    while sink.lines() < total {
-        assert!(
-            Instant::now() < until,
-            "after the stop, the sink has {} of {total} lines",
-            sink.lines()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (restored, connections) = kill_and_restart(Restarts {
+        chk: &chk,
+        kills,
+        first: shards,
+        later,
+        command: &|cores: &str| word_count(&source, &out, cores, Some(&chk_s)),
+        ends_by_itself: from_file,
+        feeders,
+        quit,
+        complete: &|| sink.lines() >= total,
+    });
     let st = sink.state.lock().unwrap();
     assert!(st.faults.is_empty(), "{name}: sink saw {:?}", st.faults);
     let (commits, aborts) = (st.commits, st.aborts);
@@ -768,6 +817,96 @@ fn crash_run_from(name: &str, shards: &str, later: &str, kills: u64, from_file: 
     eprintln!(
         "{name}: {kills} kills, {restored} restores, {connections} connector connections, {commits} commits, {aborts} aborts"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Market Spread with both sources (Orders and Nbbo) fed by connectors and its results into
+/// the 2PC sink, killed 10 times on 2 shards: the results are exactly those any correct run
+/// makes, each order id once (the capture's results do not depend on how the two sources
+/// interleave: `tests/common/capture.rs`).
+#[test]
+fn market_spread_from_connectors_to_two_phase_sink_is_exactly_once_across_kills() {
+    use bettong_apps::market_spread::{OrderResult, ORDER_RESULT_FRAME_LEN};
+    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-ms", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = common::capture::write_data(&dir, 12_000, 3_000);
+    let read = |p: &std::path::Path| common::payloads(&std::fs::read(p).unwrap());
+    let (orders, nbbo) = (read(&data.orders), read(&data.nbbo));
+    let total = orders.len() * ORDER_RESULT_FRAME_LEN;
+    let sink = TwoPcSink::start();
+    let out = format!("2pc:{}", sink.addr);
+    let quit = Arc::new(AtomicBool::new(false));
+    let (p_orders, p_nbbo) = (free_port(), free_port());
+    let stream = |id: u64, name: &str, lines: Vec<Vec<u8>>| Stream {
+        id,
+        name: name.to_string(),
+        lines,
+        acked: NONE,
+        done: false,
+    };
+    let target = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    let feeders = vec![
+        feed(
+            target(p_orders),
+            vec![stream(1, "orders", orders)],
+            5,
+            quit.clone(),
+        ),
+        feed(
+            target(p_nbbo),
+            vec![stream(2, "nbbo", nbbo)],
+            2,
+            quit.clone(),
+        ),
+    ];
+    let chk = dir.join("checkpoints");
+    let chk_s = chk.display().to_string();
+    let command = |cores: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
+        cmd.args([
+            "market-spread",
+            "--in",
+            &format!(
+                "Orders@127.0.0.1:{p_orders}:{COOKIE}:100:20,Nbbo@127.0.0.1:{p_nbbo}:{COOKIE}:100:20"
+            ),
+            "--out",
+            &out,
+            "--cores",
+            cores,
+            "--no-pin",
+            "--metrics-interval",
+            "0",
+            "--resilience-dir",
+            &chk_s,
+            "--time-between-checkpoints",
+            "20ms",
+        ]);
+        cmd
+    };
+    let (restored, connections) = kill_and_restart(Restarts {
+        chk: &chk,
+        kills: 10,
+        first: "0,1",
+        later: "0,1",
+        command: &command,
+        ends_by_itself: false,
+        feeders,
+        quit,
+        complete: &|| sink.bytes() >= total,
+    });
+    let st = sink.state.lock().unwrap();
+    assert!(st.faults.is_empty(), "sink saw {:?}", st.faults);
+    drop(st);
+    let mut got: Vec<common::ResultKey> = common::payloads(&sink.output_bytes())
+        .iter()
+        .map(|p| common::result_key(&OrderResult::decode(p).expect("an OrderResult")))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got.len(), data.model.len(), "results");
+    assert!(got == data.model, "the results differ from the model");
+    assert!(restored > 0, "no run restored a checkpoint");
+    eprintln!("market spread: {restored} restores, {connections} connector connections");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
