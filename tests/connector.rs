@@ -602,29 +602,6 @@ fn word_count(source: &str, sink: &str, cores: &str, dir: Option<&str>) -> Comma
     cmd
 }
 
-/// Each word's counts, checked to be exactly 1..n once each against `model`.
-fn check_exactly_once(text: &str, model: &HashMap<String, u64>, what: &str) {
-    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
-    for line in text.lines() {
-        let (w, n) = line
-            .split_once(" => ")
-            .unwrap_or_else(|| panic!("{what}: a torn line {line:?}"));
-        seen.entry(w).or_default().push(n.parse().unwrap());
-    }
-    assert_eq!(seen.len(), model.len(), "{what}: words");
-    for (w, mut counts) in seen {
-        counts.sort_unstable();
-        let n = model[w];
-        if counts != (1..=n).collect::<Vec<u64>>() {
-            let dup = counts.windows(2).filter(|p| p[0] == p[1]).count();
-            panic!(
-                "{what}: `{w}` has {} outputs for {n} occurrences ({dup} repeated)",
-                counts.len()
-            );
-        }
-    }
-}
-
 /// `lines` split into `n` streams, and the word counts they make.
 fn streams(lines: &[String], n: usize) -> (Vec<Vec<Stream>>, HashMap<String, u64>) {
     let mut model: HashMap<String, u64> = HashMap::new();
@@ -650,21 +627,6 @@ fn streams(lines: &[String], n: usize) -> (Vec<Vec<Stream>>, HashMap<String, u64
         });
     }
     (feeds, model)
-}
-
-fn newest_checkpoint(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("MANIFEST").is_file())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// How a crash test runs the engine.
@@ -699,7 +661,7 @@ fn kill_and_restart(r: Restarts) -> (usize, usize) {
     };
     let mut restored = 0;
     for k in 0..r.kills {
-        let before = newest_checkpoint(r.chk);
+        let before = common::newest_checkpoint(r.chk);
         let mut child = (r.command)(r.first)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -708,7 +670,8 @@ fn kill_and_restart(r: Restarts) -> (usize, usize) {
         if k % 2 == 0 {
             // Just after a checkpoint committed (or while the next is in flight).
             let until = Instant::now() + DEADLINE;
-            while newest_checkpoint(r.chk) <= before && child.try_wait().unwrap().is_none() {
+            while common::newest_checkpoint(r.chk) <= before && child.try_wait().unwrap().is_none()
+            {
                 assert!(Instant::now() < until, "no checkpoint completed");
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -812,7 +775,7 @@ fn crash_run_from(name: &str, shards: &str, later: &str, kills: u64, from_file: 
     assert!(st.faults.is_empty(), "{name}: sink saw {:?}", st.faults);
     let (commits, aborts) = (st.commits, st.aborts);
     drop(st);
-    check_exactly_once(&sink.output(), &model, name);
+    common::check_word_counts(&sink.output(), &model, name);
     assert!(restored > 0, "{name}: no run restored a checkpoint");
     eprintln!(
         "{name}: {kills} kills, {restored} restores, {connections} connector connections, {commits} commits, {aborts} aborts"
@@ -966,7 +929,7 @@ fn a_two_phase_sink_that_keeps_going_away_loses_nothing_and_repeats_nothing() {
     assert!(st.drops >= 3, "the sink went away {} times", st.drops);
     let drops = st.drops;
     drop(st);
-    check_exactly_once(&sink.output(), &model, "drops");
+    common::check_word_counts(&sink.output(), &model, "drops");
     eprintln!("drops: the sink went away {drops} times");
     let _ = std::fs::remove_dir_all(&dir);
 }

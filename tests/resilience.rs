@@ -4,6 +4,8 @@
 //! and stops by itself. Every word's counts must then be exactly 1..n, once each — nothing
 //! missing, nothing repeated — on 1 and 2 shards, and once onto a different shard count.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,29 +59,6 @@ fn all_outputs(out: &str) -> String {
     text
 }
 
-fn check_exactly_once(text: &str, model: &HashMap<String, u64>, what: &str) {
-    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
-    for line in text.lines() {
-        let (w, n) = line
-            .split_once(" => ")
-            .unwrap_or_else(|| panic!("{what}: a torn line {line:?}"));
-        seen.entry(w).or_default().push(n.parse().unwrap());
-    }
-    assert_eq!(seen.len(), model.len(), "{what}: words");
-    for (w, mut counts) in seen {
-        counts.sort_unstable();
-        let n = model[w];
-        let want: Vec<u64> = (1..=n).collect();
-        if counts != want {
-            let dup = counts.windows(2).filter(|p| p[0] == p[1]).count();
-            panic!(
-                "{what}: `{w}` has {} outputs for {n} occurrences ({dup} repeated)",
-                counts.len()
-            );
-        }
-    }
-}
-
 /// Runs word count, killing it `kills` times at moments from `rng`, switching to `later_shards`
 /// after the kills; returns how many runs restored a checkpoint.
 fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corrupt: bool) -> usize {
@@ -110,13 +89,13 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
     let mut rng = Lcg(0x5eed ^ shards as u64);
     let mut restored = 0;
     for k in 0..kills {
-        let before = complete_checkpoints(std::path::Path::new(&chk));
+        let before = common::newest_checkpoint(std::path::Path::new(&chk));
         let mut child = word_count(&input, &out, &chk, shards).spawn().unwrap();
         if k % 2 == 0 || corrupt {
             // Right after a new checkpoint has committed, or while the next one is in
             // flight (the machine may be slow: wait for the checkpoint, not for a time).
             let until = Instant::now() + Duration::from_secs(30);
-            while complete_checkpoints(std::path::Path::new(&chk)) <= before
+            while common::newest_checkpoint(std::path::Path::new(&chk)) <= before
                 && child.try_wait().unwrap().is_none()
             {
                 assert!(Instant::now() < until, "no checkpoint completed");
@@ -158,25 +137,9 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
             "the fallback is said: {stderr}"
         );
     }
-    check_exactly_once(&all_outputs(&out), &model, name);
+    common::check_word_counts(&all_outputs(&out), &model, name);
     let _ = std::fs::remove_dir_all(&dir);
     restored
-}
-
-/// The newest complete checkpoint's id (0 for none).
-fn complete_checkpoints(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("MANIFEST").is_file())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Flips a byte in the middle of the newest complete checkpoint's first part.
@@ -291,11 +254,11 @@ fn killed_and_restarted_vwap_windows_are_exactly_once() {
     let mut rng = Lcg(0xfeed);
     let mut restored = 0;
     for k in 0..6 {
-        let before = complete_checkpoints(&chk);
+        let before = common::newest_checkpoint(&chk);
         let mut child = run(&out, true).spawn().unwrap();
         if k % 2 == 0 {
             let until = Instant::now() + Duration::from_secs(30);
-            while complete_checkpoints(&chk) <= before && child.try_wait().unwrap().is_none() {
+            while common::newest_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < until, "no checkpoint completed");
                 std::thread::sleep(Duration::from_millis(2));
             }

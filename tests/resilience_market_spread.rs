@@ -159,23 +159,6 @@ fn assert_same_results(got: &[ResultKey], want: &[ResultKey], what: &str) {
     );
 }
 
-/// The newest complete checkpoint's id (0 for none): a checkpoint is complete once its
-/// manifest is written.
-fn newest_complete_checkpoint(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("MANIFEST").is_file())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Waits for `child` to exit by itself; returns whether it succeeded and its stderr.
 fn wait_to_end(mut child: Child) -> (bool, String) {
     let until = Instant::now() + common::DEADLINE;
@@ -233,7 +216,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
              (the capture is too short for this machine)"
         );
         let shards = if kills < switch_after { first } else { later };
-        let before = newest_complete_checkpoint(&chk);
+        let before = common::newest_checkpoint(&chk);
         let mut child = market_spread(&data, &out, Some(&chk), shards)
             .spawn()
             .unwrap();
@@ -241,8 +224,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
             // Just after a checkpoint commits, or while the next one is in flight: wait for
             // the manifest (the machine may be slow), then a random moment more.
             let until = Instant::now() + common::DEADLINE;
-            while newest_complete_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none()
-            {
+            while common::newest_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < until, "{name}: no checkpoint completed");
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -337,9 +319,9 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
         std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) >= full
     });
     // A checkpoint started after that has committed.
-    let seen = newest_complete_checkpoint(&chk);
+    let seen = common::newest_checkpoint(&chk);
     common::wait_until("a checkpoint after the Orders file ended", || {
-        newest_complete_checkpoint(&chk) >= seen + 2
+        common::newest_checkpoint(&chk) >= seen + 2
     });
     assert!(
         child.try_wait().unwrap().is_none(),

@@ -405,3 +405,44 @@ pub fn result_key(r: &bettong_apps::market_spread::OrderResult) -> ResultKey {
         r.offer.to_bits(),
     )
 }
+
+/// The newest complete checkpoint's id in a `--resilience-dir` (0 for none): a checkpoint is
+/// complete once its manifest is written.
+pub fn newest_checkpoint(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST").is_file())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.trim_start_matches("chk-").parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Word count's output (`word => n` lines): every word of `model` has the counts 1..n, each
+/// once — nothing missing, nothing repeated.
+pub fn check_word_counts(text: &str, model: &std::collections::HashMap<String, u64>, what: &str) {
+    let mut seen: std::collections::HashMap<&str, Vec<u64>> = std::collections::HashMap::new();
+    for line in text.lines() {
+        let (w, n) = line
+            .split_once(" => ")
+            .unwrap_or_else(|| panic!("{what}: a torn line {line:?}"));
+        seen.entry(w).or_default().push(n.parse().unwrap());
+    }
+    assert_eq!(seen.len(), model.len(), "{what}: words");
+    for (w, mut counts) in seen {
+        counts.sort_unstable();
+        let n = model[w];
+        if counts != (1..=n).collect::<Vec<u64>>() {
+            let dup = counts.windows(2).filter(|p| p[0] == p[1]).count();
+            panic!(
+                "{what}: `{w}` has {} outputs for {n} occurrences ({dup} repeated)",
+                counts.len()
+            );
+        }
+    }
+}
