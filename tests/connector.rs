@@ -652,13 +652,8 @@ struct Restarts<'a> {
 /// stop, which sends the range of the checkpoint it gives up again). Returns how many runs
 /// restored a checkpoint and how many connections the connectors made.
 fn kill_and_restart(r: Restarts) -> (usize, usize) {
-    let mut seed = 0x9e3779b97f4a7c15u64 ^ r.kills;
-    let mut below = |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    let mut rng = common::Lcg(0x9e3779b97f4a7c15u64 ^ r.kills);
+    let mut below = |n: u64| rng.below(n);
     let mut restored = 0;
     for k in 0..r.kills {
         let before = common::newest_checkpoint(r.chk);

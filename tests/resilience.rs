@@ -10,19 +10,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A small deterministic generator for the kill times (no dependency, same on every run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 fn word_count(input: &str, out: &str, dir: &str, shards: usize) -> Command {
     let cores = (0..shards)
         .map(|c| c.to_string())
@@ -86,7 +73,7 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
         dir.join("counts.txt").display().to_string(),
         dir.join("checkpoints").display().to_string(),
     );
-    let mut rng = Lcg(0x5eed ^ shards as u64);
+    let mut rng = common::Lcg(0x5eed ^ shards as u64);
     let mut restored = 0;
     for k in 0..kills {
         let before = common::newest_checkpoint(std::path::Path::new(&chk));
@@ -251,7 +238,7 @@ fn killed_and_restarted_vwap_windows_are_exactly_once() {
 
     let out = dir.join("vwap.txt");
     let chk = dir.join("checkpoints");
-    let mut rng = Lcg(0xfeed);
+    let mut rng = common::Lcg(0xfeed);
     let mut restored = 0;
     for k in 0..6 {
         let before = common::newest_checkpoint(&chk);

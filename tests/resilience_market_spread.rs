@@ -54,19 +54,6 @@ const NBBO_UPDATES: u32 = 20_000;
 /// Kills that must hit a running engine in each test.
 const KILLS: usize = 10;
 
-/// A small deterministic generator for the kill moments (the same on every run of the test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 /// Where the shards of a run go: how many, and whether they are pinned to cores 0..n.
 #[derive(Clone, Copy)]
 struct Shards {
@@ -202,7 +189,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
 
     let out = dir.join("results.bin");
     let chk = dir.join("checkpoints");
-    let mut rng = Lcg(0x5eed_0005 ^ first.count as u64 ^ (later.count as u64) << 8);
+    let mut rng = common::Lcg(0x5eed_0005 ^ first.count as u64 ^ (later.count as u64) << 8);
     // Kill moments scale with how long a whole run takes here (every restart resumes from its
     // checkpoint, so the work left shrinks with each kill): ten kills at up to a sixth of a
     // run each mostly land while the run is still going, on a fast machine or a loaded one.

@@ -446,3 +446,17 @@ pub fn check_word_counts(text: &str, model: &std::collections::HashMap<String, u
         }
     }
 }
+
+/// A small deterministic generator (the same kill moments on every run of a test).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}

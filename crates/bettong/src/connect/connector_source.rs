@@ -38,12 +38,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::codec::FrameReader;
 use crate::connect::protocol::{Body, Frame, NONE_SEEN, SOURCE_VERSION};
 use crate::metrics::now_ns;
+use crate::net::source::read_some;
 use crate::runtime::config::ConnectorAddress;
 use crate::runtime::shard::{Notify, ShardCore, SourceRuntime};
 
@@ -343,19 +344,7 @@ pub(crate) async fn serve(
         }
         let woke = futures_lite::future::or(
             futures_lite::future::or(
-                async {
-                    let read = std::future::poll_fn(|cx| {
-                        match std::pin::Pin::new(&mut stream).poll_read(cx, frames.spare()) {
-                            std::task::Poll::Pending => {
-                                frames.idle();
-                                std::task::Poll::Pending
-                            }
-                            ready => ready,
-                        }
-                    })
-                    .await;
-                    Woke::Read(read)
-                },
+                async { Woke::Read(read_some(&mut stream, &mut frames).await) },
                 async {
                     outbox.wake.notified().await;
                     Woke::Acks
@@ -372,15 +361,9 @@ pub(crate) async fn serve(
             Woke::Acks => {
                 let acks = std::mem::take(&mut *outbox.acks.borrow_mut());
                 session.ack(acks);
-                if let Err(e) = stream.write_all(&session.out).await {
-                    tracing::warn!(
-                        "shard {}: source {} connector {peer}: {e}",
-                        core.index,
-                        source.name
-                    );
+                if !session.send(&mut stream, &peer, source, core).await {
                     break End::Closed;
                 }
-                session.out.clear();
                 continue;
             }
             Woke::Read(Ok(0)) => break End::Closed,
@@ -437,16 +420,8 @@ pub(crate) async fn serve(
             };
             session.ack(acks);
         }
-        if !session.out.is_empty() {
-            if let Err(e) = stream.write_all(&session.out).await {
-                tracing::warn!(
-                    "shard {}: source {} connector {peer}: {e}",
-                    core.index,
-                    source.name
-                );
-                break End::Closed;
-            }
-            session.out.clear();
+        if !session.send(&mut stream, &peer, source, core).await {
+            break End::Closed;
         }
         if let Some(end) = ended {
             break end;
@@ -499,6 +474,29 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Writes the frames queued; false if the connection failed.
+    async fn send(
+        &mut self,
+        stream: &mut TcpStream,
+        peer: &str,
+        source: &SourceRuntime,
+        core: &ShardCore,
+    ) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let written = stream.write_all(&self.out).await;
+        self.out.clear();
+        if let Err(e) = &written {
+            tracing::warn!(
+                "shard {}: source {} connector {peer}: {e}",
+                core.index,
+                source.name
+            );
+        }
+        written.is_ok()
+    }
+
     /// Queues an Ack that refills the credits and carries `acks`.
     fn ack(&mut self, acks: Vec<(u64, u64)>) {
         let max = i64::from(self.shard.settings.max_credits);

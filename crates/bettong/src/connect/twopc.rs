@@ -36,13 +36,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::codec::{Encoder, FrameReader};
 use crate::connect::protocol::{message_header, set_len, Frame, TwoPc, SINK_COOKIE, SINK_VERSION};
 use crate::connect::{CheckpointOutcomes, SinkContext, SinkInput, SinkShard};
 use crate::event::{Control, Stamp};
+use crate::net::source::read_some;
 use crate::runtime::shard::{Gauge, Notify};
 
 /// The checkpoint id of the final transaction a stop leaves voted and unresolved (checkpoint
@@ -560,14 +561,7 @@ impl Writer {
         frames: &mut FrameReader,
         outcomes: &mut CheckpointOutcomes,
     ) -> Woke {
-        let read = async {
-            Woke::Read(
-                std::future::poll_fn(|cx| {
-                    std::pin::Pin::new(&mut *stream).poll_read(cx, frames.spare())
-                })
-                .await,
-            )
-        };
+        let read = async { Woke::Read(read_some(stream, frames).await) };
         let wake = async {
             self.held.wake.notified().await;
             Woke::Wake
@@ -603,10 +597,7 @@ async fn write(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), String> 
 }
 
 async fn read(stream: &mut TcpStream, frames: &mut FrameReader) -> Result<usize, String> {
-    let n =
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_read(cx, frames.spare()))
-            .await
-            .map_err(|e| e.to_string())?;
+    let n = read_some(stream, frames).await.map_err(|e| e.to_string())?;
     if n == 0 {
         return Err("the sink closed the connection".into());
     }

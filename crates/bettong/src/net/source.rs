@@ -358,6 +358,27 @@ fn spawn_connection(
     .detach();
 }
 
+/// Reads what the socket has into `frames`. A read that has to wait means the socket is
+/// drained: the connection is idle, so its reader gives back its buffer (or all of it but a
+/// partial frame) while it waits. The next poll reads into whatever `spare` hands out then
+/// (glommio waits for readiness, not into the buffer, so changing it between polls is fine),
+/// which also makes the read safe to drop between polls.
+pub(crate) async fn read_some(
+    stream: &mut TcpStream,
+    frames: &mut FrameReader,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, frames.spare()) {
+            std::task::Poll::Pending => {
+                frames.idle();
+                std::task::Poll::Pending
+            }
+            ready => ready,
+        }
+    })
+    .await
+}
+
 /// Reads one connection to its end. A frame over `max_frame` ends the connection (the stream
 /// cannot be resynchronised); a payload the decoder rejects is logged, counted and skipped.
 async fn serve(
@@ -375,21 +396,7 @@ async fn serve(
     let slot = source.watermarks.open();
     let mut event_time = 0u64;
     loop {
-        // A read that has to wait means the socket is drained: the connection is idle, so its
-        // reader gives back its buffer (or all of it but a partial frame) while it waits. The
-        // next poll reads into whatever `spare` hands out then (glommio waits for readiness,
-        // not into the buffer, so changing it between polls is fine).
-        let read = std::future::poll_fn(|cx| {
-            match std::pin::Pin::new(&mut stream).poll_read(cx, frames.spare()) {
-                std::task::Poll::Pending => {
-                    frames.idle();
-                    std::task::Poll::Pending
-                }
-                ready => ready,
-            }
-        })
-        .await;
-        let n = match read {
+        let n = match read_some(&mut stream, &mut frames).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
