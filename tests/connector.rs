@@ -868,6 +868,51 @@ fn market_spread_from_connectors_to_two_phase_sink_is_exactly_once_across_kills(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A connector source into file sinks, killed 10 times on 2 shards: the files, cut back to
+/// their checkpointed lengths at each restart, hold every word's counts exactly once.
+#[test]
+fn connector_to_file_sink_is_exactly_once_across_kills() {
+    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-files", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = (0..16_000)
+        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
+        .collect();
+    let total = lines.len() * 5;
+    let (feeds, model) = streams(&lines, 4);
+    let quit = Arc::new(AtomicBool::new(false));
+    let port = free_port();
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let feeders: Vec<_> = feeds
+        .into_iter()
+        .map(|f| feed(target, f, 6, quit.clone()))
+        .collect();
+    let source = format!("127.0.0.1:{port}:{COOKIE}:200:50");
+    let out = dir.join("counts.txt");
+    let out_flag = format!("file:{}", out.display());
+    let chk = dir.join("checkpoints");
+    let chk_s = chk.display().to_string();
+    let files = || {
+        (0..2)
+            .map(|s| std::fs::read_to_string(format!("{}.{s}", out.display())).unwrap_or_default())
+            .collect::<String>()
+    };
+    let (restored, _) = kill_and_restart(Restarts {
+        chk: &chk,
+        kills: 10,
+        first: "0,1",
+        later: "0,1",
+        command: &|cores: &str| word_count(&source, &out_flag, cores, Some(&chk_s)),
+        ends_by_itself: false,
+        feeders,
+        quit,
+        complete: &|| files().lines().count() >= total,
+    });
+    common::check_word_counts(&files(), &model, "files");
+    assert!(restored > 0, "no run restored a checkpoint");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn connector_to_two_phase_sink_is_exactly_once_across_kills_on_one_shard() {
     crash_run("one", "0", "0", 10);
