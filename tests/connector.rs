@@ -1183,3 +1183,47 @@ fn acks_follow_committed_checkpoints_and_metrics_show_them() {
     assert!(status.success(), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A 2PC sink that accepts and never answers: the stop gives up at the drain timeout, exits 1
+/// and counts every output as undelivered (none was made durable at the sink).
+#[test]
+fn a_silent_two_phase_sink_makes_the_stop_give_up_and_say_so() {
+    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-silent", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in silent.incoming().flatten() {
+            keep.lock().unwrap().push(c); // accepted, never read or answered
+        }
+    });
+    let mut cmd = word_count(
+        "127.0.0.1:0",
+        &format!("2pc:{addr}"),
+        "0,1",
+        Some(&dir.display().to_string()),
+    );
+    cmd.args(["--drain-timeout", "1s"]);
+    let engine = Engine::start_command(cmd);
+    let mut input = Vec::new();
+    for i in 0..100 {
+        input.extend_from_slice(&common::frame(format!("a{i} b c").as_bytes()));
+    }
+    common::send(engine.addr("Text"), &input);
+    // Both shards have connected; the stop reads the client's connection to its end.
+    common::wait_until("both shards connected", || held.lock().unwrap().len() >= 2);
+    let (status, stderr) = engine.stop();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        common::summary_count(&stderr, "undelivered"),
+        300,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("300 output(s) could not be delivered"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

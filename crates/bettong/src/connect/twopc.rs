@@ -66,6 +66,8 @@ struct Held {
     sent: Cell<u64>,
     /// Checkpoint barriers seen and the offset each ends at, oldest first.
     barriers: RefCell<VecDeque<(u64, u64)>>,
+    /// Where each output held ends (to count what a stop that gives up leaves undelivered).
+    ends: RefCell<VecDeque<u64>>,
     gauge: Gauge,
     limit: usize,
     wake: Notify,
@@ -92,7 +94,9 @@ impl<T, E: Encoder<T>> SinkInput<T> for Input<E> {
         let mut buf = self.held.buf.borrow_mut();
         let was = buf.len();
         self.encoder.encode(&msg, &mut buf);
+        let end = self.held.base.get() + buf.len() as u64;
         drop(buf);
+        self.held.ends.borrow_mut().push_back(end);
         if was == 0 || self.held.unsent() as usize >= self.held.limit {
             if self.held.unsent() as usize >= self.held.limit {
                 self.held.gauge.set(true);
@@ -132,6 +136,7 @@ pub(crate) fn sink<T: 'static, E: Encoder<T>>(
         base: Cell::new(base),
         sent: Cell::new(base),
         barriers: RefCell::new(VecDeque::new()),
+        ends: RefCell::new(VecDeque::new()),
         gauge: ctx.gauge(),
         limit: ctx.core().config.sink_buffer,
         wake: Notify::default(),
@@ -267,12 +272,31 @@ impl Writer {
         }
     }
 
+    /// The drain timeout ran out: counts the outputs the sink has not made durable (past its
+    /// last committed or voted transaction) as undelivered, which makes the stop exit 1.
     fn give_up(&self, shard: usize, name: &str) {
+        let durable = match self.txn.borrow().as_ref() {
+            Some(t) if t.voted => t.end,
+            _ => self.next_start.get(),
+        };
+        let undelivered = self
+            .held
+            .ends
+            .borrow()
+            .iter()
+            .filter(|&&e| e > durable)
+            .count() as u64;
         tracing::error!(
-            "shard {shard}: sink {name} ({}): drain timeout: {} byte(s) of output not delivered",
-            self.addr,
-            self.held.unsent()
+            "shard {shard}: sink {name} ({}): drain timeout: {undelivered} output(s) not made durable at the sink",
+            self.addr
         );
+        self.ctx
+            .core()
+            .metrics
+            .sink_report(crate::net::sink::SinkReport {
+                undelivered,
+                ..Default::default()
+            });
     }
 
     /// One connection: handshake, resolve, then stream until done (Ok) or the connection
@@ -437,6 +461,9 @@ impl Writer {
                 let mut buf = self.held.buf.borrow_mut();
                 let covered = ((t.end - self.held.base.get()) as usize).min(buf.len());
                 buf.drain(..covered);
+                let mut ends = self.held.ends.borrow_mut();
+                let done = ends.iter().take_while(|&&e| e <= t.end).count();
+                ends.drain(..done);
                 self.held.base.set(t.end);
                 self.next_start.set(t.end);
             } else {
