@@ -1227,3 +1227,53 @@ fn a_silent_two_phase_sink_makes_the_stop_give_up_and_say_so() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A connector that vanishes in the middle of a frame: what it sent whole is processed, the
+/// torn frame is dropped and counted, and its stream is free for the next connection at the
+/// last id processed (no checkpoints: at once).
+#[test]
+fn a_connector_that_vanishes_mid_frame_leaves_its_stream_at_the_last_whole_message() {
+    let sink = Sink::bind();
+    let engine = connector_engine("0-3", &sink);
+    let mut c = connect(&engine);
+    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::Ok(10)));
+    c.write_all(&notify(5, "five", NONE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 5, NONE)));
+    let mut out = message(5, 0, b"zero");
+    out.extend_from_slice(&message(5, 1, b"one"));
+    let torn = message(5, 2, b"two");
+    out.extend_from_slice(&torn[..torn.len() - 2]);
+    c.write_all(&out).unwrap();
+    wait_lines(&sink, 2);
+    drop(c);
+    let mut next = connect(&engine);
+    next.write_all(&hello("0.0.1", COOKIE)).unwrap();
+    assert_eq!(read_in(&mut next), Some(In::Ok(10)));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        next.write_all(&notify(5, "five", NONE)).unwrap();
+        match read_in(&mut next) {
+            Some(In::NotifyAck(true, 5, por)) => {
+                assert_eq!(por, 1);
+                break;
+            }
+            // The old connection's end may not have been seen yet.
+            Some(In::NotifyAck(false, 5, _)) => {
+                assert!(Instant::now() < until, "stream 5 is never freed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Some(In::Ack(..)) => {} // credits
+            other => panic!("{other:?}"),
+        }
+    }
+    let (status, stderr) = engine.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        common::summary_count(&stderr, "cut mid-frame"),
+        1,
+        "{stderr}"
+    );
+    let text = String::from_utf8(sink.contents()).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+}

@@ -429,6 +429,15 @@ pub(crate) async fn serve(
         glommio::yield_if_needed().await;
     };
     source.watermarks.close(slot);
+    if matches!(end, End::Closed) && frames.buffered() > 0 {
+        core.metrics.truncated_from(&source.counters);
+        tracing::warn!(
+            "shard {}: source {} connector {peer}: closed in the middle of a frame ({} bytes dropped; the connector resends from its acknowledged point)",
+            core.index,
+            source.name,
+            frames.buffered()
+        );
+    }
     let mut last = Vec::new();
     match &end {
         End::Error(e) => {
