@@ -9,6 +9,7 @@
 #   bettong  1 shard, the in-process path: a host thread decodes and pushes (InProcessSource,
 #            keyed by symbol), the shard's source task drains the ring through the
 #            spread-check operator into a CallbackSink
+#   bettong-batch  the same, with one Pusher::push_batch per chunk instead of a push per message
 # Each variant runs with N messages and with 0; instructions/message = (I(N) - I(0)) / N, so
 # start-up, priming and shutdown cancel out. Collection is limited (--toggle-collect) to the
 # data path, which never spins:
@@ -48,14 +49,17 @@ trap 'rm -rf "$WORK"' EXIT
 declare -A TOGGLES=(
     [loop]="--toggle-collect=bettong_peer::run_loop"
     [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
+    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
 )
 
 # count VARIANT MESSAGES OUTFILE: prints the instructions collected.
 count() {
     # shellcheck disable=SC2086
-    PEER_POLL=spin PEER_CHUNK=$CHUNK timeout -s KILL 600 valgrind --tool=callgrind --fair-sched=yes \
+    local batch=0
+    [ "$1" = bettong-batch ] && batch=1
+    PEER_BATCH=$batch PEER_POLL=spin PEER_CHUNK=$CHUNK timeout -s KILL 600 valgrind --tool=callgrind --fair-sched=yes \
         --callgrind-out-file="$3" ${TOGGLES[$1]} \
-        "$BIN" run "$1" --data "$WORK/data" --messages "$2" >"$WORK/log" 2>&1 ||
+        "$BIN" run "${1%-batch}" --data "$WORK/data" --messages "$2" >"$WORK/log" 2>&1 ||
         { tail -20 "$WORK/log" >&2; return 1; }
     sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$WORK/log"
 }
@@ -73,7 +77,7 @@ MD=perf/results/callgrind-latest.md
     echo "| variant | I(N=$N) | I(0) | instructions/message | repeats of I(N) |"
     echo "|---|---|---|---|---|"
 } >"$MD"
-for v in loop bettong; do
+for v in loop bettong bettong-batch; do
     runs=()
     for ((r = 0; r < REPEAT; r++)); do runs+=("$(count "$v" "$N" "$WORK/cg.$v.$r")"); done
     zero=$(count "$v" 0 "$WORK/cg.$v.zero")

@@ -18,6 +18,7 @@ NAMES = {
     "loop": "hand-written loop (1 thread, no engine)",
     "timely": "timely in-process",
     "bettong": "bettong in-process",
+    "bettong-batch": "bettong in-process, push_batch of 1024",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
 }
@@ -55,7 +56,8 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong": 2, "timely-tcp": 3, "bettong-tcp": 4}
+    rank = {"loop": 0, "timely": 1, "bettong": 2, "bettong-batch": 3, "timely-tcp": 4,
+            "bettong-tcp": 5}
 
     def key(i):
         parts = i.split("/")
@@ -98,13 +100,14 @@ def main():
         to_loop_cpu = cpu / loop_cpu if loop_cpu else None
         r["ratio_to_loop"] = {"msgs_per_sec": to_loop_rate, "cpu_ns_per_msg": to_loop_cpu}
         rows.append((id_, r))
-    for transport in ["", "-tcp"]:
+    for transport, ours in [("", ""), ("", "-batch"), ("-tcp", "")]:
         for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
-            b = results.get(f"bettong{transport}/{w}")
+            b = results.get(f"bettong{transport}{ours}/{w}")
             t = results.get(f"timely{transport}/{w}")
             if b and t and "msgs_per_sec" in b and "msgs_per_sec" in t:
                 ratios.append({
-                    "transport": "TCP" if transport else "in-process", "workers": w,
+                    "transport": ("TCP" if transport else "in-process")
+                    + (", push_batch" if ours else ""), "workers": w,
                     "msgs_per_sec": b["msgs_per_sec"]["median"] / t["msgs_per_sec"]["median"],
                     "cpu_ns_per_msg": b["cpu_ns_per_msg"]["median"] / t["cpu_ns_per_msg"]["median"],
                 })

@@ -135,7 +135,8 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
     let r = match (a.variant.as_str(), a.rate) {
         ("loop", None) => hand_loop(&data),
         ("timely", None) => timely_inproc(&data, a.workers),
-        ("bettong", None) => bettong_inproc(&data, a.workers),
+        ("bettong", None) => bettong_inproc(&data, a.workers, false),
+        ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("bettong", Some(rate)) => bettong_latency(&data, rate),
         ("timely-tcp", None) => timely_tcp(&data, a.workers),
@@ -629,7 +630,9 @@ fn wait_finished(engine: &Engine, total: u64) {
     }
 }
 
-fn bettong_inproc(data: &Data, shards: usize) -> Result<Outcome, String> {
+/// `batch`: each pusher thread hands its messages to `Pusher::push_batch` 1024 at a time (as
+/// timely's input handle buffers 1024 records before it sends), instead of one `push` each.
+fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, String> {
     let market = InProcessSource::new(symbol_key);
     let outputs = Arc::new(AtomicU64::new(0));
     let out = outputs.clone();
@@ -659,6 +662,15 @@ fn bettong_inproc(data: &Data, shards: usize) -> Result<Outcome, String> {
         for (k, mut p) in pushers.into_iter().enumerate() {
             let part = data.part(k, shards);
             s.spawn(move || {
+                if batch {
+                    let all: Vec<&[u8]> = frames(part).collect();
+                    for c in all.chunks(1024) {
+                        if p.push_batch(c.iter().map(|f| decoded(f))).is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
                 for f in frames(part) {
                     if p.push(decoded(f)).is_err() {
                         return;
