@@ -14,14 +14,17 @@
 # start-up, priming and shutdown cancel out. Collection is limited (--toggle-collect) to the
 # data path, which never spins:
 #   loop:    bettong_peer::run_loop
-#   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and
-#            the shard's source task (bettong::connect::in_process::serve, inlined into
-#            <SourceNode as NodeBuild>::build::{{closure}}: drain, operators,
-#            sink, flush, backpressure check, re-arming its wake-up)
+#   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and the
+#            shard's ring drains (bettong::runtime::ring::Consumer::drain: every message
+#            through the operators into the sink). The source task's loop around the drain
+#            is left out: under --poll spin it looks at its rings between drains for as long
+#            as the host takes to push, so its count depends on timing; what it does once per
+#            drain (flush, backpressure check) came to under 1 instruction per message when
+#            it was counted (the whole task, at commit bd115f8).
 # The host pushes CG_CHUNK messages at a time (fewer than a pusher ring holds) and waits for the
 # shard outside push_chunk, so a chunk of CG_CHUNK messages costs one wake-up of the shard. The
 # shards run --poll spin (valgrind 3.19 deadlocks a shard parked in io_uring_enter); the spinning
-# itself is in glommio's executor loop, outside what is collected.
+# itself is in glommio's executor loop and the source task's loop, outside what is collected.
 # --fair-sched=yes: valgrind runs one thread at a time, and its default lock is unfair: a thread
 # that gives it up and asks again at once usually gets it back. The spinning shard (glommio's
 # spin loop makes no syscall) then starved the host thread: 3,000 messages under
@@ -48,8 +51,8 @@ trap 'rm -rf "$WORK"' EXIT
 
 declare -A TOGGLES=(
     [loop]="--toggle-collect=bettong_peer::run_loop"
-    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
-    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
+    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
+    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
 )
 
 # count VARIANT MESSAGES OUTFILE: prints the instructions collected.
