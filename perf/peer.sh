@@ -47,7 +47,8 @@ for w in $WORKERS; do
     CONFIGS+=("timely/$w|timely|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")
 done
-CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE")
+CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE"
+    "latency/bettong-spin/1|bettong-spin|1|lat|--rate $LAT_RATE")
 
 RAW="$WORK/runs.jsonl"
 : >"$RAW"

@@ -19,6 +19,7 @@ NAMES = {
     "timely": "timely in-process",
     "bettong": "bettong in-process",
     "bettong-batch": "bettong in-process, push_batch of 1024",
+    "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
 }
@@ -56,8 +57,8 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong": 2, "bettong-batch": 3, "timely-tcp": 4,
-            "bettong-tcp": 5}
+    rank = {"loop": 0, "timely": 1, "bettong": 2, "bettong-batch": 3, "bettong-spin": 4,
+            "timely-tcp": 5, "bettong-tcp": 6}
 
     def key(i):
         parts = i.split("/")
@@ -152,7 +153,8 @@ def main():
                   f"start + i/rate, sent when due; latency = output time − due time, so queueing "
                   f"behind a late send counts), {lat[0]['latency_samples']} measured outputs per "
                   "run (5% of orders on rejected symbols), medians of the runs' percentiles. "
-                  "bettong: 1 shard (`--poll park`) + 1 pacing host thread, `CallbackSink`; "
+                  "bettong: 1 shard (`--poll park`, or `--poll spin`) + 1 pacing host thread "
+                  "pinned to the other core, `CallbackSink`; "
                   "timely: 1 worker that paces, sends, flushes its input and steps.\n")
         md.append("| variant | runs | p50 | p99 | p99.9 | max |")
         md.append("|---|---|---|---|---|---|")

@@ -139,6 +139,11 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("bettong", Some(rate)) => bettong_latency(&data, rate),
+        ("bettong-spin", Some(rate)) => {
+            // The same with the shard spinning (`--poll spin`).
+            std::env::set_var("PEER_POLL", "spin");
+            bettong_latency(&data, rate)
+        }
         ("timely-tcp", None) => timely_tcp(&data, a.workers),
         ("bettong-tcp", None) => bettong_tcp(&data, a.workers),
         (v, _) => Err(format!("unknown variant {v} (or --rate not supported for it)")),
