@@ -1040,3 +1040,29 @@ fn timely_tcp(data: &Data, workers: usize) -> Result<Outcome, String> {
     let span = span?;
     Ok(span.end(data.orders + data.nbbo, received.messages))
 }
+
+#[cfg(test)]
+mod tests {
+    /// `pin_this_thread` leaves the calling thread allowed on that one core only (as the
+    /// kernel reports it), and other threads as they were.
+    #[test]
+    fn pins_only_the_calling_thread() {
+        let allowed = || {
+            std::fs::read_to_string("/proc/thread-self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_string()))
+                .unwrap()
+        };
+        let before = allowed();
+        let core = *bettong::runtime::config::online_cores().last().unwrap();
+        let pinned = std::thread::spawn(move || {
+            super::pin_this_thread(core);
+            allowed()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, core.to_string());
+        assert_eq!(allowed(), before);
+    }
+}
