@@ -14,8 +14,8 @@ pub const BILL_OF_RIGHTS: &str = include_str!("bill_of_rights.txt");
 /// The application's only source.
 pub const SOURCE: &str = "Text";
 
-/// ASCII punctuation (`!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~`): what is stripped from the ends of
-/// words. One byte each, never part of a longer UTF-8 sequence, so the splitter works on bytes.
+/// ASCII punctuation (the 32 characters `u8::is_ascii_punctuation` names, the same set the
+/// Python example strips besides the space): what is stripped from the ends of words. One byte each, never part of a longer UTF-8 sequence, so the splitter works on bytes.
 fn is_strip(b: u8) -> bool {
     b.is_ascii_punctuation()
 }
