@@ -9,18 +9,27 @@
 #   bettong  1 shard, the in-process path: a host thread decodes and pushes (InProcessSource,
 #            keyed by symbol), the shard's source task drains the ring through the
 #            spread-check operator into a CallbackSink
+#   bettong-batch  the same, with one Pusher::push_batch per chunk instead of a push per message
 # Each variant runs with N messages and with 0; instructions/message = (I(N) - I(0)) / N, so
 # start-up, priming and shutdown cancel out. Collection is limited (--toggle-collect) to the
 # data path, which never spins:
 #   loop:    bettong_peer::run_loop
-#   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and
-#            the shard's source task (bettong::connect::in_process::serve, inlined into
-#            <SourceNode as NodeBuild>::build::{{closure}}: drain, operators,
-#            sink, flush, backpressure check, re-arming its wake-up)
+#   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and the
+#            shard's ring drains (bettong::runtime::ring::Consumer::drain: every message
+#            through the operators into the sink). The source task's loop around the drain
+#            is left out: under --poll spin it looks at its rings between drains for as long
+#            as the host takes to push, so its count depends on timing; what it does once per
+#            drain (flush, backpressure check) came to under 1 instruction per message when
+#            it was counted (the whole task, at commit bd115f8).
 # The host pushes CG_CHUNK messages at a time (fewer than a pusher ring holds) and waits for the
 # shard outside push_chunk, so a chunk of CG_CHUNK messages costs one wake-up of the shard. The
 # shards run --poll spin (valgrind 3.19 deadlocks a shard parked in io_uring_enter); the spinning
-# itself is in glommio's executor loop, outside what is collected.
+# itself is in glommio's executor loop and the source task's loop, outside what is collected.
+# --fair-sched=yes: valgrind runs one thread at a time, and its default lock is unfair: a thread
+# that gives it up and asks again at once usually gets it back. The spinning shard (glommio's
+# spin loop makes no syscall) then starved the host thread: 3,000 messages under
+# `valgrind --tool=none` took 5.4 s with the default lock and 1.1 s with the fair one (natively
+# 0.04 s for 100,000): ~1.5 s per chunk, minutes per count. With it the whole script takes ~12 s.
 #
 # Settings (environment): CG_MESSAGES [100000], CG_CHUNK [1024], CG_REPEAT [2] (each count is
 # taken this many times, to show that it repeats).
@@ -42,15 +51,18 @@ trap 'rm -rf "$WORK"' EXIT
 
 declare -A TOGGLES=(
     [loop]="--toggle-collect=bettong_peer::run_loop"
-    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*SourceNode*build*"
+    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
+    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
 )
 
 # count VARIANT MESSAGES OUTFILE: prints the instructions collected.
 count() {
     # shellcheck disable=SC2086
-    PEER_POLL=spin PEER_CHUNK=$CHUNK timeout -s KILL 600 valgrind --tool=callgrind \
+    local batch=0
+    [ "$1" = bettong-batch ] && batch=1
+    PEER_BATCH=$batch PEER_POLL=spin PEER_CHUNK=$CHUNK timeout -s KILL 600 valgrind --tool=callgrind --fair-sched=yes \
         --callgrind-out-file="$3" ${TOGGLES[$1]} \
-        "$BIN" run "$1" --data "$WORK/data" --messages "$2" >"$WORK/log" 2>&1 ||
+        "$BIN" run "${1%-batch}" --data "$WORK/data" --messages "$2" >"$WORK/log" 2>&1 ||
         { tail -20 "$WORK/log" >&2; return 1; }
     sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$WORK/log"
 }
@@ -68,7 +80,7 @@ MD=perf/results/callgrind-latest.md
     echo "| variant | I(N=$N) | I(0) | instructions/message | repeats of I(N) |"
     echo "|---|---|---|---|---|"
 } >"$MD"
-for v in loop bettong; do
+for v in loop bettong bettong-batch; do
     runs=()
     for ((r = 0; r < REPEAT; r++)); do runs+=("$(count "$v" "$N" "$WORK/cg.$v.$r")"); done
     zero=$(count "$v" 0 "$WORK/cg.$v.zero")

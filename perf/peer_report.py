@@ -18,6 +18,8 @@ NAMES = {
     "loop": "hand-written loop (1 thread, no engine)",
     "timely": "timely in-process",
     "bettong": "bettong in-process",
+    "bettong-batch": "bettong in-process, push_batch of 1024",
+    "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
 }
@@ -55,7 +57,8 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong": 2, "timely-tcp": 3, "bettong-tcp": 4}
+    rank = {"loop": 0, "timely": 1, "bettong": 2, "bettong-batch": 3, "bettong-spin": 4,
+            "timely-tcp": 5, "bettong-tcp": 6}
 
     def key(i):
         parts = i.split("/")
@@ -98,13 +101,14 @@ def main():
         to_loop_cpu = cpu / loop_cpu if loop_cpu else None
         r["ratio_to_loop"] = {"msgs_per_sec": to_loop_rate, "cpu_ns_per_msg": to_loop_cpu}
         rows.append((id_, r))
-    for transport in ["", "-tcp"]:
+    for transport, ours in [("", ""), ("", "-batch"), ("-tcp", "")]:
         for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
-            b = results.get(f"bettong{transport}/{w}")
+            b = results.get(f"bettong{transport}{ours}/{w}")
             t = results.get(f"timely{transport}/{w}")
             if b and t and "msgs_per_sec" in b and "msgs_per_sec" in t:
                 ratios.append({
-                    "transport": "TCP" if transport else "in-process", "workers": w,
+                    "transport": ("TCP" if transport else "in-process")
+                    + (", push_batch" if ours else ""), "workers": w,
                     "msgs_per_sec": b["msgs_per_sec"]["median"] / t["msgs_per_sec"]["median"],
                     "cpu_ns_per_msg": b["cpu_ns_per_msg"]["median"] / t["cpu_ns_per_msg"]["median"],
                 })
@@ -149,7 +153,8 @@ def main():
                   f"start + i/rate, sent when due; latency = output time − due time, so queueing "
                   f"behind a late send counts), {lat[0]['latency_samples']} measured outputs per "
                   "run (5% of orders on rejected symbols), medians of the runs' percentiles. "
-                  "bettong: 1 shard (`--poll park`) + 1 pacing host thread, `CallbackSink`; "
+                  "bettong: 1 shard (`--poll park`, or `--poll spin`) + 1 pacing host thread "
+                  "pinned to the other core, `CallbackSink`; "
                   "timely: 1 worker that paces, sends, flushes its input and steps.\n")
         md.append("| variant | runs | p50 | p99 | p99.9 | max |")
         md.append("|---|---|---|---|---|---|")

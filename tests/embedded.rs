@@ -331,3 +331,68 @@ fn push_batch_waits_on_full_rings_and_hands_back_after_a_stop() {
         other => panic!("{other:?}"),
     }
 }
+
+/// With `--poll spin` and `spin:MICROS` the in-process source looks at its rings itself
+/// between drains (and, with a window, parks once it has seen nothing for that long): bursts
+/// pushed with idle stretches in between all come through, on 1 and 2 shards, and the stop
+/// ends the spinning.
+#[test]
+fn spinning_shards_take_every_burst_and_stop() {
+    use bettong::runtime::config::Poll;
+    for (shards, poll) in [
+        (1, Poll::Spin),
+        (2, Poll::Spin),
+        (1, Poll::SpinFor(Duration::from_micros(50))),
+        (2, Poll::SpinFor(Duration::from_micros(50))),
+    ] {
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        let source = InProcessSource::new(|n: &u64| n);
+        let app = Application::new(
+            "spin",
+            Pipeline::source("N", source.clone())
+                .key_by(|n: &u64| n)
+                .to_state(|n: u64, c: &mut u64| {
+                    *c += 1;
+                    Some(n)
+                })
+                .to_sink(
+                    "Out",
+                    CallbackSink::new(move |_: &u64| {
+                        s.fetch_add(1, Ordering::Relaxed);
+                    }),
+                ),
+        );
+        let engine = Engine::start(
+            app,
+            EngineConfig {
+                poll,
+                ..config(shards)
+            },
+        )
+        .unwrap();
+        let mut p = source.pusher().unwrap();
+        let mut pushed = 0u64;
+        for burst in 0..20u64 {
+            for n in 0..=burst * 50 {
+                p.push(n).unwrap();
+                pushed += 1;
+            }
+            // Wait for the burst to come out; the shard then idles past its spin window
+            // before the next one (a SpinFor shard parks and must be woken again).
+            wait_finished(&engine, pushed);
+            let idle_until = Instant::now() + Duration::from_micros(200);
+            while Instant::now() < idle_until {
+                std::hint::spin_loop();
+            }
+        }
+        drop(p);
+        let summary = engine.stop().unwrap();
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            pushed,
+            "{shards} shards, {poll:?}"
+        );
+        assert_eq!(summary.messages_out, pushed);
+    }
+}

@@ -8,8 +8,10 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use counts::LatencyCounts;
 use hdrhistogram::Histogram;
 
+mod counts;
 pub(crate) mod exporter;
 pub mod live;
 pub mod prometheus;
@@ -100,8 +102,9 @@ pub(crate) fn progress(shards: &[Arc<LiveCounters>]) -> Progress {
 /// in cells.
 pub struct ShardMetrics {
     pub(crate) live: Arc<LiveCounters>,
-    /// Latency of the current reporting period (see `take_period`).
-    latency: RefCell<Histogram<u64>>,
+    /// Latency of the current reporting period (see `take_period`): plain counts, copied
+    /// into an hdr histogram once per period (see `counts`).
+    latency: LatencyCounts,
     /// Latency of the periods already taken.
     earlier: RefCell<Histogram<u64>>,
     /// Time per computation (sampled), by registration order, for the current period.
@@ -166,7 +169,7 @@ impl ShardMetrics {
     pub fn for_shard(index: usize) -> Self {
         ShardMetrics {
             live: Arc::new(LiveCounters::new(index)),
-            latency: RefCell::new(new_histogram()),
+            latency: LatencyCounts::new(MAX_TRACKED_NS),
             earlier: RefCell::new(new_histogram()),
             computations: RefCell::new(Vec::new()),
         }
@@ -299,24 +302,23 @@ impl ShardMetrics {
     fn record(&self, ingest_ns: u64) {
         self.live.finished.inc();
         let v = now_ns().saturating_sub(ingest_ns).clamp(1, MAX_TRACKED_NS);
-        // `saturating_record` cannot fail for values inside the bounds clamped above.
-        self.latency.borrow_mut().saturating_record(v);
+        self.latency.record(v);
         self.live.latency.record(v);
     }
 
     /// Ends the current reporting period: returns its latency histogram and counters (since
     /// the previous call) and starts a new one. The totals in `snapshot` still cover it.
     pub fn take_period(&self) -> Period {
-        let mut current = self.latency.borrow_mut();
-        let _ = self.earlier.borrow_mut().add(&*current);
+        let mut current = new_histogram();
+        self.latency.move_into(&mut current, true);
+        let _ = self.earlier.borrow_mut().add(&current);
         let mut computations = self.computations.borrow_mut();
         let period = Period {
-            latency: current.clone(),
+            latency: current,
             messages_in: self.live.messages_in.get(),
             messages_out: self.live.messages_out.get(),
             computations: computations.clone(),
         };
-        current.reset();
         for (_, h) in computations.iter_mut() {
             h.reset();
         }
@@ -326,8 +328,7 @@ impl ShardMetrics {
     /// A copy of the measurements so far, to merge across shards.
     pub fn snapshot(&self) -> Summary {
         let mut latency = self.earlier.borrow().clone();
-        // Same bounds, so adding cannot fail.
-        let _ = latency.add(&*self.latency.borrow());
+        self.latency.move_into(&mut latency, false);
         let l = &self.live;
         Summary {
             latency,
