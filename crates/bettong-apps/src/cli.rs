@@ -33,11 +33,14 @@ fn parse_metrics_interval(text: &str) -> Result<Duration, String> {
 /// The engine flags that every application command takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Sources: NAME@HOST:PORT[,NAME@HOST:PORT...] (NAME@ may be left out for a one-source app)
-    #[arg(long = "in", short = 'i', value_name = "NAME@HOST:PORT,...")]
+    /// Sources, comma-separated NAME@ADDRESS: ADDRESS is HOST:PORT, file:PATH or (a Wallaroo
+    /// connector-protocol listener) HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS; NAME@ may be
+    /// left out for a one-source app
+    #[arg(long = "in", short = 'i', value_name = "NAME@ADDRESS,...")]
     pub inputs: String,
-    /// Sinks: NAME@HOST:PORT[,NAME@HOST:PORT...] (NAME@ may be left out for a one-sink app)
-    #[arg(long = "out", short = 'o', value_name = "NAME@HOST:PORT,...")]
+    /// Sinks, comma-separated NAME@ADDRESS: ADDRESS is HOST:PORT, file:PATH or (a
+    /// two-phase-commit connector sink) 2pc:HOST:PORT; NAME@ may be left out for a one-sink app
+    #[arg(long = "out", short = 'o', value_name = "NAME@ADDRESS,...")]
     pub out: String,
     /// Cores to run shards on, one shard per core (e.g. 0-3,6) [default: all online cores]
     #[arg(long, value_name = "LIST")]

@@ -771,7 +771,7 @@ pub fn application() -> Application {
 
 /// The heart of Market Spread, for any stream of market messages: key by symbol, check each
 /// message against the symbol's state. [`application`] feeds it from TCP; an embedding host
-/// feeds it from an [`InProcessSource`](crate::InProcessSource) (see
+/// feeds it from an [`InProcessSource`](bettong::InProcessSource) (see
 /// `examples/embedded_spread_check.rs`).
 ///
 /// ```

@@ -7,7 +7,7 @@
 //! is how latency is measured at a known load; see [`pacing`].
 //!
 //! `bench relay` runs the same sender and receiver code around the engine-free
-//! [`Relay`](crate::relay::Relay) instead of the engine, and reports the same JSON object:
+//! [`crate::relay::Relay`] instead of the engine, and reports the same JSON object:
 //! it is the baseline that `bench passthrough` (and the `perf/` harness) is compared with.
 
 use std::io::Write;

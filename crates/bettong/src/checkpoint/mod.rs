@@ -39,7 +39,7 @@
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 //!
-//! The byte layout is in [`format`].
+//! The byte layout is in [`format`](mod@format).
 
 mod error;
 pub mod format;
