@@ -577,6 +577,21 @@ fn free_port() -> u16 {
     panic!("no free port below {low}")
 }
 
+/// An empty scratch directory for test `name`.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `n` lines of five words each, over 1,000-odd distinct words.
+fn text(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
+        .collect()
+}
+
 fn word_count(source: &str, sink: &str, cores: &str, dir: Option<&str>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bettong"));
     cmd.args([
@@ -723,16 +738,12 @@ fn crash_run(name: &str, shards: &str, later: &str, kills: u64) {
 /// Like [`crash_run`]; with `from_file` the source replays a file of frames instead (the last
 /// run stops by itself at its end).
 fn crash_run_from(name: &str, shards: &str, later: &str, kills: u64, from_file: bool) {
-    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch(name);
     let chk = dir.join("checkpoints");
     let chk_s = chk.display().to_string();
     // A replay runs much faster than the paced connectors: more lines, so kills land in it.
     let n = if from_file { 60_000 } else { 16_000 };
-    let lines: Vec<String> = (0..n)
-        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
-        .collect();
+    let lines = text(n);
     let total: usize = lines.len() * 5;
     let (feeds, model) = streams(&lines, 4);
     let sink = TwoPcSink::start();
@@ -785,9 +796,7 @@ fn crash_run_from(name: &str, shards: &str, later: &str, kills: u64, from_file: 
 #[test]
 fn market_spread_from_connectors_to_two_phase_sink_is_exactly_once_across_kills() {
     use bettong_apps::market_spread::{OrderResult, ORDER_RESULT_FRAME_LEN};
-    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-ms", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("ms");
     let data = common::capture::write_data(&dir, 12_000, 3_000);
     let read = |p: &std::path::Path| common::payloads(&std::fs::read(p).unwrap());
     let (orders, nbbo) = (read(&data.orders), read(&data.nbbo));
@@ -872,12 +881,8 @@ fn market_spread_from_connectors_to_two_phase_sink_is_exactly_once_across_kills(
 /// their checkpointed lengths at each restart, hold every word's counts exactly once.
 #[test]
 fn connector_to_file_sink_is_exactly_once_across_kills() {
-    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-files", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let lines: Vec<String> = (0..16_000)
-        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
-        .collect();
+    let dir = scratch("files");
+    let lines = text(16_000);
     let total = lines.len() * 5;
     let (feeds, model) = streams(&lines, 4);
     let quit = Arc::new(AtomicBool::new(false));
@@ -928,12 +933,8 @@ fn connector_to_two_phase_sink_is_exactly_once_across_kills_on_two_shards() {
 /// is, so the output is still exactly once (3 unpinned shards).
 #[test]
 fn a_two_phase_sink_that_keeps_going_away_loses_nothing_and_repeats_nothing() {
-    let dir = std::env::temp_dir().join(format!("bettong-connector-{}-drops", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let lines: Vec<String> = (0..40_000)
-        .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
-        .collect();
+    let dir = scratch("drops");
+    let lines = text(40_000);
     let (_, model) = streams(&lines, 2);
     let path = dir.join("text.frames");
     let mut bytes = Vec::new();
