@@ -672,7 +672,7 @@ fn kill_and_restart(r: Restarts) -> (usize, usize) {
     let mut restored = 0;
     for k in 0..r.kills {
         let before = common::newest_checkpoint(r.chk);
-        let mut child = (r.command)(r.first)
+        let mut child = common::dies_with_test(&mut (r.command)(r.first))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

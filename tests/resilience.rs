@@ -77,7 +77,9 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
     let mut restored = 0;
     for k in 0..kills {
         let before = common::newest_checkpoint(std::path::Path::new(&chk));
-        let mut child = word_count(&input, &out, &chk, shards).spawn().unwrap();
+        let mut child = common::dies_with_test(&mut word_count(&input, &out, &chk, shards))
+            .spawn()
+            .unwrap();
         if k % 2 == 0 || corrupt {
             // Right after a new checkpoint has committed, or while the next one is in
             // flight (the machine may be slow: wait for the checkpoint, not for a time).
@@ -103,7 +105,7 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
         damage_newest_checkpoint(std::path::Path::new(&chk));
     }
     // The last run: to the end of the file, on the later shard count.
-    let mut child = word_count(&input, &out, &chk, later_shards)
+    let mut child = common::dies_with_test(&mut word_count(&input, &out, &chk, later_shards))
         .spawn()
         .unwrap();
     let until = Instant::now() + Duration::from_secs(120);
@@ -242,7 +244,9 @@ fn killed_and_restarted_vwap_windows_are_exactly_once() {
     let mut restored = 0;
     for k in 0..6 {
         let before = common::newest_checkpoint(&chk);
-        let mut child = run(&out, true).spawn().unwrap();
+        let mut child = common::dies_with_test(&mut run(&out, true))
+            .spawn()
+            .unwrap();
         if k % 2 == 0 {
             let until = Instant::now() + Duration::from_secs(30);
             while common::newest_checkpoint(&chk) <= before && child.try_wait().unwrap().is_none() {

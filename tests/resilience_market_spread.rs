@@ -178,7 +178,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
     let reference = dir.join("reference.bin");
     let started = Instant::now();
     let (ok, stderr) = wait_to_end(
-        market_spread(&data, &reference, None, first)
+        common::dies_with_test(&mut market_spread(&data, &reference, None, first))
             .spawn()
             .unwrap(),
     );
@@ -204,7 +204,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
         );
         let shards = if kills < switch_after { first } else { later };
         let before = common::newest_checkpoint(&chk);
-        let mut child = market_spread(&data, &out, Some(&chk), shards)
+        let mut child = common::dies_with_test(&mut market_spread(&data, &out, Some(&chk), shards))
             .spawn()
             .unwrap();
         if attempts % 2 == 0 {
@@ -235,7 +235,7 @@ fn crash_run(name: &str, first: Shards, later: Shards, switch_after: usize) -> u
     let after_kills = results(&out).len();
     // The last run: both files to their end.
     let (ok, stderr) = wait_to_end(
-        market_spread(&data, &out, Some(&chk), later)
+        common::dies_with_test(&mut market_spread(&data, &out, Some(&chk), later))
             .spawn()
             .unwrap(),
     );
@@ -299,7 +299,9 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
     let data = write_data(&dir, 5_000, 400_000);
     let out = dir.join("results.bin");
     let chk = dir.join("checkpoints");
-    let mut child = market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap();
+    let mut child = common::dies_with_test(&mut market_spread(&data, &out, Some(&chk), ONE))
+        .spawn()
+        .unwrap();
     // Every order's result is in the sink file: the Orders source has ended.
     let full = data.model.len() as u64 * bettong_apps::market_spread::ORDER_RESULT_FRAME_LEN as u64;
     common::wait_until("every result in the sink", || {
@@ -316,7 +318,11 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
     );
     let _ = child.kill();
     let _ = child.wait();
-    let (ok, stderr) = wait_to_end(market_spread(&data, &out, Some(&chk), ONE).spawn().unwrap());
+    let (ok, stderr) = wait_to_end(
+        common::dies_with_test(&mut market_spread(&data, &out, Some(&chk), ONE))
+            .spawn()
+            .unwrap(),
+    );
     assert!(ok, "{stderr}");
     assert_same_results(&results(&out), &data.model, "ended");
     let _ = std::fs::remove_dir_all(&dir);
