@@ -124,20 +124,22 @@ impl<D: Decoder> Source for TcpSource<D> {
             message,
         };
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
-        if let Some(path) = address.strip_prefix("file:") {
-            std::fs::metadata(path).map_err(|e| connector(format!("{path}: {e}")))?;
-            return Ok(Opened {
-                parts: (0..shards)
-                    .map(|s| SourcePart(Endpoint::File((s == 0).then(|| path.into()))))
-                    .collect(),
-                endpoint: Some(address.to_string()),
-            });
-        }
-        // HOST:PORT, or the connector protocol's HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS.
+        // HOST:PORT, file:PATH, or the connector protocol's
+        // HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS.
         let (mut bound, protocol) = match address.parse::<Address>().map_err(connector)? {
+            Address::File(path) => {
+                std::fs::metadata(&path)
+                    .map_err(|e| connector(format!("{}: {e}", path.display())))?;
+                return Ok(Opened {
+                    parts: (0..shards)
+                        .map(|s| SourcePart(Endpoint::File((s == 0).then(|| path.clone()))))
+                        .collect(),
+                    endpoint: Some(address.to_string()),
+                });
+            }
             Address::Tcp(a) => (a, None),
             Address::Connector(c) => (c.addr, Some((c, connector_source::Registry::new()))),
-            Address::File(_) | Address::TwoPhase(_) => {
+            Address::TwoPhase(_) => {
                 return Err(connector(format!(
                     "`{address}` is not a source address (HOST:PORT, file:PATH or \
                      HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS)"
@@ -347,6 +349,7 @@ impl<E> TcpSink<E> {
 /// file this shard writes (`PATH` with one shard, `PATH.N` for shard N with several).
 pub struct SinkPart(SinkEndpoint);
 
+#[derive(Clone)]
 enum SinkEndpoint {
     Tcp(SocketAddr),
     /// This shard's file, and every shard's.
@@ -373,51 +376,18 @@ impl<T: Send + 'static, E: Encoder<T>> Sink<T> for TcpSink<E> {
             message,
         };
         let address = address.ok_or_else(|| connector("no address given".to_string()))?;
-        if let Some(path) = address.strip_prefix("file:") {
-            let path = std::path::PathBuf::from(path);
-            let files: Vec<std::path::PathBuf> = (0..shards)
-                .map(|s| {
-                    if shards == 1 {
-                        path.clone()
-                    } else {
-                        let mut p = path.clone().into_os_string();
-                        p.push(format!(".{s}"));
-                        p.into()
-                    }
-                })
-                .collect();
-            let mut parts = Vec::with_capacity(shards);
-            for p in files.iter().cloned() {
-                // Created here (not emptied: a restart cuts it back to its checkpointed
-                // length), so a path that cannot be written fails the start.
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&p)
-                    .map_err(|e| connector(format!("{}: {e}", p.display())))?;
-                parts.push(SinkPart(SinkEndpoint::File(p, files.clone())));
-            }
-            return Ok(Opened {
-                parts,
-                endpoint: Some(address.to_string()),
-            });
-        }
-        let (addr, endpoint) = match address.parse::<Address>().map_err(connector)? {
-            Address::Tcp(a) => (a, SinkEndpoint::Tcp as fn(SocketAddr) -> SinkEndpoint),
-            Address::TwoPhase(a) => (a, SinkEndpoint::TwoPhase as fn(SocketAddr) -> SinkEndpoint),
-            _ => {
+        let (endpoint, shown) = match address.parse::<Address>().map_err(connector)? {
+            Address::File(path) => return open_files(&path, shards, address).map_err(connector),
+            Address::Tcp(a) => (SinkEndpoint::Tcp(a), a.to_string()),
+            Address::TwoPhase(a) => (SinkEndpoint::TwoPhase(a), format!("2pc:{a}")),
+            Address::Connector(_) => {
                 return Err(connector(format!(
                     "`{address}` is not a sink address (HOST:PORT, file:PATH or 2pc:HOST:PORT)"
                 )))
             }
         };
-        let shown = match endpoint(addr) {
-            SinkEndpoint::TwoPhase(a) => format!("2pc:{a}"),
-            _ => addr.to_string(),
-        };
         Ok(Opened {
-            parts: (0..shards).map(|_| SinkPart(endpoint(addr))).collect(),
+            parts: (0..shards).map(|_| SinkPart(endpoint.clone())).collect(),
             endpoint: Some(shown),
         })
     }
@@ -472,6 +442,41 @@ impl<T, E: Encoder<T>> SinkInput<T> for TcpSinkInput<E> {
     fn write(&self, msg: T, _stamp: Stamp) {
         self.buffer.append(|out| self.encoder.encode(&msg, out));
     }
+}
+
+/// The parts of a file sink: `PATH` with one shard, `PATH.N` for shard N with several, each
+/// created here (not emptied: a restart cuts it back to its checkpointed length), so a path
+/// that cannot be written fails the start.
+fn open_files(
+    path: &std::path::Path,
+    shards: usize,
+    address: &str,
+) -> Result<Opened<SinkPart>, String> {
+    let files: Vec<std::path::PathBuf> = (0..shards)
+        .map(|s| {
+            if shards == 1 {
+                path.to_path_buf()
+            } else {
+                let mut p = path.as_os_str().to_owned();
+                p.push(format!(".{s}"));
+                p.into()
+            }
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(shards);
+    for p in &files {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        parts.push(SinkPart(SinkEndpoint::File(p.clone(), files.clone())));
+    }
+    Ok(Opened {
+        parts,
+        endpoint: Some(address.to_string()),
+    })
 }
 
 /// A file sink on one shard: outputs are encoded into a buffer that the sink's task appends to
