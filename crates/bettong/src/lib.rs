@@ -55,6 +55,7 @@ pub use codec::{DecodeError, Decoder, Encoder};
 pub use connect::in_process::{
     CallbackSink, InProcessSource, Outputs, PolledSink, PushError, Pusher,
 };
+pub use connect::iter_source::IterSource;
 pub use connect::tcp::{TcpSink, TcpSource};
 pub use connect::{
     CheckpointOutcomes, Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext,

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use bettong::metrics::now_ns;
 use bettong::runtime::config::{online_cores, EngineConfig, Poll};
-use bettong::{Application, CallbackSink, Engine, InProcessSource, Pipeline};
+use bettong::{Application, CallbackSink, Engine, InProcessSource, IterSource, Key, Pipeline};
 use bettong_apps::market_spread::{
     check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order,
     OrderResult, SymbolData,
@@ -137,6 +137,7 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("timely", None) => timely_inproc(&data, a.workers),
         ("bettong", None) => bettong_inproc(&data, a.workers, false),
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
+        ("bettong-iter", None) => bettong_iter(&data, a.workers),
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("bettong", Some(rate)) => bettong_latency(&data, rate),
         ("bettong-spin", Some(rate)) => {
@@ -688,6 +689,109 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
     let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
     engine.stop().map_err(|e| e.to_string())?;
     Ok(r)
+}
+
+/// Each shard pulls its share of the stream from an [`IterSource`] on its own thread, decoding
+/// as it goes (as timely's workers feed their own inputs): no host thread.
+///
+/// Priming without a host: shard k's iterator first yields the initial NBBO of the symbols
+/// shard k owns (all local: no message crosses a ring), then waits at a gate until every
+/// shard has primed; the last one to arrive starts the timed span.
+fn bettong_iter(data: &Arc<Data>, shards: usize) -> Result<Outcome, String> {
+    let gate = Arc::new(Gate {
+        arrived: AtomicU64::new(0),
+        shards: shards as u64,
+        span: std::sync::Mutex::new(None),
+    });
+    let (d, g) = (data.clone(), gate.clone());
+    let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards));
+    let outputs = Arc::new(AtomicU64::new(0));
+    let out = outputs.clone();
+    let sink = CallbackSink::new(move |_: &OrderResult| {
+        out.fetch_add(1, Ordering::Relaxed);
+    });
+    let app = Application::new(
+        "peer spread check",
+        spread_check(Pipeline::source("Market", market)).to_sink("Results", sink),
+    );
+    let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
+    let summary = engine.join().map_err(|e| e.to_string())?;
+    let span = gate
+        .span
+        .lock()
+        .map_err(|_| "gate poisoned")?
+        .take()
+        .ok_or("no span")?;
+    let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
+    if summary.messages_in != data.symbols + data.messages() {
+        return Err(format!("{} messages in", summary.messages_in));
+    }
+    Ok(r)
+}
+
+/// Where the shards' feeds wait for each other after priming.
+struct Gate {
+    arrived: AtomicU64,
+    shards: u64,
+    span: std::sync::Mutex<Option<Span>>,
+}
+
+/// One shard's input in `bettong-iter`: its own symbols' initial NBBO, the gate, its share.
+struct ShardFeed {
+    data: Arc<Data>,
+    prime: std::vec::IntoIter<MarketMessage>,
+    gate: Option<Arc<Gate>>,
+    /// The share's byte range in `data.stream`, consumed from the front.
+    at: usize,
+    end: usize,
+}
+
+impl ShardFeed {
+    fn new(data: &Arc<Data>, gate: &Arc<Gate>, shard: usize, shards: usize) -> ShardFeed {
+        let prime: Vec<MarketMessage> = frames(&data.initial)
+            .map(decoded)
+            .filter(|m| {
+                shards == 1 || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
+            })
+            .collect();
+        let part = data.part(shard, shards);
+        let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
+        ShardFeed {
+            data: data.clone(),
+            prime: prime.into_iter(),
+            gate: Some(gate.clone()),
+            at,
+            end: at + part.len(),
+        }
+    }
+}
+
+impl Iterator for ShardFeed {
+    type Item = MarketMessage;
+
+    #[inline]
+    fn next(&mut self) -> Option<MarketMessage> {
+        if let Some(gate) = &self.gate {
+            if let Some(m) = self.prime.next() {
+                return Some(m);
+            }
+            // Primed (processed already: every priming message was local). Wait for the rest.
+            if gate.arrived.fetch_add(1, Ordering::AcqRel) + 1 == gate.shards {
+                if let Ok(mut s) = gate.span.lock() {
+                    *s = Some(Span::start());
+                }
+            }
+            while gate.arrived.load(Ordering::Acquire) < gate.shards {
+                std::hint::spin_loop();
+            }
+            self.gate = None;
+        }
+        let rest = self.data.stream.get(self.at..self.end)?;
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let m = decode(rest.get(4..4 + len)?).ok()?;
+        self.at += 4 + len;
+        Some(m)
+    }
 }
 
 /// For `perf/callgrind.sh` (`PEER_CHUNK=C`): the host thread pushes `C` messages at a time

@@ -46,6 +46,7 @@
 
 pub(crate) mod connector_source;
 pub(crate) mod in_process;
+pub(crate) mod iter_source;
 mod protocol;
 pub(crate) mod tcp;
 mod twopc;

@@ -1,0 +1,128 @@
+//! [`IterSource`]: every shard pulls its own share of the input from an iterator the host
+//! made for it, on the shard's own thread.
+//!
+//! This is the in-process way to replay a stream that is already in memory or on disk (a
+//! back-test, a benchmark), and the in-process counterpart of a TCP source with one listener
+//! per shard: no host thread and no ring stands between the data and the shard that reads
+//! it. A message whose key another shard owns still crosses over the `key_by` exchange, as it
+//! would from a TCP connection. For a host that produces messages as they happen, on threads
+//! of its own, use [`InProcessSource`](crate::InProcessSource).
+//!
+//! Why it exists: Market Spread fed through an [`InProcessSource`](crate::InProcessSource)
+//! costs a host thread per shard, and on a machine with as many cores as shards the pushers
+//! and the shards share the cores. Pulling on the shard, 2 shards run on 2 cores
+//! (figures in `perf/results/peer-latest.md`, the `bettong-iter` rows).
+
+use std::future::Future;
+
+use crate::connect::{Opened, Source, SourceContext};
+use crate::error::Error;
+use crate::event::Stamp;
+use crate::metrics::now_ns;
+
+/// Messages pulled, emitted and published per turn before the source lets the shard's other
+/// tasks run (and reads the clock again: every message of a turn carries the turn's ingest
+/// time, as every frame of one TCP read does).
+const TURN: usize = 1024;
+
+/// A source that runs on every shard and pulls that shard's messages from an iterator:
+/// `make(shard, shards)` is called once per shard when the engine starts (on the thread that
+/// starts it) and the iterator it returns is moved to the shard. The source ends on a shard
+/// when its iterator does; the stream ends when every shard's has.
+///
+/// ```
+/// use bettong::{Application, Engine, EngineConfig, IterSource, Pipeline, PolledSink};
+///
+/// // Shard s of n gets the numbers s, s+n, s+2n, ... below 100.
+/// let numbers = IterSource::new(|shard, shards| (shard as u64..100).step_by(shards));
+/// let (sink, mut outputs) = PolledSink::new(1024);
+/// let app = Application::new(
+///     "evens",
+///     Pipeline::source("Numbers", numbers)
+///         .to(|n: u64| (n % 2 == 0).then_some(n))
+///         .to_sink("Evens", sink),
+/// );
+/// let config = EngineConfig { cores: vec![0, 1, 2], pin: false, ..EngineConfig::default() };
+/// let engine = Engine::start(app, config).unwrap();
+/// let summary = engine.join().unwrap(); // ends once every shard's iterator has
+/// let mut evens = Vec::new();
+/// outputs.poll(|n| evens.push(n));
+/// evens.sort();
+/// assert_eq!(evens, (0..100).step_by(2).collect::<Vec<u64>>());
+/// assert_eq!(summary.messages_in, 100);
+/// ```
+pub struct IterSource<F> {
+    make: F,
+}
+
+impl<F, I> IterSource<F>
+where
+    F: Fn(usize, usize) -> I + Send + Sync + 'static,
+    I: IntoIterator,
+    I::IntoIter: Send + 'static,
+    I::Item: Send + 'static,
+{
+    /// A source whose shard `s` of `n` emits what `make(s, n)` yields.
+    pub fn new(make: F) -> Self {
+        IterSource { make }
+    }
+}
+
+impl<F, I> Source for IterSource<F>
+where
+    F: Fn(usize, usize) -> I + Send + Sync + 'static,
+    I: IntoIterator,
+    I::IntoIter: Send + 'static,
+    I::Item: Send + 'static,
+{
+    type Out = I::Item;
+    type Part = I::IntoIter;
+
+    fn open(
+        &self,
+        _name: &str,
+        _address: Option<&str>,
+        shards: usize,
+    ) -> Result<Opened<I::IntoIter>, Error> {
+        Ok(Opened::per_shard(shards, |s| {
+            (self.make)(s, shards).into_iter()
+        }))
+    }
+
+    fn run(
+        &self,
+        part: I::IntoIter,
+        ctx: SourceContext<I::Item>,
+    ) -> impl Future<Output = ()> + 'static {
+        pull(part, ctx)
+    }
+}
+
+/// Emits `part` on this shard, a turn at a time, until it ends or the engine stops.
+async fn pull<I: Iterator>(mut part: I, ctx: SourceContext<I::Item>)
+where
+    I::Item: Send + 'static,
+{
+    loop {
+        if ctx.is_stopping() {
+            return;
+        }
+        let stamp = Stamp::at(now_ns());
+        let mut pulled = 0;
+        for msg in part.by_ref().take(TURN) {
+            ctx.count_in();
+            ctx.emit(msg, stamp);
+            pulled += 1;
+        }
+        ctx.flush();
+        if pulled < TURN {
+            return;
+        }
+        ctx.backpressure().await;
+        // Let the shard's exchange drains run after every turn: `yield_if_needed` only yields
+        // when glommio's preemption timer (100 ms) has fired, and until then the messages
+        // other shards sent here waited, their rings filled, and those shards stopped on
+        // backpressure and went to sleep.
+        glommio::executor().yield_now().await;
+    }
+}
