@@ -223,6 +223,8 @@ impl ShardCore {
         for p in self.publishers.borrow().iter() {
             p.publish();
         }
+        // The end of a batch: the messages it finished get their latency now.
+        self.metrics.settle_latency();
     }
 
     /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
