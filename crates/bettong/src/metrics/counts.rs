@@ -56,11 +56,17 @@ impl LatencyCounts {
     }
 
     /// Counts one value; values outside `[1, max]` count as the nearest bound.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn record(&self, v: u64) {
+        self.record_n(v, 1);
+    }
+
+    /// Counts `n` values of `v`; values outside `[1, max]` count as the nearest bound.
+    #[inline]
+    pub(crate) fn record_n(&self, v: u64, n: u64) {
         let i = index_for(v.clamp(1, self.max));
         if let Some(c) = self.counts.get(i) {
-            c.set(c.get() + 1);
+            c.set(c.get() + n);
         }
     }
 

@@ -102,8 +102,14 @@ impl Pow2Histogram {
     /// Counts one value (ns).
     #[inline]
     pub fn record(&self, v: u64) {
-        self.buckets[Self::bucket(v)].inc();
-        self.sum.add(v);
+        self.record_n(v, 1);
+    }
+
+    /// Counts `n` values of `v` ns.
+    #[inline]
+    pub fn record_n(&self, v: u64, n: u64) {
+        self.buckets[Self::bucket(v)].add(n);
+        self.sum.add(v.wrapping_mul(n));
     }
 
     /// The count per bucket (not cumulative) and the sum of the values.

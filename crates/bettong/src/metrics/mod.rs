@@ -115,10 +115,13 @@ pub struct ShardMetrics {
     earlier: RefCell<Histogram<u64>>,
     /// Time per computation (sampled), by registration order, for the current period.
     computations: RefCell<Vec<(String, Histogram<u64>)>>,
-    /// Ingest stamps of finished messages whose latency waits for the next clock read
-    /// (`settle_latency`); `pending_len` of them, always fewer than `LATENCY_GROUP`.
-    pending: [Cell<u64>; LATENCY_GROUP],
-    pending_len: Cell<usize>,
+    /// Finished messages whose latency waits for the next clock read (`settle_latency`), as
+    /// runs of equal ingest stamps (`(stamp, messages)`; a batch's messages share one, so a
+    /// group is usually one run); `runs` of them in use, `waiting` messages in all, always
+    /// fewer than `LATENCY_GROUP`.
+    pending: [Cell<(u64, u64)>; LATENCY_GROUP],
+    runs: Cell<usize>,
+    waiting: Cell<usize>,
 }
 
 /// Finished messages per clock read (see the module docs). The read (`rdtsc`) takes 13 ns on
@@ -188,7 +191,8 @@ impl ShardMetrics {
             earlier: RefCell::new(new_histogram()),
             computations: RefCell::new(Vec::new()),
             pending: Default::default(),
-            pending_len: Cell::new(0),
+            runs: Cell::new(0),
+            waiting: Cell::new(0),
         }
     }
 
@@ -318,12 +322,22 @@ impl ShardMetrics {
     #[inline]
     fn record(&self, ingest_ns: u64) {
         self.live.finished.inc();
-        let n = self.pending_len.get();
-        if let Some(slot) = self.pending.get(n) {
-            slot.set(ingest_ns);
+        let runs = self.runs.get();
+        match runs.checked_sub(1).and_then(|last| self.pending.get(last)) {
+            Some(run) if run.get().0 == ingest_ns => {
+                let (stamp, n) = run.get();
+                run.set((stamp, n + 1));
+            }
+            _ => {
+                if let Some(run) = self.pending.get(runs) {
+                    run.set((ingest_ns, 1));
+                }
+                self.runs.set(runs + 1);
+            }
         }
-        self.pending_len.set(n + 1);
-        if n + 1 >= LATENCY_GROUP {
+        let waiting = self.waiting.get() + 1;
+        self.waiting.set(waiting);
+        if waiting >= LATENCY_GROUP {
             self.settle_latency();
         }
     }
@@ -331,15 +345,17 @@ impl ShardMetrics {
     /// Reads the clock and records the latency of every finished message still waiting for
     /// one. The shard calls it at the end of every batch; the summaries call it first.
     pub fn settle_latency(&self) {
-        let n = self.pending_len.replace(0);
-        if n == 0 {
+        let runs = self.runs.replace(0);
+        if runs == 0 {
             return;
         }
+        self.waiting.set(0);
         let now = now_ns();
-        for p in self.pending.iter().take(n) {
-            let v = now.saturating_sub(p.get()).clamp(1, MAX_TRACKED_NS);
-            self.latency.record(v);
-            self.live.latency.record(v);
+        for run in self.pending.iter().take(runs) {
+            let (stamp, n) = run.get();
+            let v = now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
+            self.latency.record_n(v, n);
+            self.live.latency.record_n(v, n);
         }
     }
 
@@ -616,6 +632,20 @@ mod tests {
         let s = m.snapshot();
         assert_eq!(s.latency.len(), LATENCY_GROUP as u64 + 2);
         assert!(s.latency.min() >= 1_998_000, "{}", s.latency.min());
+        // A group with runs of different stamps keeps each run's own latency.
+        let m = ShardMetrics::default();
+        let fresh = now_ns();
+        for stamp in [ingest, ingest, fresh, ingest, fresh] {
+            m.output(stamp);
+        }
+        let s = m.snapshot();
+        assert_eq!(s.latency.len(), 5);
+        assert!(
+            s.latency.value_at_quantile(0.4) < 1_998_000,
+            "{}",
+            s.latency.min()
+        );
+        assert!(s.latency.value_at_quantile(0.6) >= 1_998_000);
     }
 
     #[test]
