@@ -287,6 +287,15 @@ impl<T: 'static> SourceContext<T> {
             .message_in_from(&self.inner.counters)
     }
 
+    /// Counts `n` messages read at once (a source that pulls a batch and emits all of it).
+    #[inline]
+    pub(crate) fn count_in_n(&self, n: u64) {
+        self.inner
+            .core
+            .metrics
+            .messages_in_from(&self.inner.counters, n)
+    }
+
     /// Counts a payload the decoder rejected.
     pub fn count_decode_error(&self) {
         self.inner

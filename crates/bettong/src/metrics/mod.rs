@@ -221,8 +221,14 @@ impl ShardMetrics {
     /// Source `source` read and accepted one frame.
     #[inline]
     pub fn message_in_from(&self, source: &SourceCounters) {
-        self.live.messages_in.inc();
-        source.messages_in.inc();
+        self.messages_in_from(source, 1);
+    }
+
+    /// Source `source` read and accepted `n` frames.
+    #[inline]
+    pub fn messages_in_from(&self, source: &SourceCounters, n: u64) {
+        self.live.messages_in.add(n);
+        source.messages_in.add(n);
     }
 
     /// A source accepted a connection.
