@@ -133,22 +133,45 @@ impl Iterator for Words {
 /// assert_eq!(out, b"rights => 3\n");
 /// ```
 pub fn encode(wc: &WordCount, out: &mut Vec<u8>) {
-    out.extend_from_slice(wc.word.as_bytes());
-    out.extend_from_slice(b" => ");
-    let mut digits = [0u8; 20];
+    // Everything after the word (" => ", at most 20 digits, "\n") is built back to front in
+    // one stack buffer, two digits per division, and appended with the word after a single
+    // `reserve`. Why: the digit-by-digit loop and five appends, each checking the capacity,
+    // cost 162 instructions per output of `bench word-count` (callgrind, 1 shard); this is
+    // fewer than half of that.
+    const TAIL: usize = 4 + 20 + 1;
+    let mut tail = [0u8; TAIL];
+    let mut i = TAIL - 1;
+    tail[i] = b'\n';
     let mut n = wc.count;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    while n >= 100 {
+        let r = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        tail[i..i + 2].copy_from_slice(&DIGIT_PAIRS[r..r + 2]);
     }
-    out.extend_from_slice(&digits[i..]);
-    out.push(b'\n');
+    if n >= 10 {
+        let r = n as usize * 2;
+        i -= 2;
+        tail[i..i + 2].copy_from_slice(&DIGIT_PAIRS[r..r + 2]);
+    } else {
+        i -= 1;
+        tail[i] = b'0' + n as u8;
+    }
+    i -= 4;
+    tail[i..i + 4].copy_from_slice(b" => ");
+    let word = wc.word.as_bytes();
+    out.reserve(word.len() + TAIL - i);
+    out.extend_from_slice(word);
+    out.extend_from_slice(&tail[i..]);
 }
+
+/// "00", "01", … "99": the decimal digits of every number below 100.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// The word count application.
 ///
@@ -224,7 +247,7 @@ mod tests {
     #[test]
     fn encodes_counts() {
         let mut out = Vec::new();
-        for count in [0, 7, 10, 18_446_744_073_709_551_615] {
+        for count in [0, 7, 10, 99, 100, 1_000, 12_345, 18_446_744_073_709_551_615] {
             encode(
                 &WordCount {
                     word: "w".into(),
@@ -235,7 +258,21 @@ mod tests {
         }
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "w => 0\nw => 7\nw => 10\nw => 18446744073709551615\n"
+            "w => 0\nw => 7\nw => 10\nw => 99\nw => 100\nw => 1000\nw => 12345\n\
+             w => 18446744073709551615\n"
         );
+        // Every count up to 100 000, and the powers of ten around each digit count, read as
+        // `format!` writes them.
+        let mut counts: Vec<u64> = (0..=100_000).collect();
+        for d in 1..20 {
+            let p = 10u64.pow(d);
+            counts.extend([p - 1, p, p + 1]);
+        }
+        for count in counts {
+            let mut out = Vec::new();
+            let word = "longer-word".to_string();
+            encode(&WordCount { word, count }, &mut out);
+            assert_eq!(out, format!("longer-word => {count}\n").as_bytes());
+        }
     }
 }
