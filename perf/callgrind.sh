@@ -10,6 +10,9 @@
 #            keyed by symbol), the shard's source task drains the ring through the
 #            spread-check operator into a CallbackSink
 #   bettong-batch  the same, with one Pusher::push_batch per chunk instead of a push per message
+#   bettong-iter   1 shard, IterSource: the shard decodes the stream itself and runs it through
+#            the operators; collected: the source task (`SourceNode` build closure), which is
+#            the whole data path (the iterator's decode included) and never waits
 # Each variant runs with N messages and with 0; instructions/message = (I(N) - I(0)) / N, so
 # start-up, priming and shutdown cancel out. Collection is limited (--toggle-collect) to the
 # data path, which never spins:
@@ -53,6 +56,7 @@ declare -A TOGGLES=(
     [loop]="--toggle-collect=bettong_peer::run_loop"
     [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
     [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
+    [bettong-iter]="--toggle-collect=*SourceNode*build*closure*"
 )
 
 # count VARIANT MESSAGES OUTFILE: prints the instructions collected.
@@ -80,7 +84,7 @@ MD=perf/results/callgrind-latest.md
     echo "| variant | I(N=$N) | I(0) | instructions/message | repeats of I(N) |"
     echo "|---|---|---|---|---|"
 } >"$MD"
-for v in loop bettong bettong-batch; do
+for v in loop bettong bettong-batch bettong-iter; do
     runs=()
     for ((r = 0; r < REPEAT; r++)); do runs+=("$(count "$v" "$N" "$WORK/cg.$v.$r")"); done
     zero=$(count "$v" 0 "$WORK/cg.$v.zero")

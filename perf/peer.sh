@@ -44,7 +44,7 @@ trap 'rm -rf "$WORK"' EXIT
 # One run per line: id|variant|workers|data|extra args
 CONFIGS=("loop/1|loop|1|data|")
 for w in $WORKERS; do
-    CONFIGS+=("timely/$w|timely|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
+    CONFIGS+=("timely/$w|timely|$w|data|" "bettong-iter/$w|bettong-iter|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")
 done
 CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE"

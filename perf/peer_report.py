@@ -19,6 +19,7 @@ NAMES = {
     "timely": "timely in-process",
     "bettong": "bettong in-process",
     "bettong-batch": "bettong in-process, push_batch of 1024",
+    "bettong-iter": "bettong in-process, IterSource (each shard pulls its share)",
     "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
@@ -57,8 +58,8 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong": 2, "bettong-batch": 3, "bettong-spin": 4,
-            "timely-tcp": 5, "bettong-tcp": 6}
+    rank = {"loop": 0, "timely": 1, "bettong-iter": 2, "bettong": 3, "bettong-batch": 4,
+            "bettong-spin": 5, "timely-tcp": 6, "bettong-tcp": 7}
 
     def key(i):
         parts = i.split("/")
@@ -101,14 +102,15 @@ def main():
         to_loop_cpu = cpu / loop_cpu if loop_cpu else None
         r["ratio_to_loop"] = {"msgs_per_sec": to_loop_rate, "cpu_ns_per_msg": to_loop_cpu}
         rows.append((id_, r))
-    for transport, ours in [("", ""), ("", "-batch"), ("-tcp", "")]:
+    for transport, ours in [("", "-iter"), ("", ""), ("", "-batch"), ("-tcp", "")]:
         for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
             b = results.get(f"bettong{transport}{ours}/{w}")
             t = results.get(f"timely{transport}/{w}")
             if b and t and "msgs_per_sec" in b and "msgs_per_sec" in t:
                 ratios.append({
                     "transport": ("TCP" if transport else "in-process")
-                    + (", push_batch" if ours else ""), "workers": w,
+                    + {"": "", "-batch": ", push_batch", "-iter": ", IterSource"}[ours],
+                    "workers": w,
                     "msgs_per_sec": b["msgs_per_sec"]["median"] / t["msgs_per_sec"]["median"],
                     "cpu_ns_per_msg": b["cpu_ns_per_msg"]["median"] / t["cpu_ns_per_msg"]["median"],
                 })

@@ -15,6 +15,9 @@
 //!   stream and feeds its own input handle, advancing the epoch every 1024 records (and stepping,
 //!   with at most 64 epochs in flight); an `Exchange` by symbol into a `unary` operator holding
 //!   the map; outputs counted in an `inspect`.
+//! * `bettong-iter`: the engine with an [`IterSource`]: each of W shards decodes its share of the
+//!   stream on its own thread (as timely's workers do) and the `key_by` exchange takes each
+//!   message to the shard owning its symbol; a [`CallbackSink`] counts outputs. No host thread.
 //! * `bettong`: the engine with an [`InProcessSource`] keyed by symbol and a [`CallbackSink`]
 //!   counting outputs; W shards (`--poll park`) and W host pusher threads, each decoding its share
 //!   and pushing every message to the shard that owns its symbol.
