@@ -1047,9 +1047,10 @@ impl<T: Send + 'static, K: Key + ?Sized + 'static> ExchangeBuild for KeyExchange
             .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
         let key = self.key.clone();
         let exchange = Rc::new(Exchange {
-            route: Box::new(move |msg: &T| shard_for(key(msg).stable_hash(), shards)),
+            route: move |msg: &T| shard_for(key(msg).stable_hash(), shards),
             me,
             outboxes,
+            any_held: local.ctl.ports().map(Ports::any_held_flag),
             local,
             held: Default::default(),
         });

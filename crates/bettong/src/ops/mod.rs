@@ -89,8 +89,9 @@ impl<T: 'static> Downstream<T> {
 pub(crate) struct Ports {
     state: RefCell<PortState>,
     /// Some port is held: a flag the exchange reads per message, so that the common case (no
-    /// checkpoint aligning) costs one load instead of a borrow of the state.
-    any_held: Cell<bool>,
+    /// checkpoint aligning) costs one load instead of a borrow of the state. Shared (`Rc`) so
+    /// that an exchange can read it without a call through its operator (`any_held_flag`).
+    any_held: Rc<Cell<bool>>,
     /// Woken when held ports are released (a barrier was forwarded).
     released: WaitList,
 }
@@ -120,7 +121,7 @@ impl Ports {
                 forwarded_end: false,
             }),
             released: WaitList::default(),
-            any_held: Cell::new(false),
+            any_held: Rc::new(Cell::new(false)),
         }
     }
 
@@ -181,6 +182,11 @@ impl Ports {
         // Whoever waits on a port (a held ring, a held local input) looks again.
         self.released.wake_all();
         out
+    }
+
+    /// The "some port is held" flag, for an input that checks it per message.
+    pub(crate) fn any_held_flag(&self) -> Rc<Cell<bool>> {
+        self.any_held.clone()
     }
 
     /// True while `port` has delivered a barrier that the other ports have not: its input
