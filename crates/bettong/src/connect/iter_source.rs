@@ -28,7 +28,12 @@ const TURN: usize = 1024;
 /// A source that runs on every shard and pulls that shard's messages from an iterator:
 /// `make(shard, shards)` is called once per shard when the engine starts (on the thread that
 /// starts it) and the iterator it returns is moved to the shard. The source ends on a shard
-/// when its iterator does; the stream ends when every shard's has.
+/// when its iterator does; the stream ends when every shard's has. A stop ends it between two
+/// turns of 1024 messages: what was pulled is finished, the rest is never read.
+///
+/// It records no position in checkpoints: an engine restored from one calls `make` again and
+/// starts over, so for exactly-once replays use a file source (`--in NAME@file:PATH`), which
+/// resumes at its checkpointed offset.
 ///
 /// ```
 /// use bettong::{Application, Engine, EngineConfig, IterSource, Pipeline, PolledSink};
