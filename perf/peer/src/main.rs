@@ -639,10 +639,10 @@ fn wait_finished(engine: &Engine, total: u64) {
     }
 }
 
-/// `batch`: each pusher thread hands its messages to `Pusher::push_batch` 1024 at a time (as
-/// timely's input handle buffers 1024 records before it sends), instead of one `push` each.
-fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, String> {
-    let market = InProcessSource::new(symbol_key);
+/// Market Spread from `market` into a `CallbackSink` that counts the outputs.
+fn counted_spread_check(
+    market: impl bettong::Source<Out = MarketMessage>,
+) -> (Application, Arc<AtomicU64>) {
     let outputs = Arc::new(AtomicU64::new(0));
     let out = outputs.clone();
     let sink = CallbackSink::new(move |_: &OrderResult| {
@@ -650,8 +650,16 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
     });
     let app = Application::new(
         "peer spread check",
-        spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
+        spread_check(Pipeline::source("Market", market)).to_sink("Results", sink),
     );
+    (app, outputs)
+}
+
+/// `batch`: each pusher thread hands its messages to `Pusher::push_batch` 1024 at a time (as
+/// timely's input handle buffers 1024 records before it sends), instead of one `push` each.
+fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, String> {
+    let market = InProcessSource::new(symbol_key);
+    let (app, outputs) = counted_spread_check(market.clone());
     let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
     let mut pusher = market.pusher()?;
     for f in frames(&data.initial) {
@@ -708,15 +716,7 @@ fn bettong_iter(data: &Arc<Data>, shards: usize) -> Result<Outcome, String> {
     });
     let (d, g) = (data.clone(), gate.clone());
     let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards));
-    let outputs = Arc::new(AtomicU64::new(0));
-    let out = outputs.clone();
-    let sink = CallbackSink::new(move |_: &OrderResult| {
-        out.fetch_add(1, Ordering::Relaxed);
-    });
-    let app = Application::new(
-        "peer spread check",
-        spread_check(Pipeline::source("Market", market)).to_sink("Results", sink),
-    );
+    let (app, outputs) = counted_spread_check(market);
     let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
     let summary = engine.join().map_err(|e| e.to_string())?;
     let span = gate
