@@ -124,7 +124,11 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--data" => a.data = PathBuf::from(value),
             "--workers" => a.workers = num()?.max(1) as usize,
@@ -150,7 +154,9 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         }
         ("timely-tcp", None) => timely_tcp(&data, a.workers),
         ("bettong-tcp", None) => bettong_tcp(&data, a.workers),
-        (v, _) => Err(format!("unknown variant {v} (or --rate not supported for it)")),
+        (v, _) => Err(format!(
+            "unknown variant {v} (or --rate not supported for it)"
+        )),
     }?;
     if r.outputs != data.expected_out {
         return Err(format!(
@@ -319,7 +325,13 @@ impl Data {
     fn part(&self, k: usize, parts: usize) -> &[u8] {
         let n = self.offsets.len();
         let (a, b) = (k * n / parts, (k + 1) * n / parts);
-        let at = |i: usize| if i == n { self.stream.len() } else { self.offsets[i] };
+        let at = |i: usize| {
+            if i == n {
+                self.stream.len()
+            } else {
+                self.offsets[i]
+            }
+        };
         &self.stream[at(a)..at(b)]
     }
 }
@@ -472,7 +484,12 @@ fn timely_inproc(data: &Arc<Data>, workers: usize) -> Result<Outcome, String> {
     let outputs = Arc::new(AtomicU64::new(0));
     let processed = Arc::new(AtomicU64::new(0));
     let span = Arc::new(std::sync::Mutex::new(None::<Span>));
-    let (o, p, s, d) = (outputs.clone(), processed.clone(), span.clone(), data.clone());
+    let (o, p, s, d) = (
+        outputs.clone(),
+        processed.clone(),
+        span.clone(),
+        data.clone(),
+    );
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let outputs = o.clone();
@@ -480,7 +497,10 @@ fn timely_inproc(data: &Arc<Data>, workers: usize) -> Result<Outcome, String> {
             outputs.fetch_add(1, Ordering::Relaxed);
         });
         // Priming (not timed): worker 0 sends the initial NBBO in epoch 0; all wait for it.
-        let mut feeder = Feeder { in_epoch: 0, global: None };
+        let mut feeder = Feeder {
+            in_epoch: 0,
+            global: None,
+        };
         if index == 0 {
             for f in frames(&d.initial) {
                 input.send(Msg(decoded(f)));
@@ -523,14 +543,20 @@ fn timely_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
     let n = stream.len() as u64;
     let guards = timely::execute(timely::Config::process(1), move |worker| {
         let (d2, hh, oo) = (dd.clone(), hh.clone(), oo.clone());
-        let (mut input, probe) =
-            spread_dataflow(worker, Arc::new(AtomicU64::new(0)), move |r: &OrderResult| {
+        let (mut input, probe) = spread_dataflow(
+            worker,
+            Arc::new(AtomicU64::new(0)),
+            move |r: &OrderResult| {
                 let t = now_ns();
                 if let Some(d) = d2.get(r.account as usize) {
-                    let _ = hh.lock().unwrap().record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
+                    let _ = hh
+                        .lock()
+                        .unwrap()
+                        .record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
                 }
                 oo.fetch_add(1, Ordering::Relaxed);
-            });
+            },
+        );
         for f in frames(&initial) {
             input.send(Msg(decoded(f)));
         }
@@ -565,7 +591,10 @@ fn timely_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
         while worker.step() {}
         *rr.lock().unwrap() = Some(span.end(n, 0));
     })?;
-    guards.join().into_iter().collect::<Result<Vec<()>, String>>()?;
+    guards
+        .join()
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()?;
     let mut r = result.lock().unwrap().take().ok_or("no result")?;
     r.outputs = outputs.load(Ordering::Relaxed);
     r.latency = Some(hist.lock().unwrap().clone());
@@ -667,7 +696,10 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
     }
     drop(pusher);
     wait_finished(&engine, data.symbols);
-    if let Some(chunk) = std::env::var("PEER_CHUNK").ok().and_then(|c| c.parse::<usize>().ok()) {
+    if let Some(chunk) = std::env::var("PEER_CHUNK")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    {
         return bettong_chunked(data, engine, market, outputs, chunk.max(1));
     }
     // One pusher thread per shard, each with its share of the stream.
@@ -754,7 +786,8 @@ impl ShardFeed {
         let prime: Vec<MarketMessage> = frames(&data.initial)
             .map(decoded)
             .filter(|m| {
-                shards == 1 || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
+                shards == 1
+                    || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
             })
             .collect();
         let part = data.part(shard, shards);
@@ -850,7 +883,10 @@ fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
     let sink = CallbackSink::new(move |r: &OrderResult| {
         let t = now_ns();
         if let Some(d) = dd.get(r.account as usize) {
-            let _ = hh.lock().unwrap().record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
+            let _ = hh
+                .lock()
+                .unwrap()
+                .record(t.saturating_sub(d.load(Ordering::Acquire)).max(1));
         }
         oo.fetch_add(1, Ordering::Relaxed);
     });
@@ -871,7 +907,11 @@ fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
     // PEER_PIN_HOST=0 leaves it unpinned (to compare).
     let pin = std::env::var("PEER_PIN_HOST").map_or(true, |v| v != "0");
     let shard_core = engine_config(1).cores[0];
-    if let Some(&core) = online_cores().iter().rev().find(|&&c| pin && c != shard_core) {
+    if let Some(&core) = online_cores()
+        .iter()
+        .rev()
+        .find(|&&c| pin && c != shard_core)
+    {
         pin_this_thread(core);
     }
     let span = Span::start();
@@ -915,7 +955,14 @@ fn pin_this_thread(core: usize) {
 
 /// The three sends of `bench market-spread`: the initial NBBO (priming), then orders and NBBO
 /// updates blasted concurrently on their own connections.
-fn send_args(host: SocketAddr, file: &str, messages: u64, record: usize, prime: bool, dir: &Path) -> SendArgs {
+fn send_args(
+    host: SocketAddr,
+    file: &str,
+    messages: u64,
+    record: usize,
+    prime: bool,
+    dir: &Path,
+) -> SendArgs {
     let mut a = SendArgs::new(&host.to_string(), messages);
     a.file = vec![dir.join(file)];
     a.no_write = true;
@@ -948,7 +995,14 @@ fn tcp_run(
     processed: &dyn Fn() -> u64,
     receiving: &std::thread::JoinHandle<Result<bettong_giles::receiver::ReceiveReport, String>>,
 ) -> Result<Span, String> {
-    sender::run(&send_args(nbbo, gen::INITIAL_NBBO_FILE, data.symbols, 46, true, &data.dir))?;
+    sender::run(&send_args(
+        nbbo,
+        gen::INITIAL_NBBO_FILE,
+        data.symbols,
+        46,
+        true,
+        &data.dir,
+    ))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while processed() < data.symbols {
         if Instant::now() > deadline {
@@ -1009,7 +1063,13 @@ fn bettong_tcp(data: &Data, shards: usize) -> Result<Outcome, String> {
             .ok_or_else(|| format!("no source {name}"))
     };
     let (orders, nbbo) = (addr("Orders")?, addr("Nbbo")?);
-    let span = tcp_run(data, orders, nbbo, &|| engine.progress().finished, &receiving);
+    let span = tcp_run(
+        data,
+        orders,
+        nbbo,
+        &|| engine.progress().finished,
+        &receiving,
+    );
     engine.stop_handle().stop();
     let summary = engine.join().map_err(|e| e.to_string());
     stop.stop();
@@ -1091,7 +1151,11 @@ fn timely_tcp(data: &Data, workers: usize) -> Result<Outcome, String> {
     let (p, dn) = (processed.clone(), done.clone());
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
-        let chunks = rxs[index].lock().unwrap().take().expect("one worker per channel");
+        let chunks = rxs[index]
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one worker per channel");
         let sink = std::rc::Rc::new(std::cell::RefCell::new(std::io::BufWriter::with_capacity(
             1 << 16,
             TcpStream::connect(out_addr).expect("connect to the receiver"),
@@ -1103,7 +1167,10 @@ fn timely_tcp(data: &Data, workers: usize) -> Result<Outcome, String> {
             r.encode_into(&mut frame);
             let _ = s2.borrow_mut().write_all(&frame);
         });
-        let mut feeder = Feeder { in_epoch: 0, global: Some(epoch.clone()) };
+        let mut feeder = Feeder {
+            in_epoch: 0,
+            global: Some(epoch.clone()),
+        };
         loop {
             match chunks.try_recv() {
                 Ok(chunk) => feeder.feed(worker, &mut input, &probe, &chunk),
@@ -1141,7 +1208,10 @@ fn timely_tcp(data: &Data, workers: usize) -> Result<Outcome, String> {
         &receiving,
     );
     done.store(true, Ordering::Release);
-    guards.join().into_iter().collect::<Result<Vec<()>, String>>()?;
+    guards
+        .join()
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()?;
     stop_rx.stop();
     let received = receiving.join().map_err(|_| "receiver panicked")??;
     let span = span?;
@@ -1158,7 +1228,10 @@ mod tests {
             std::fs::read_to_string("/proc/thread-self/status")
                 .unwrap()
                 .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_string()))
+                .find_map(|l| {
+                    l.strip_prefix("Cpus_allowed_list:")
+                        .map(|v| v.trim().to_string())
+                })
                 .unwrap()
         };
         let before = allowed();
