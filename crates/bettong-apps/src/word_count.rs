@@ -31,7 +31,7 @@ pub struct WordTotal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WordCount {
     /// The word.
-    pub word: String,
+    pub word: Word,
     /// How many times it has been seen, this one included.
     pub count: u64,
 }
@@ -56,10 +56,132 @@ pub fn decode(payload: &[u8]) -> Result<String, DecodeError> {
 /// assert_eq!(split("The cat's  hat!\n(\"Don't\")"), ["the", "cat's", "hat", "don't"]);
 /// ```
 pub fn split(text: &str) -> Vec<String> {
-    Words::new(text.to_string()).collect()
+    Words::new(text.to_string()).map(String::from).collect()
 }
 
-/// The words of a text by the rules above, one `String` each, as an iterator that owns the
+/// Bytes a [`Word`] holds without allocating. 22 keeps a `Word` as small as a `String` (24
+/// bytes); the longest word of the Bill of Rights has 15.
+const INLINE: usize = 22;
+
+/// One word: held inline when it has at most 22 bytes, on the heap otherwise.
+///
+/// Why not a `String`: mimalloc's aligned allocation (what its Rust allocator calls for every
+/// `String`) and the free once the count was encoded came to about 70 of the 621 instructions
+/// per output of `bench word-count` on 1 shard (callgrind of the source task; figures in the
+/// commit that made this type).
+///
+/// ```
+/// use bettong_apps::word_count::Word;
+/// let w = Word::from("rights");
+/// assert_eq!(w.as_str(), "rights");
+/// assert_eq!(Word::from("x".repeat(40).as_str()).as_str().len(), 40);
+/// ```
+#[derive(Clone)]
+pub struct Word(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Invariant: `bytes[..len]` is a whole UTF-8 string (copied from a `&str`); what follows
+    /// is padding.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl Word {
+    /// The word as text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                let b = bytes.get(..usize::from(*len)).unwrap_or_default();
+                // SAFETY: the `Repr::Inline` invariant: `bytes[..len]` was copied whole from a
+                // `&str` (`Word::from` and `Word::cut` are the only constructors), so it is
+                // valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(b) }
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+
+    /// The word `text[start..end]` (a range on char boundaries). When `text` has
+    /// [`INLINE`] bytes from `start` on, they are copied as one fixed-size block (no call to
+    /// `memcpy`, no zeroing) and only the first `end - start` count.
+    #[inline]
+    fn cut(text: &str, start: usize, end: usize) -> Word {
+        let len = end - start;
+        match text.as_bytes().get(start..start + INLINE) {
+            Some(block) if len <= INLINE => {
+                let mut bytes = [0u8; INLINE];
+                bytes.copy_from_slice(block);
+                Word(Repr::Inline {
+                    len: len as u8,
+                    bytes,
+                })
+            }
+            _ => Word::from(&text[start..end]),
+        }
+    }
+}
+
+impl From<&str> for Word {
+    #[inline]
+    fn from(s: &str) -> Word {
+        if s.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Word(Repr::Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        } else {
+            Word(Repr::Heap(s.into()))
+        }
+    }
+}
+
+impl From<Word> for String {
+    fn from(w: Word) -> String {
+        w.as_str().to_string()
+    }
+}
+
+impl std::ops::Deref for Word {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Word {
+    fn eq(&self, other: &Word) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Word {}
+
+impl PartialEq<&str> for Word {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The words of a text by the rules above, one [`Word`] each, as an iterator that owns the
 /// text: the pipeline's `to_many` takes it as it is, with no `Vec` per line.
 ///
 /// The rules come down to: pieces between spaces and newlines, ASCII punctuation stripped from
@@ -76,7 +198,7 @@ pub fn split(text: &str) -> Vec<String> {
 ///
 /// ```
 /// use bettong_apps::word_count::Words;
-/// let w: Vec<String> = Words::new("Ünïcode, ASCII!".to_string()).collect();
+/// let w: Vec<String> = Words::new("Ünïcode, ASCII!".to_string()).map(String::from).collect();
 /// assert_eq!(w, ["ünïcode", "ascii"]);
 /// ```
 pub struct Words {
@@ -118,7 +240,7 @@ static CLASS: [u8; 256] = {
 };
 
 impl Iterator for Words {
-    type Item = String;
+    type Item = Word;
 
     /// One pass over the bytes with a table lookup each: skip separators and punctuation up
     /// to the first word byte, then run to the next separator, remembering the last word byte.
@@ -126,7 +248,7 @@ impl Iterator for Words {
     /// punctuation stays). Why: finding the separator, then the first and the last kept byte
     /// with three scans cost 195 instructions per word of `bench word-count` (callgrind,
     /// 1 shard, allocation not counted).
-    fn next(&mut self) -> Option<String> {
+    fn next(&mut self) -> Option<Word> {
         let bytes = self.text.as_bytes();
         let mut i = self.at;
         while i < bytes.len() && CLASS[bytes[i] as usize] != WORD {
@@ -150,7 +272,7 @@ impl Iterator for Words {
         self.at = i;
         // `first` and `end` are next to ASCII bytes (or the text's ends), so on char
         // boundaries: a word byte after an ASCII byte starts a character.
-        Some(self.text[first..end].to_string())
+        Some(Word::cut(&self.text, first, end))
     }
 }
 
@@ -213,8 +335,8 @@ pub fn application() -> Application {
     let pipeline = Pipeline::source(SOURCE, TcpSource::new(decode))
         .to_many(Words::new)
         .name("split")
-        .key_by(|word: &String| word.as_str())
-        .to_state(|word: String, total: &mut WordTotal| {
+        .key_by(|word: &Word| word.as_str())
+        .to_state(|word: Word, total: &mut WordTotal| {
             total.count += 1;
             Some(WordCount {
                 word,
@@ -274,6 +396,37 @@ mod tests {
         }
     }
 
+    /// Words up to 22 bytes are inline (cut as a fixed block from a longer text, or copied from
+    /// a short one), longer ones on the heap; all read back whole, non-ASCII included.
+    #[test]
+    fn words_read_back_inline_and_on_the_heap() {
+        let texts = [
+            String::new(),
+            "a".to_string(),
+            "état-civil".to_string(),
+            "x".repeat(22),
+            "é".repeat(11),
+            "y".repeat(23),
+            "ünïcode".repeat(9),
+        ];
+        for text in &texts {
+            let w = Word::from(text.as_str());
+            assert_eq!(w.as_str(), text);
+            assert_eq!(w.clone(), w);
+            assert_eq!(String::from(w), *text);
+            // Cut from the front of a longer text (the fixed-block path) and at its very end.
+            let long = format!("{text}{}", " pad".repeat(8));
+            assert_eq!(Word::cut(&long, 0, text.len()).as_str(), text);
+            let tail = format!("ab {text}");
+            assert_eq!(Word::cut(&tail, 3, tail.len()).as_str(), text);
+        }
+        assert_eq!(std::mem::size_of::<Word>(), std::mem::size_of::<String>());
+        let long: Vec<String> = Words::new(format!("{} b", "Q".repeat(30)))
+            .map(String::from)
+            .collect();
+        assert_eq!(long, ["q".repeat(30), "b".to_string()]);
+    }
+
     #[test]
     fn encodes_counts() {
         let mut out = Vec::new();
@@ -300,7 +453,7 @@ mod tests {
         }
         for count in counts {
             let mut out = Vec::new();
-            let word = "longer-word".to_string();
+            let word = Word::from("longer-word");
             encode(&WordCount { word, count }, &mut out);
             assert_eq!(out, format!("longer-word => {count}\n").as_bytes());
         }
