@@ -451,11 +451,18 @@ mod tests {
             let p = 10u64.pow(d);
             counts.extend([p - 1, p, p + 1]);
         }
+        let mut out = Vec::new();
         for count in counts {
-            let mut out = Vec::new();
-            let word = Word::from("longer-word");
-            encode(&WordCount { word, count }, &mut out);
-            assert_eq!(out, format!("longer-word => {count}\n").as_bytes());
+            for text in [
+                "longer-word",
+                "a-word-of-exactly-22-b",
+                "a-word-longer-than-inline",
+            ] {
+                out.clear();
+                let word = Word::from(text);
+                encode(&WordCount { word, count }, &mut out);
+                assert_eq!(out, format!("{text} => {count}\n").as_bytes());
+            }
         }
     }
 }
