@@ -401,7 +401,9 @@ async fn serve<T: Send + 'static>(
         if n > 0 {
             ctx.flush();
             ctx.backpressure().await;
-            glommio::yield_if_needed().await;
+            // Let the shard's exchange drains run after every drain of the pusher rings (see
+            // `IterSource`: `yield_if_needed` waits for glommio's 100 ms preemption timer).
+            glommio::executor().yield_now().await;
             if spin_window.is_some() {
                 last_data = Instant::now();
             }
