@@ -1011,6 +1011,16 @@ fn connect(engine: &Engine) -> TcpStream {
     c
 }
 
+/// A connector that has said Hello (getting `credits`) and notified a new stream `id`.
+fn open_stream(engine: &Engine, credits: u32, id: u64, name: &str) -> TcpStream {
+    let mut c = connect(engine);
+    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::Ok(credits)));
+    c.write_all(&notify(id, name, NONE)).unwrap();
+    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, id, NONE)));
+    c
+}
+
 #[test]
 fn a_bad_hello_gets_an_error_and_the_engine_serves_on() {
     let sink = Sink::bind();
@@ -1035,11 +1045,7 @@ fn a_bad_hello_gets_an_error_and_the_engine_serves_on() {
     let mut c = connect(&engine);
     c.write_all(&u32::MAX.to_be_bytes()).unwrap();
     assert!(matches!(read_in(&mut c), Some(In::Error(_))));
-    let mut c = connect(&engine);
-    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::Ok(10)));
-    c.write_all(&notify(9, "s", NONE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 9, NONE)));
+    let mut c = open_stream(&engine, 10, 9, "s");
     c.write_all(&message(9, 0, b"still served")).unwrap();
     wait_lines(&sink, 2);
     let (status, stderr) = engine.stop();
@@ -1061,11 +1067,7 @@ fn wait_lines(sink: &Sink, n: usize) {
 fn replays_are_dropped_credits_refill_and_eos_is_acknowledged() {
     let sink = Sink::bind();
     let engine = connector_engine("0-3", &sink);
-    let mut c = connect(&engine);
-    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::Ok(10)));
-    c.write_all(&notify(7, "seven", NONE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 7, NONE)));
+    let mut c = open_stream(&engine, 10, 7, "seven");
     // Another connection cannot take stream 7 while this one has it.
     let mut other = connect(&engine);
     other.write_all(&hello("0.0.1", COOKIE)).unwrap();
@@ -1154,11 +1156,7 @@ fn acks_follow_committed_checkpoints_and_metrics_show_them() {
     );
     cmd.args(["--metrics-addr", "127.0.0.1:0"]);
     let engine = Engine::start_command(cmd);
-    let mut c = connect(&engine);
-    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::Ok(100)));
-    c.write_all(&notify(7, "seven", NONE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 7, NONE)));
+    let mut c = open_stream(&engine, 100, 7, "seven");
     let mut out = Vec::new();
     for id in [0u64, 1, 2, 1, 2] {
         out.extend_from_slice(&message(7, id, format!("m{id}").as_bytes()));
@@ -1236,11 +1234,7 @@ fn a_silent_two_phase_sink_makes_the_stop_give_up_and_say_so() {
 fn a_connector_that_vanishes_mid_frame_leaves_its_stream_at_the_last_whole_message() {
     let sink = Sink::bind();
     let engine = connector_engine("0-3", &sink);
-    let mut c = connect(&engine);
-    c.write_all(&hello("0.0.1", COOKIE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::Ok(10)));
-    c.write_all(&notify(5, "five", NONE)).unwrap();
-    assert_eq!(read_in(&mut c), Some(In::NotifyAck(true, 5, NONE)));
+    let mut c = open_stream(&engine, 10, 5, "five");
     let mut out = message(5, 0, b"zero");
     out.extend_from_slice(&message(5, 1, b"one"));
     let torn = message(5, 2, b"two");
