@@ -14,9 +14,10 @@ use crate::Key;
 
 pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> &K + Send + Sync>;
 
-pub(crate) struct StateOp<T, K: Key + ?Sized, S, U, F> {
+pub(crate) struct StateOp<K: Key + ?Sized, S, U, F, KF> {
     pub(crate) f: Arc<F>,
-    pub(crate) key: KeyFn<T, K>,
+    /// The key function's own type, so that the lookup calls it inline.
+    pub(crate) key: Arc<KF>,
     pub(crate) states: Rc<KeyedState<K, S>>,
     pub(crate) next: Downstream<U>,
     pub(crate) ports: Ports,
@@ -26,13 +27,14 @@ pub(crate) struct StateOp<T, K: Key + ?Sized, S, U, F> {
     pub(crate) on_barrier: Rc<dyn Fn(u64)>,
 }
 
-impl<T, K, S, U, I, F> Input<T> for StateOp<T, K, S, U, F>
+impl<T, K, S, U, I, F, KF> Input<T> for StateOp<K, S, U, F, KF>
 where
     K: Key + ?Sized,
     S: Default,
     U: 'static,
     I: IntoIterator<Item = U>,
     F: Fn(T, &mut S) -> I,
+    KF: Fn(&T) -> &K,
 {
     #[inline]
     fn data(&self, msg: T, stamp: Stamp) {
