@@ -54,7 +54,10 @@ fn crash_run(name: &str, shards: usize, later_shards: usize, kills: usize, corru
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("text.frames");
-    let lines: Vec<String> = (0..60_000)
+    // Enough text that a run killed after a checkpoint has not reached the end of the file:
+    // with 60 000 lines a release build under load once finished before a second checkpoint
+    // existed for the damaged-checkpoint case to fall back to.
+    let lines: Vec<String> = (0..120_000)
         .map(|i| format!("w{} w{} alpha w{} beta", i % 97, i % 13, i % 1009))
         .collect();
     let mut bytes = Vec::new();
