@@ -45,6 +45,8 @@ trap 'rm -rf "$WORK"' EXIT
 CONFIGS=("loop/1|loop|1|data|")
 for w in $WORKERS; do
     CONFIGS+=("timely/$w|timely|$w|data|" "bettong-iter/$w|bettong-iter|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
+    # Across shards, the exchange's rings at 4096, the default before auto_ring_capacity.
+    if [ "$w" -gt 1 ]; then CONFIGS+=("bettong-iter-4096/$w|bettong-iter-4096|$w|data|"); fi
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")
 done
 CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE"

@@ -20,6 +20,7 @@ NAMES = {
     "bettong": "bettong in-process",
     "bettong-batch": "bettong in-process, push_batch of 1024",
     "bettong-iter": "bettong in-process, IterSource (each shard pulls its share)",
+    "bettong-iter-4096": "the same, --ring-capacity 4096 (the default before)",
     "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
@@ -58,8 +59,8 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong-iter": 2, "bettong": 3, "bettong-batch": 4,
-            "bettong-spin": 5, "timely-tcp": 6, "bettong-tcp": 7}
+    rank = {"loop": 0, "timely": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
+            "bettong-batch": 5, "bettong-spin": 6, "timely-tcp": 7, "bettong-tcp": 8}
 
     def key(i):
         parts = i.split("/")

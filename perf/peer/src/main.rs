@@ -145,6 +145,12 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("bettong", None) => bettong_inproc(&data, a.workers, false),
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
         ("bettong-iter", None) => bettong_iter(&data, a.workers),
+        ("bettong-iter-4096", None) => {
+            // The same with rings of 4096 (`--ring-capacity 4096`, the default before
+            // `auto_ring_capacity`): see `engine_config`.
+            std::env::set_var("PEER_RING", "4096");
+            bettong_iter(&data, a.workers)
+        }
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("bettong", Some(rate)) => bettong_latency(&data, rate),
         ("bettong-spin", Some(rate)) => {
@@ -647,7 +653,8 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
 // bettong in-process.
 
 /// `PEER_POLL=park|spin|spin:MICROS` (default park); `perf/callgrind.sh` sets spin, because a
-/// shard parked in `io_uring_enter` never wakes under valgrind 3.19.
+/// shard parked in `io_uring_enter` never wakes under valgrind 3.19. `PEER_RING=N`: the rings'
+/// capacity (`--ring-capacity`; default `auto_ring_capacity`).
 fn engine_config(shards: usize) -> EngineConfig {
     let online = online_cores();
     let poll = std::env::var("PEER_POLL")
@@ -658,6 +665,7 @@ fn engine_config(shards: usize) -> EngineConfig {
         cores: online.iter().copied().cycle().take(shards).collect(),
         pin: shards <= online.len(),
         poll,
+        ring_capacity: std::env::var("PEER_RING").ok().and_then(|v| v.parse().ok()),
         ..EngineConfig::default()
     }
 }
