@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pin: bool,
     /// How an idle shard waits: park, spin or spin:MICROS
-    #[arg(long, default_value = "park")]
+    #[arg(long, default_value = "spin:10")]
     pub poll: Poll,
     /// Input messages to send (not counting priming)
     #[arg(long, default_value = "1000000", value_parser = parse_u64)]
@@ -87,7 +87,7 @@ impl BenchArgs {
             shards: None,
             cores: None,
             no_pin: false,
-            poll: Poll::Park,
+            poll: bettong::runtime::config::DEFAULT_POLL,
             messages,
             rate: None,
             connections: None,
