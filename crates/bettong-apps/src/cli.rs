@@ -59,7 +59,7 @@ pub struct EngineArgs {
     #[arg(long, default_value = "262144", value_parser = parse_sink_buffer)]
     pub sink_buffer: usize,
     /// How an idle shard waits: park, spin, or spin:MICROS (spin that long, then park)
-    #[arg(long, default_value = "spin:10")]
+    #[arg(long, default_value_t = bettong::runtime::config::DEFAULT_POLL)]
     pub poll: Poll,
     /// Print msgs/s and start-to-end latency on stderr this often (e.g. 2s, 500ms; 1ms to 24h,
     /// or 0 = off)

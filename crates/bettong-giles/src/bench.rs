@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pin: bool,
     /// How an idle shard waits: park, spin or spin:MICROS
-    #[arg(long, default_value = "spin:10")]
+    #[arg(long, default_value_t = bettong::runtime::config::DEFAULT_POLL)]
     pub poll: Poll,
     /// Input messages to send (not counting priming)
     #[arg(long, default_value = "1000000", value_parser = parse_u64)]

@@ -41,12 +41,10 @@ pub fn auto_ring_capacity(event_bytes: usize, shards: usize) -> usize {
     const INBOUND_BYTES: usize = 8 << 20;
     let per_ring = INBOUND_BYTES / (event_bytes.max(1) * shards.saturating_sub(1).max(1));
     // The largest power of two not above `per_ring` (rings round up to one).
-    let pow2 = if per_ring == 0 {
-        0
-    } else {
-        1 << (usize::BITS - 1 - per_ring.leading_zeros())
-    };
-    pow2.clamp(4096, 65536)
+    per_ring
+        .checked_ilog2()
+        .map_or(0, |bits| 1 << bits)
+        .clamp(4096, 65536)
 }
 
 /// The most bytes a shard may buffer per sink (1 GiB).
@@ -115,6 +113,8 @@ pub const DEFAULT_POLL: Poll = Poll::SpinFor(Duration::from_micros(10));
 /// ```
 /// use bettong::runtime::config::Poll;
 /// assert_eq!("spin:50".parse::<Poll>(), Ok(Poll::SpinFor(std::time::Duration::from_micros(50))));
+/// // Written as it is parsed (the command lines show the default so).
+/// assert_eq!(Poll::SpinFor(std::time::Duration::from_micros(50)).to_string(), "spin:50");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Poll {
@@ -136,6 +136,16 @@ impl std::str::FromStr for Poll {
                 Some(us) => Ok(Poll::SpinFor(Duration::from_micros(parse_u64(us)?))),
                 None => Err(format!("`{s}`: expected park, spin or spin:MICROS")),
             },
+        }
+    }
+}
+
+impl std::fmt::Display for Poll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Poll::Park => f.write_str("park"),
+            Poll::Spin => f.write_str("spin"),
+            Poll::SpinFor(d) => write!(f, "spin:{}", d.as_micros()),
         }
     }
 }
