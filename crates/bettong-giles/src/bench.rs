@@ -507,13 +507,15 @@ fn measure<T>(
                 ),
                 None => Sending::Blast,
             };
-            Ok(send_args(&running.addr_of(f.source)?, f, how))
+            // Loaded and connected before the clock starts: reading the feed files is not
+            // the engine's work (see `sender::prepare`).
+            sender::prepare(&send_args(&running.addr_of(f.source)?, f, how))
         })
         .collect::<Result<_, String>>()?;
     let started = Instant::now();
     let senders: Vec<_> = senders
         .into_iter()
-        .map(|a| std::thread::spawn(move || sender::run(&a)))
+        .map(|p| std::thread::spawn(move || p.send()))
         .collect();
     // One line on a terminal: messages finished while the senders run and the engine drains.
     let progress = crate::progress::Progress::on_terminal("bench", Some(total));

