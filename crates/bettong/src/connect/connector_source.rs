@@ -46,7 +46,7 @@ use crate::connect::protocol::{Body, Frame, NONE_SEEN, SOURCE_VERSION};
 use crate::metrics::now_ns;
 use crate::net::source::read_some;
 use crate::runtime::config::ConnectorAddress;
-use crate::runtime::shard::{Notify, ShardCore, SourceRuntime};
+use crate::runtime::shard::{any_over, Notify, ShardCore, SourceRuntime};
 
 /// Who holds a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,7 +395,9 @@ pub(crate) async fn serve(
                     break;
                 }
             }
-            core.backpressure(&source.gauges).await;
+            if any_over(&source.gauges) {
+                core.backpressure(&source.gauges).await;
+            }
         }
         core.flush();
         if session.event_time > 0 {

@@ -407,7 +407,10 @@ impl<T: 'static> SourceContext<T> {
     /// Waits while anything downstream is full (a ring, a sink buffer): a source stops
     /// reading until then, which is how backpressure reaches its peers.
     pub async fn backpressure(&self) {
-        self.inner.core.backpressure(&self.inner.down.gauges).await
+        let gauges = &self.inner.down.gauges;
+        if crate::runtime::shard::any_over(gauges) {
+            self.inner.core.backpressure(gauges).await
+        }
     }
 
     /// Lets the shard's other tasks run if this one has had the core long enough (glommio's

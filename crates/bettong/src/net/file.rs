@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::metrics::now_ns;
-use crate::runtime::shard::{ShardCore, SourceRuntime};
+use crate::runtime::shard::{any_over, ShardCore, SourceRuntime};
 
 /// Bytes read per chunk.
 const CHUNK: usize = 256 * 1024;
@@ -116,7 +116,9 @@ pub(crate) async fn read_framed_file(
                     }
                 }
             }
-            core.backpressure(&source.gauges).await;
+            if any_over(&source.gauges) {
+                core.backpressure(&source.gauges).await;
+            }
         }
         // The event time reached, once per chunk (the file is one ordered input).
         if event_time > 0 {

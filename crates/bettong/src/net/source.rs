@@ -13,7 +13,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::codec::{FrameReader, ReadBuffers};
 use crate::metrics::now_ns;
-use crate::runtime::shard::{ShardCore, SourceRuntime, WaitList};
+use crate::runtime::shard::{any_over, ShardCore, SourceRuntime, WaitList};
 
 /// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
 /// buffer of its own size): large enough that it delivers hundreds of small frames per system
@@ -444,7 +444,9 @@ async fn serve(
                     return;
                 }
             }
-            core.backpressure(&source.gauges).await;
+            if any_over(&source.gauges) {
+                core.backpressure(&source.gauges).await;
+            }
         }
         core.flush();
         if event_time > 0 {

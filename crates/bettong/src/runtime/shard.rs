@@ -50,6 +50,15 @@ impl Gauge {
     }
 }
 
+/// True while any of `gauges` is over its limit. A source checks this per message and awaits
+/// [`ShardCore::backpressure`] only when it is true: awaiting it every time cost 52
+/// instructions per message (its future's poll is a call of its own; callgrind, `bench
+/// market-spread`, 1 shard), for a check that is nearly always false.
+#[inline]
+pub(crate) fn any_over(gauges: &[Gauge]) -> bool {
+    gauges.iter().any(Gauge::is_over)
+}
+
 /// Tasks waiting for something on this shard. Events are rare (a gauge fell, the shard is
 /// stopping), so waking every waiter then is cheap and simple.
 #[derive(Default)]
@@ -229,7 +238,7 @@ impl ShardCore {
 
     /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
     pub(crate) async fn backpressure(&self, gauges: &[Gauge]) {
-        if gauges.iter().any(Gauge::is_over) {
+        if any_over(gauges) {
             self.metrics.pause();
             let paused = crate::metrics::now_ns();
             self.flush();
