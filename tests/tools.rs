@@ -447,6 +447,15 @@ fn unreachable_host_is_a_clear_error() {
     );
     let err = sender::run(&args).expect_err("nothing listens there");
     assert!(err.contains("unable to connect"), "{err}");
+    // Without --no-write the sent log is created only once every target is reached.
+    let log = temp_dir("unreachable").join("sent.txt");
+    let log_arg = log.to_str().expect("utf-8 path");
+    let args = send_args(
+        &format!("127.0.0.1:{port}"),
+        &["--messages", "1", "--sent-file", log_arg],
+    );
+    assert!(sender::run(&args).is_err());
+    assert!(!log.exists(), "a failed start left {}", log.display());
 }
 
 // ----------------------------------------------------------------------------------------------

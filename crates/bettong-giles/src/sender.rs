@@ -404,6 +404,9 @@ pub fn run(args: &SendArgs) -> Result<SendReport, String> {
 pub fn prepare(args: &SendArgs) -> Result<Prepared, String> {
     args.validate()?;
     let source = Source::load(args)?;
+    let addrs = parse_hosts(&args.host.join(","))?;
+    let conns = connect_all(&addrs)?;
+    // The log is created once every target is reached, so a failed start leaves no file.
     let feed = if args.blast {
         Feed::Blast(BlastFeed::new(source))
     } else {
@@ -414,8 +417,6 @@ pub fn prepare(args: &SendArgs) -> Result<Prepared, String> {
         };
         Feed::Paced(source, log)
     };
-    let addrs = parse_hosts(&args.host.join(","))?;
-    let conns = connect_all(&addrs)?;
     {
         let mut out = std::io::stdout().lock();
         // A broken stdout must not stop the load: the report carries the result.
