@@ -644,10 +644,14 @@ impl Unacked {
     fn acked(&mut self, unacked: u64) {
         let acked = self.sent.saturating_sub(unacked);
         while let Some(b) = self.batches.front_mut() {
-            while b.first < b.ends.len() && b.start + b.ends[b.first] as u64 <= acked {
-                self.bytes -= b.ends[b.first] - b.from();
-                self.messages -= 1;
-                b.first += 1;
+            // A search, not a walk: this runs after every write, over thousands of messages
+            // (walking them was 16 instructions per message of `bench passthrough`).
+            let done = b.ends[b.first..].partition_point(|&e| b.start + e as u64 <= acked);
+            if done > 0 {
+                let from = b.from();
+                b.first += done;
+                self.bytes -= b.from() - from;
+                self.messages -= done as u64;
             }
             if b.first < b.ends.len() {
                 return;
