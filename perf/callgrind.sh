@@ -34,8 +34,15 @@
 # `valgrind --tool=none` took 5.4 s with the default lock and 1.1 s with the fair one (natively
 # 0.04 s for 100,000): ~1.5 s per chunk, minutes per count. With it the whole script takes ~12 s.
 #
+# Over TCP (a second table): `bettong bench market-spread` and `bench passthrough` on 1 shard
+# (--poll spin), the whole loopback run under callgrind, collected in the shard's tasks
+# (glommio::task::raw::RawTask::run: the connection tasks that read, decode and run the
+# operators, and the sink's writer; the executor's own polling loop is outside). bench cannot
+# run 0 messages, so per message = (I(2M) - I(M)) / M with M = CG_TCP_MESSAGES.
+#
 # Settings (environment): CG_MESSAGES [100000], CG_CHUNK [1024], CG_REPEAT [2] (each count is
-# taken this many times, to show that it repeats).
+# taken this many times, to show that it repeats), CG_TCP_MESSAGES [200000] (0 skips the TCP
+# table).
 #
 # Output: the table on stdout and in perf/results/callgrind-latest.md, the annotated profile of
 # the bettong run (per function, inclusive and self) in perf/results/callgrind-latest-bettong.txt.
@@ -45,8 +52,11 @@ cd "$(dirname "$0")/.."
 N=${CG_MESSAGES:-100000}
 CHUNK=${CG_CHUNK:-1024}
 REPEAT=${CG_REPEAT:-2}
+TCP_N=${CG_TCP_MESSAGES:-200000}
 
 cargo build --release --manifest-path perf/peer/Cargo.toml
+cargo build --release --bin bettong
+ENGINE=$PWD/target/release/bettong
 BIN=$PWD/perf/peer/target/release/bettong-peer
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bettong-cg.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -93,6 +103,33 @@ for v in loop bettong bettong-batch bettong-iter; do
     echo "| $v | ${runs[0]} | $zero | $per | ${runs[*]} |" >>"$MD"
     printf '%-8s I(N)=%s I(0)=%s  %s instructions/message  (repeats: %s)\n' "$v" "${runs[0]}" "$zero" "$per" "${runs[*]}"
 done
+# count_tcp APP MESSAGES OUTFILE: prints the instructions collected in the shard's tasks.
+count_tcp() {
+    timeout -s KILL 600 valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$3" \
+        '--toggle-collect=glommio::task::raw::RawTask*run' \
+        "$ENGINE" bench "$1" --shards 1 --poll spin --messages "$2" >"$WORK/log" 2>&1 ||
+        { tail -20 "$WORK/log" >&2; return 1; }
+    sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$WORK/log"
+}
+if [ "$TCP_N" -gt 0 ]; then
+    {
+        echo
+        echo "Over TCP: \`bettong bench APP --shards 1 --poll spin\` under callgrind, collected in the"
+        echo "shard's tasks; per message = (I(2M) − I(M)) / M, M = $TCP_N (\`CG_TCP_MESSAGES\`)."
+        echo
+        echo "| app | I(M) | I(2M) | instructions/message | repeats of I(2M) |"
+        echo "|---|---|---|---|---|"
+    } >>"$MD"
+    for app in market-spread passthrough; do
+        one=$(count_tcp "$app" "$TCP_N" "$WORK/cgt.$app.1")
+        runs=()
+        for ((r = 0; r < REPEAT; r++)); do runs+=("$(count_tcp "$app" $((2 * TCP_N)) "$WORK/cgt.$app.2.$r")"); done
+        per=$(python3 -c 'import sys; b, a, n = map(int, sys.argv[1:]); print(f"{(b - a) / n:.1f}")' \
+            "${runs[0]}" "$one" "$TCP_N")
+        echo "| $app | $one | ${runs[0]} | $per | ${runs[*]} |" >>"$MD"
+        printf 'tcp %-13s I(M)=%s I(2M)=%s  %s instructions/message  (repeats: %s)\n' "$app" "$one" "${runs[0]}" "$per" "${runs[*]}"
+    done
+fi
 # Per function, inclusive then self, without the libc/std start-up frames (which only wrap).
 OUT=perf/results/callgrind-latest-bettong.txt
 {
