@@ -26,6 +26,7 @@ pub mod doorbell;
 pub(crate) mod exchange;
 mod executors;
 mod failure;
+mod membarrier;
 mod reporter;
 #[doc(hidden)]
 pub mod ring;
@@ -223,6 +224,9 @@ impl Engine {
     pub fn start(app: Application, config: EngineConfig) -> Result<Engine, Error> {
         // Calibrate the clocks now rather than on a shard's first message.
         let _ = metrics::wall_clock_ns(metrics::now_ns());
+        // And pay for glommio's membarrier registration here rather than in a shard's first
+        // sleep (see `membarrier`); without it glommio uses another barrier.
+        let _ = membarrier::register();
         config.validate().map_err(Error::Config)?;
         let plan = Arc::new(app.plan()?);
         let n = config.cores.len();
