@@ -1,5 +1,5 @@
 //! A source that speaks Wallaroo's connector protocol (v0.0.1) to its clients: the address
-//! `--in NAME@HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS` turns a [`TcpSource`]'s listener
+//! `--in NAME@HOST:PORT:COOKIE:MAX_CREDITS:REFILL_CREDITS` turns a [`TcpSource`](crate::TcpSource)'s listener
 //! into one (the application does not change). The facts it follows are in
 //! `../shared/reference/connector-protocol.md`; in short:
 //!

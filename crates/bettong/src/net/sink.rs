@@ -662,7 +662,7 @@ impl Unacked {
         }
     }
 
-    /// Keeps emptied buffers for [`take_batch`](Self::take_batch), up to [`SPARE_BATCHES`].
+    /// Keeps emptied buffers for [`keep`](Self::keep) to hand out, up to [`SPARE_BATCHES`].
     fn recycle(&mut self, mut bytes: Vec<u8>, mut ends: Vec<usize>) {
         if self.spare.len() < SPARE_BATCHES {
             bytes.clear();

@@ -8,7 +8,7 @@
 //! ordinary graphs. [`Graph::plan`] numbers the nodes in creation order (the ids are stable for
 //! a given program), names the unnamed ones, and checks the names.
 //!
-//! Every shard instantiates the plan ([`instantiate`]) from the sinks upstream, so each
+//! Every shard instantiates the plan ([`instantiate`](fn@instantiate)) from the sinks upstream, so each
 //! operator is built knowing its downstream and calls it directly.
 
 pub(crate) mod instantiate;
