@@ -49,7 +49,8 @@ for w in $WORKERS; do
     if [ "$w" -gt 1 ]; then CONFIGS+=("bettong-iter-4096/$w|bettong-iter-4096|$w|data|"); fi
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")
 done
-CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE"
+CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/timely-busy/1|timely-busy|1|lat|--rate $LAT_RATE"
+    "latency/bettong/1|bettong|1|lat|--rate $LAT_RATE"
     "latency/bettong-spin/1|bettong-spin|1|lat|--rate $LAT_RATE")
 
 RAW="$WORK/runs.jsonl"

@@ -17,6 +17,7 @@ import statistics
 NAMES = {
     "loop": "hand-written loop (1 thread, no engine)",
     "timely": "timely in-process",
+    "timely-busy": "timely in-process, the other core busy (a spinning thread)",
     "bettong": "bettong in-process",
     "bettong-batch": "bettong in-process, push_batch of 1024",
     "bettong-iter": "bettong in-process, IterSource (each shard pulls its share)",
@@ -59,7 +60,7 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
+    rank = {"loop": 0, "timely": 1, "timely-busy": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
             "bettong-batch": 5, "bettong-spin": 6, "timely-tcp": 7, "bettong-tcp": 8}
 
     def key(i):
@@ -158,7 +159,10 @@ def main():
                   "run (5% of orders on rejected symbols), medians of the runs' percentiles. "
                   "bettong: 1 shard (`--poll park`, or `--poll spin`) + 1 pacing host thread "
                   "pinned to the other core, `CallbackSink`; "
-                  "timely: 1 worker that paces, sends, flushes its input and steps.\n")
+                  "timely: 1 worker that paces, sends, flushes its input and steps; "
+                  "`timely-busy`: the same with a thread spinning on another core, as bettong's "
+                  "pacing host thread keeps one busy (the control for the machine's own "
+                  "stalls when every core is busy).\n")
         md.append("| variant | runs | p50 | p99 | p99.9 | max |")
         md.append("|---|---|---|---|---|---|")
         for r in lat:
