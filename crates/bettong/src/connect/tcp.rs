@@ -1,5 +1,6 @@
 //! The TCP connectors: a source that listens (one listener per shard on the same port,
-//! SO_REUSEPORT, so the kernel spreads connections over the shards) and reads
+//! SO_REUSEPORT; a shard hands a new connection to the shard with the fewest, see
+//! `crate::net::balance`) and reads
 //! `[u32 BE len][payload]` frames, and a sink that keeps one connection per shard and writes
 //! the encoder's bytes to it in batches. The socket work is in `crate::net`; this module fits
 //! it to the [`Source`] and [`Sink`] traits like any other connector.
@@ -17,6 +18,7 @@ use crate::connect::connector_source;
 use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
 use crate::error::Error;
 use crate::event::Stamp;
+use crate::net::balance::Balancer;
 use crate::net::sink::SinkBuffer;
 use crate::net::source::{accept_loop, fd_reserve, Connections};
 use crate::runtime::config::{Address, ConnectorAddress};
@@ -91,7 +93,9 @@ impl<D: Decoder> TcpSource<D> {
 pub struct SourcePart(Endpoint);
 
 enum Endpoint {
-    Listener(std::net::TcpListener),
+    /// A listener, and the balancer that spreads the source's connections over its shards
+    /// (none on one shard).
+    Listener(std::net::TcpListener, Option<Arc<Balancer>>),
     File(Option<std::path::PathBuf>),
     /// A listener whose clients speak the connector protocol.
     Connector(
@@ -149,12 +153,13 @@ impl<D: Decoder> Source for TcpSource<D> {
         crate::runtime::probe_port(bound)
             .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
         let mut parts = Vec::with_capacity(shards);
+        let balancer = (shards > 1).then(|| Balancer::new(shards));
         for _ in 0..shards {
             let l = crate::runtime::bind_reuseport(bound)
                 .map_err(|e| connector(format!("cannot listen on {bound}: {e}")))?;
             bound = l.local_addr().map_err(|e| connector(e.to_string()))?;
             parts.push(SourcePart(match &protocol {
-                None => Endpoint::Listener(l),
+                None => Endpoint::Listener(l, balancer.clone()),
                 Some((c, registry)) => Endpoint::Connector(l, c.clone(), registry.clone()),
             }));
         }
@@ -203,8 +208,8 @@ impl<D: Decoder> Source for TcpSource<D> {
                 watermarks: Default::default(),
                 connector: None,
             });
-            let (listener, source) = match part.0 {
-                Endpoint::Listener(l) => (l, source),
+            let (listener, source, balancer) = match part.0 {
+                Endpoint::Listener(l, balancer) => (l, source, balancer),
                 Endpoint::Connector(l, settings, registry) => {
                     let listening = l
                         .local_addr()
@@ -234,7 +239,7 @@ impl<D: Decoder> Source for TcpSource<D> {
                         unreachable!("the source runtime is not shared yet")
                     };
                     source.connector = Some(shard);
-                    (l, Rc::new(source))
+                    (l, Rc::new(source), None)
                 }
                 Endpoint::File(None) => return,
                 Endpoint::File(Some(path)) => {
@@ -254,7 +259,7 @@ impl<D: Decoder> Source for TcpSource<D> {
                 }
             };
             ctx.spawn(announce_progress(ctx.clone(), source.clone(), idle));
-            let conns = Rc::new(Connections::default());
+            let conns = Rc::new(Connections::new(balancer));
             let fd = listener.into_raw_fd();
             // SAFETY: into_raw_fd gave up ownership of the open listening socket; the glommio
             // listener takes it over and closes it on drop.

@@ -1,11 +1,13 @@
-//! The TCP source of one shard: its listener (one per shard on the same port, SO_REUSEPORT,
-//! so the kernel spreads connections over the cores) and one task per connection that reads
-//! frames and runs them through the graph.
+//! The TCP source of one shard: its listener (one per shard on the same port, SO_REUSEPORT),
+//! the hand-over of new connections to the shard with the fewest (see
+//! [`balance`](crate::net::balance)), and one task per connection that reads frames and runs
+//! them through the graph.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncRead;
@@ -13,6 +15,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::codec::{FrameReader, ReadBuffers};
 use crate::metrics::now_ns;
+use crate::net::balance::{Balancer, Placement};
+use crate::runtime::doorbell::Waiter;
 use crate::runtime::shard::{any_over, ShardCore, SourceRuntime, WaitList};
 
 /// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
@@ -30,8 +34,8 @@ const POOLED_READ_BUFFERS: usize = 4;
 /// Decode errors logged per connection before the rest are only counted.
 const LOGGED_ERRORS: u64 = 10;
 
-/// Connections still being served on this shard, the shutdown latch, and the shard's pool of
-/// large read buffers.
+/// Connections still being served on this shard, the shutdown latch, the shard's pool of
+/// large read buffers, and the source's balancer (see [`balance`](crate::net::balance)).
 pub(crate) struct Connections {
     open: Cell<usize>,
     pub(crate) stopping: Cell<bool>,
@@ -39,21 +43,23 @@ pub(crate) struct Connections {
     /// The socket of each open connection, so that the drain timeout can cut it.
     fds: RefCell<Vec<RawFd>>,
     buffers: Rc<ReadBuffers>,
+    /// Shared with the source's other shards when it spreads its connections over them.
+    balancer: Option<Arc<Balancer>>,
 }
 
-impl Default for Connections {
-    fn default() -> Self {
+impl Connections {
+    /// The connections of one shard of a source; `balancer` spreads them over its shards.
+    pub(crate) fn new(balancer: Option<Arc<Balancer>>) -> Self {
         Connections {
             open: Cell::new(0),
             stopping: Cell::new(false),
             changed: WaitList::default(),
             fds: RefCell::new(Vec::new()),
             buffers: ReadBuffers::new(READ_BUFFER, POOLED_READ_BUFFERS),
+            balancer,
         }
     }
-}
 
-impl Connections {
     /// Sets the stopping flag and wakes the accept loops.
     pub(crate) fn stop(&self) {
         self.stopping.set(true);
@@ -231,6 +237,9 @@ pub(crate) async fn accept_loop(
 ) {
     let mut backoff = Backoff::new();
     let mut limit = fd_limit();
+    if let Some(b) = &conns.balancer {
+        b.attach(core.index, Waiter::new(Some(&core.bell)));
+    }
     // Set while accepting is paused; the loop waits, then checks again before accepting.
     let mut paused = false;
     loop {
@@ -258,16 +267,37 @@ pub(crate) async fn accept_loop(
             paused = false;
             backoff.reset();
         }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            conns.until_stopping().await;
-            None
-        })
+        let accepted = futures_lite::future::or(
+            async { Some(Accepted::Here(listener.accept().await)) },
+            futures_lite::future::or(
+                async {
+                    conns.until_stopping().await;
+                    None
+                },
+                async {
+                    match &conns.balancer {
+                        Some(b) => Some(Accepted::HandedOver(b.handed(core.index).await)),
+                        None => std::future::pending().await,
+                    }
+                },
+            ),
+        )
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Accepted::HandedOver(sockets)) => {
+                for socket in sockets {
+                    // SAFETY: `socket` is an open, connected TCP socket that the shard which
+                    // accepted it gave up (see `hand_over`); the stream owns it from here on.
+                    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                    spawn_connection(stream, &source, &core, &conns, max_frame);
+                }
+            }
+            Some(Accepted::Here(Ok(stream))) => {
                 let fd = stream.as_raw_fd();
-                spawn_connection(stream, &source, &core, &conns, max_frame);
+                if let Some(stream) = place(stream, &core, &conns) {
+                    spawn_connection(stream, &source, &core, &conns, max_frame);
+                }
                 if near_fd_limit(fd, limit, fd_reserve) {
                     paused = true;
                     backoff.log(&core, &source, || {
@@ -287,7 +317,7 @@ pub(crate) async fn accept_loop(
                 // closed it, each with its read buffer.
                 futures_lite::future::yield_now().await;
             }
-            Some(Err(e)) => {
+            Some(Accepted::Here(Err(e))) => {
                 let exhausted = match &e {
                     glommio::GlommioError::IoError(io) => is_exhaustion(io),
                     _ => false,
@@ -325,7 +355,51 @@ pub(crate) async fn accept_loop(
         }
         // SAFETY: `fd` was just returned by accept4, so it is an open TCP socket we own.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        if let Some(b) = &conns.balancer {
+            // Counted here: the connections accepted at the stop stay on this shard.
+            b.place_here(core.index);
+        }
         spawn_connection(stream, &source, &core, &conns, max_frame);
+    }
+    // Serve what other shards handed over before this shard closed its inbox.
+    if let Some(b) = &conns.balancer {
+        for socket in b.close(core.index) {
+            // SAFETY: as above, a socket handed over is an open TCP socket now owned here.
+            let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+            spawn_connection(stream, &source, &core, &conns, max_frame);
+        }
+    }
+}
+
+/// What the accept loop's wait ended with.
+enum Accepted {
+    Here(Result<TcpStream, glommio::GlommioError<()>>),
+    HandedOver(Vec<OwnedFd>),
+}
+
+/// Places a connection this shard accepted: returns it to serve here, or hands it to the
+/// source's shard with the fewest connections (see [`balance`](crate::net::balance)).
+fn place(stream: TcpStream, core: &ShardCore, conns: &Connections) -> Option<TcpStream> {
+    let Some(b) = &conns.balancer else {
+        return Some(stream);
+    };
+    let Placement::To(to) = b.place(core.index) else {
+        return Some(stream);
+    };
+    // glommio's stream does not give its descriptor up: hand over a duplicate and let the
+    // stream close the original (the socket stays open while a descriptor refers to it).
+    // SAFETY: the stream keeps its fd open for this borrow.
+    let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    let Ok(dup) = dup else {
+        // No descriptor for the duplicate: serve it here after all.
+        b.moved_back(to, core.index);
+        return Some(stream);
+    };
+    drop(stream);
+    match b.hand_over(core.index, to, dup) {
+        Ok(()) => None,
+        // SAFETY: the socket given back is the open duplicate made above, owned here.
+        Err(back) => Some(unsafe { TcpStream::from_raw_fd(back.into_raw_fd()) }),
     }
 }
 
@@ -352,6 +426,9 @@ fn spawn_connection(
         // `serve` has dropped the stream: forget its fd before anything else can reuse it.
         conns.fds.borrow_mut().retain(|&f| f != fd);
         conns.open.set(conns.open.get() - 1);
+        if let Some(b) = &conns.balancer {
+            b.closed(core.index);
+        }
         core.metrics.closed(&source.counters);
         conns.changed.wake_all();
     })
