@@ -19,7 +19,7 @@
 //!   stream on its own thread (as timely's workers do) and the `key_by` exchange takes each
 //!   message to the shard owning its symbol; a [`CallbackSink`] counts outputs. No host thread.
 //! * `bettong`: the engine with an [`InProcessSource`] keyed by symbol and a [`CallbackSink`]
-//!   counting outputs; W shards (`--poll park`) and W host pusher threads, each decoding its share
+//!   counting outputs; W shards and W host pusher threads, each decoding its share
 //!   and pushing every message to the shard that owns its symbol.
 //! * `timely-tcp`: bettong-giles' sender blasts the framed files at two std listeners (Orders,
 //!   Nbbo); one reader thread per connection cuts frames and hands chunks to a timely worker
@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bettong::metrics::now_ns;
-use bettong::runtime::config::{online_cores, EngineConfig, Poll};
+use bettong::runtime::config::{online_cores, EngineConfig, Poll, DEFAULT_POLL};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, IterSource, Key, Pipeline};
 use bettong_apps::market_spread::{
     check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order,
@@ -679,15 +679,20 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
 // ---------------------------------------------------------------------------------------------
 // bettong in-process.
 
-/// `PEER_POLL=park|spin|spin:MICROS` (default park); `perf/callgrind.sh` sets spin, because a
-/// shard parked in `io_uring_enter` never wakes under valgrind 3.19. `PEER_RING=N`: the rings'
-/// capacity (`--ring-capacity`; default `auto_ring_capacity`).
-fn engine_config(shards: usize) -> EngineConfig {
+/// `PEER_POLL=park|spin|spin:MICROS` overrides `poll`, the run's own: the engine's default
+/// ([`DEFAULT_POLL`], `spin:10`, what `bettong bench` and the CLIs use) for the throughput runs,
+/// `park` for the `bettong` latency run. Until 70750dd every run used `park`, the default
+/// before edcee12: on 2 shards `IterSource` ran at 18.4/18.0/16.7 M msgs/s on `park` against
+/// 24.3/24.0/23.1 M on `spin:10` (3 alternating rounds, timely 26.7/26.8/26.4 M alongside).
+/// `perf/callgrind.sh` sets spin, because a shard parked in `io_uring_enter` never wakes under
+/// valgrind 3.19. `PEER_RING=N`: the rings' capacity (`--ring-capacity`; default
+/// `auto_ring_capacity`).
+fn engine_config(shards: usize, poll: Poll) -> EngineConfig {
     let online = online_cores();
     let poll = std::env::var("PEER_POLL")
         .ok()
         .and_then(|p| p.parse::<Poll>().ok())
-        .unwrap_or(Poll::Park);
+        .unwrap_or(poll);
     EngineConfig {
         cores: online.iter().copied().cycle().take(shards).collect(),
         pin: shards <= online.len(),
@@ -724,7 +729,8 @@ fn counted_spread_check(
 fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, String> {
     let market = InProcessSource::new(symbol_key);
     let (app, outputs) = counted_spread_check(market.clone());
-    let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
+    let engine =
+        Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
     let mut pusher = market.pusher()?;
     for f in frames(&data.initial) {
         pusher.push(decoded(f)).map_err(|_| "engine stopped")?;
@@ -784,7 +790,8 @@ fn bettong_iter(data: &Arc<Data>, shards: usize) -> Result<Outcome, String> {
     let (d, g) = (data.clone(), gate.clone());
     let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards));
     let (app, outputs) = counted_spread_check(market);
-    let engine = Engine::start(app, engine_config(shards)).map_err(|e| e.to_string())?;
+    let engine =
+        Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
     let summary = engine.join().map_err(|e| e.to_string())?;
     let span = gate
         .span
@@ -929,7 +936,7 @@ fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
         "peer spread check",
         spread_check(Pipeline::source("Market", market.clone())).to_sink("Results", sink),
     );
-    let engine = Engine::start(app, engine_config(1)).map_err(|e| e.to_string())?;
+    let engine = Engine::start(app, engine_config(1, Poll::Park)).map_err(|e| e.to_string())?;
     let mut pusher = market.pusher()?;
     for f in frames(&data.initial) {
         pusher.push(decoded(f)).map_err(|_| "engine stopped")?;
@@ -941,7 +948,7 @@ fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
     // unpinned, 1.6/0.84/1.2 ms pinned (p50 about 20 µs either way).
     // PEER_PIN_HOST=0 leaves it unpinned (to compare).
     let pin = std::env::var("PEER_PIN_HOST").map_or(true, |v| v != "0");
-    let shard_core = engine_config(1).cores[0];
+    let shard_core = engine_config(1, Poll::Park).cores[0];
     if let Some(&core) = online_cores()
         .iter()
         .rev()
@@ -1095,7 +1102,7 @@ fn bettong_tcp(data: &Data, shards: usize) -> Result<Outcome, String> {
     }
     let rx = receiver(data.expected_out)?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut config = engine_config(shards);
+    let mut config = engine_config(shards, DEFAULT_POLL);
     config.inputs = vec![
         (Some("Orders".into()), loopback.into()),
         (Some("Nbbo".into()), loopback.into()),
