@@ -237,9 +237,20 @@ pub(crate) async fn accept_loop(
 ) {
     let mut backoff = Backoff::new();
     let mut limit = fd_limit();
-    if let Some(b) = &conns.balancer {
+    // Connections other shards hand over are served by a task of their own: waiting for them
+    // in this loop's `select` dropped glommio's accept future whenever one came, and a
+    // dropped accept can lose the connection it was completing (2 of 500 in
+    // connections::idle_connections_cost_little_memory).
+    let inbox = conns.balancer.as_ref().map(|b| {
         b.attach(core.index, Waiter::new(Some(&core.bell)));
-    }
+        glommio::spawn_local(serve_handed(
+            b.clone(),
+            source.clone(),
+            core.clone(),
+            conns.clone(),
+            max_frame,
+        ))
+    });
     // Set while accepting is paused; the loop waits, then checks again before accepting.
     let mut paused = false;
     loop {
@@ -267,33 +278,14 @@ pub(crate) async fn accept_loop(
             paused = false;
             backoff.reset();
         }
-        let accepted = futures_lite::future::or(
-            async { Some(Accepted::Here(listener.accept().await)) },
-            futures_lite::future::or(
-                async {
-                    conns.until_stopping().await;
-                    None
-                },
-                async {
-                    match &conns.balancer {
-                        Some(b) => Some(Accepted::HandedOver(b.handed(core.index).await)),
-                        None => std::future::pending().await,
-                    }
-                },
-            ),
-        )
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            conns.until_stopping().await;
+            None
+        })
         .await;
         match accepted {
             None => break,
-            Some(Accepted::HandedOver(sockets)) => {
-                for socket in sockets {
-                    // SAFETY: `socket` is an open, connected TCP socket that the shard which
-                    // accepted it gave up (see `hand_over`); the stream owns it from here on.
-                    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                    spawn_connection(stream, &source, &core, &conns, max_frame);
-                }
-            }
-            Some(Accepted::Here(Ok(stream))) => {
+            Some(Ok(stream)) => {
                 let fd = stream.as_raw_fd();
                 if let Some(stream) = place(stream, &core, &conns) {
                     spawn_connection(stream, &source, &core, &conns, max_frame);
@@ -317,7 +309,7 @@ pub(crate) async fn accept_loop(
                 // closed it, each with its read buffer.
                 futures_lite::future::yield_now().await;
             }
-            Some(Accepted::Here(Err(e))) => {
+            Some(Err(e)) => {
                 let exhausted = match &e {
                     glommio::GlommioError::IoError(io) => is_exhaustion(io),
                     _ => false,
@@ -362,19 +354,47 @@ pub(crate) async fn accept_loop(
         spawn_connection(stream, &source, &core, &conns, max_frame);
     }
     // Serve what other shards handed over before this shard closed its inbox.
-    if let Some(b) = &conns.balancer {
+    if let (Some(b), Some(task)) = (&conns.balancer, inbox) {
+        task.await;
         for socket in b.close(core.index) {
-            // SAFETY: as above, a socket handed over is an open TCP socket now owned here.
-            let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-            spawn_connection(stream, &source, &core, &conns, max_frame);
+            spawn_handed(socket, &source, &core, &conns, max_frame);
         }
     }
 }
 
-/// What the accept loop's wait ended with.
-enum Accepted {
-    Here(Result<TcpStream, glommio::GlommioError<()>>),
-    HandedOver(Vec<OwnedFd>),
+/// Serves the connections other shards hand to this one, until the shard stops.
+async fn serve_handed(
+    balancer: Arc<Balancer>,
+    source: Rc<SourceRuntime>,
+    core: Rc<ShardCore>,
+    conns: Rc<Connections>,
+    max_frame: usize,
+) {
+    loop {
+        let handed =
+            futures_lite::future::or(async { Some(balancer.handed(core.index).await) }, async {
+                conns.until_stopping().await;
+                None
+            })
+            .await;
+        let Some(sockets) = handed else { return };
+        for socket in sockets {
+            spawn_handed(socket, &source, &core, &conns, max_frame);
+        }
+    }
+}
+
+fn spawn_handed(
+    socket: OwnedFd,
+    source: &Rc<SourceRuntime>,
+    core: &Rc<ShardCore>,
+    conns: &Rc<Connections>,
+    max_frame: usize,
+) {
+    // SAFETY: `socket` is an open, connected TCP socket that the shard which accepted it gave
+    // up (see `Balancer::hand_over`); the stream owns it from here on.
+    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    spawn_connection(stream, source, core, conns, max_frame);
 }
 
 /// Places a connection this shard accepted: returns it to serve here, or hands it to the
