@@ -94,26 +94,32 @@ fn histogram_count(buckets: &[(f64, f64)]) -> f64 {
         .map_or_else(|| buckets.last().map_or(0.0, |b| b.1), |b| b.1)
 }
 
-/// Passthrough on two shards: what the endpoint counts is exactly what was sent, the latency
-/// histograms count every finished message in power-of-two buckets, and /health answers.
-#[test]
-fn metrics_endpoint_counts_what_was_sent() {
-    let sink = Sink::bind();
+/// `bettong passthrough` into `sink` on unpinned `cores`, with the metrics endpoint on a free
+/// port (its address is the engine's `metrics` entry).
+fn passthrough_with_metrics(sink: &Sink, cores: &str) -> Engine {
     let out = sink.addr.to_string();
-    let engine = Engine::start(&[
+    Engine::start(&[
         "passthrough",
         "--in",
         "127.0.0.1:0",
         "--out",
         &out,
         "--cores",
-        "0,1",
+        cores,
         "--no-pin",
         "--metrics-interval",
         "0",
         "--metrics-addr",
         "127.0.0.1:0",
-    ]);
+    ])
+}
+
+/// Passthrough on two shards: what the endpoint counts is exactly what was sent, the latency
+/// histograms count every finished message in power-of-two buckets, and /health answers.
+#[test]
+fn metrics_endpoint_counts_what_was_sent() {
+    let sink = Sink::bind();
+    let engine = passthrough_with_metrics(&sink, "0,1");
     let metrics = engine.addr("metrics");
     let input = engine.addr("Frames");
     assert_eq!(http_get(metrics, "/health").0, 200);
@@ -197,22 +203,7 @@ fn metrics_endpoint_counts_what_was_sent() {
 fn connections_are_spread_evenly_over_shards_and_lose_nothing() {
     for shards in [3usize, 4] {
         let sink = Sink::bind();
-        let out = sink.addr.to_string();
-        let cores = format!("0-{}", shards - 1);
-        let engine = Engine::start(&[
-            "passthrough",
-            "--in",
-            "127.0.0.1:0",
-            "--out",
-            &out,
-            "--cores",
-            &cores,
-            "--no-pin",
-            "--metrics-interval",
-            "0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]);
+        let engine = passthrough_with_metrics(&sink, &format!("0-{}", shards - 1));
         let metrics = engine.addr("metrics");
         let input = engine.addr("Frames");
         let conns = 2 * shards;
