@@ -2,10 +2,11 @@
 //!
 //! Every shard listens on the source's port (SO_REUSEPORT), and the kernel picks the listener
 //! for each new connection by a hash of its addresses: with few connections the shards get
-//! uneven shares. `bench passthrough` (8 connections, 2 shards) ran at 22–23 M msgs/s with
-//! the connections split 4/4 and at 13–15 M when the hash split them 6/2 or 7/1, which it did
-//! in 2 runs of 5; `bench market-spread` put its two feeds on the same shard about half the
-//! time. So the shard that accepts a connection hands it to the shard of this source that has
+//! uneven shares. `bench passthrough` (8 connections, 2 shards) was bimodal: 22–23 M msgs/s in
+//! 3 runs of 5 and 13–15 M in the other 2, about what a 6/2 or 7/1 split predicts (the busier
+//! shard sets the pace; a random split is that uneven 28% of the time); balanced, 19–21 M in
+//! every run. `bench market-spread` put its two feeds on the same shard about half the time.
+//! So the shard that accepts a connection hands it to the shard of this source that has
 //! the fewest open connections, when that is fewer than its own (ties stay where they are):
 //! least connections, counted per source, as Envoy's `exact_balance` does for its listeners.
 //!
