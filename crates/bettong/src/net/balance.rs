@@ -41,7 +41,8 @@ struct Inbox {
     sockets: Vec<OwnedFd>,
     /// Set once the shard has stopped taking hand-overs.
     closed: bool,
-    /// How to wake the shard's accept loop (set when the shard starts).
+    /// How to wake the shard's task that serves the inbox (set when it first waits; until
+    /// then it has not looked, so it sees what is here when it does).
     waiter: Option<Arc<Waiter>>,
 }
 
@@ -72,11 +73,6 @@ impl Balancer {
             .inbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers how to wake `shard`'s accept loop when a connection is handed to it.
-    pub(crate) fn attach(&self, shard: usize, waiter: Arc<Waiter>) {
-        self.inbox(shard).waiter = Some(waiter);
     }
 
     /// Decides where a connection that `here` accepted goes, and counts it there.
@@ -135,8 +131,9 @@ impl Balancer {
         self.shards[shard].open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Waits until a connection is handed to `shard`, and takes every one waiting.
-    pub(crate) async fn handed(&self, shard: usize) -> Vec<OwnedFd> {
+    /// Waits until a connection is handed to `shard`, and takes every one waiting. `waiter`
+    /// (on `shard`'s doorbell) is how a hand-over wakes the task; the inbox keeps it.
+    pub(crate) async fn handed(&self, shard: usize, waiter: &Arc<Waiter>) -> Vec<OwnedFd> {
         std::future::poll_fn(|cx| {
             let mut inbox = self.inbox(shard);
             if !inbox.sockets.is_empty() {
@@ -144,10 +141,7 @@ impl Balancer {
             }
             // Parked under the inbox's lock: a hand-over pushes under it too, so it either
             // came before (and the check above saw it) or it sees the flag and rings.
-            match &inbox.waiter {
-                Some(w) => w.park(cx),
-                None => return Poll::Pending,
-            }
+            inbox.waiter.get_or_insert_with(|| waiter.clone()).park(cx);
             Poll::Pending
         })
         .await

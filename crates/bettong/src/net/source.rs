@@ -242,7 +242,6 @@ pub(crate) async fn accept_loop(
     // dropped accept can lose the connection it was completing (2 of 500 in
     // connections::idle_connections_cost_little_memory).
     let inbox = conns.balancer.as_ref().map(|b| {
-        b.attach(core.index, Waiter::new(Some(&core.bell)));
         glommio::spawn_local(serve_handed(
             b.clone(),
             source.clone(),
@@ -357,7 +356,7 @@ pub(crate) async fn accept_loop(
     if let (Some(b), Some(task)) = (&conns.balancer, inbox) {
         task.await;
         for socket in b.close(core.index) {
-            spawn_handed(socket, &source, &core, &conns, max_frame);
+            spawn_connection(handed_stream(socket), &source, &core, &conns, max_frame);
         }
     }
 }
@@ -370,31 +369,29 @@ async fn serve_handed(
     conns: Rc<Connections>,
     max_frame: usize,
 ) {
+    let waiter = Waiter::new(Some(&core.bell));
     loop {
-        let handed =
-            futures_lite::future::or(async { Some(balancer.handed(core.index).await) }, async {
+        let handed = futures_lite::future::or(
+            async { Some(balancer.handed(core.index, &waiter).await) },
+            async {
                 conns.until_stopping().await;
                 None
-            })
-            .await;
+            },
+        )
+        .await;
         let Some(sockets) = handed else { return };
         for socket in sockets {
-            spawn_handed(socket, &source, &core, &conns, max_frame);
+            spawn_connection(handed_stream(socket), &source, &core, &conns, max_frame);
         }
     }
 }
 
-fn spawn_handed(
-    socket: OwnedFd,
-    source: &Rc<SourceRuntime>,
-    core: &Rc<ShardCore>,
-    conns: &Rc<Connections>,
-    max_frame: usize,
-) {
-    // SAFETY: `socket` is an open, connected TCP socket that the shard which accepted it gave
-    // up (see `Balancer::hand_over`); the stream owns it from here on.
-    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-    spawn_connection(stream, source, core, conns, max_frame);
+/// The stream of a socket that went through a balancer's inbox (handed over, or given back).
+fn handed_stream(socket: OwnedFd) -> TcpStream {
+    // SAFETY: a socket in a balancer's inbox is an open, connected TCP socket duplicated from
+    // an accepted stream (see `place`), owned by `socket`; `into_raw_fd` gives that ownership
+    // to the stream, which closes it.
+    unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) }
 }
 
 /// Places a connection this shard accepted: returns it to serve here, or hands it to the
@@ -418,8 +415,7 @@ fn place(stream: TcpStream, core: &ShardCore, conns: &Connections) -> Option<Tcp
     drop(stream);
     match b.hand_over(core.index, to, dup) {
         Ok(()) => None,
-        // SAFETY: the socket given back is the open duplicate made above, owned here.
-        Err(back) => Some(unsafe { TcpStream::from_raw_fd(back.into_raw_fd()) }),
+        Err(back) => Some(handed_stream(back)),
     }
 }
 
