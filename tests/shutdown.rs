@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,7 +300,8 @@ enum Close {
 /// A sink that, once it has received `drop_after` bytes, drops every connection and its
 /// listener, is away for a moment, and comes back on the same port, where it reads until the
 /// engine closes. Returns the address, the bytes of every connection, and a receiver told when
-/// the sink is back.
+/// the sink is back; it stops accepting once `engine_gone` is set and every connection it took
+/// has ended.
 ///
 /// To drop, a connection is first shut down both ways and then read to its end before being
 /// closed: from the shutdown on, its TCP acknowledges nothing more (new data draws a reset),
@@ -310,6 +311,7 @@ enum Close {
 fn dropping_sink(
     how: Close,
     drop_after: usize,
+    engine_gone: Arc<AtomicBool>,
 ) -> (
     SocketAddr,
     std::thread::JoinHandle<Vec<Vec<u8>>>,
@@ -397,8 +399,10 @@ fn dropping_sink(
         let _ = back_tx.send(());
         let mut readers = Vec::new();
         let until = Instant::now() + DEADLINE;
-        // Accept until the readers have all seen their connection end and none came for a
-        // while after the first (every shard reconnects once it has something to send).
+        // Accept until the engine has exited and the readers have all seen their connection
+        // end. (Ending once the connections so far had ended raced with a shard that
+        // reconnected later than another: its connection was refused and its outputs
+        // undelivered.)
         loop {
             match listener.accept() {
                 Ok((mut s, _)) => {
@@ -410,7 +414,8 @@ fn dropping_sink(
                     }));
                 }
                 Err(_) => {
-                    if !readers.is_empty() && readers.iter().all(|r| r.is_finished()) {
+                    if engine_gone.load(Ordering::SeqCst) && readers.iter().all(|r| r.is_finished())
+                    {
                         break;
                     }
                     assert!(Instant::now() < until, "the engine never closed its sink");
@@ -448,12 +453,22 @@ fn set_linger_zero(s: &TcpStream) {
 /// no output is lost (every count of every word arrives), duplicates are possible and are
 /// never more than the engine reports as resent.
 fn sink_drop_loses_nothing(how: Close) {
-    let (addr, sink, back) = dropping_sink(how, 40_000);
+    let engine_gone = Arc::new(AtomicBool::new(false));
+    let (addr, sink, back) = dropping_sink(how, 40_000, engine_gone.clone());
     let engine = start("0,1", addr, &[]);
     let (conns, expected) = traffic(4, 3000);
-    send_all(engine.addr("Text"), &conns);
+    // Half the connections, enough output for the sink to drop; the other half once it is
+    // back, so that there is output to deliver after the drop. Sending everything at once, the
+    // engine could have written all its output into the sockets before the sink read its
+    // 40 000 bytes: nothing was left to send, no shard reconnected, and the sink waited for
+    // a connection that never came (2 runs of 8 once connections were balanced over the
+    // shards, which finished the work sooner).
+    let (first, second) = conns.split_at(2);
+    send_all(engine.addr("Text"), first);
     back.recv_timeout(DEADLINE).expect("the sink comes back");
+    send_all(engine.addr("Text"), second);
     let (status, took, stderr) = engine.terminate_within(Duration::from_secs(20));
+    engine_gone.store(true, Ordering::SeqCst);
     assert!(status.success(), "exit {status}; stderr:\n{stderr}");
     let received = sink.join().unwrap();
     let mut seen = HashMap::new();
