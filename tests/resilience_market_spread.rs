@@ -323,7 +323,15 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let data = write_data(&dir, 5_000, 400_000);
+    // The NBBO file must outlast two checkpoints (20 ms apart) after the Orders file ends. A
+    // release build read 400 000 updates before that on every run (at b65449f too), so it gets
+    // ten times as many.
+    let nbbo = if cfg!(debug_assertions) {
+        400_000
+    } else {
+        4_000_000
+    };
+    let data = write_data(&dir, 5_000, nbbo);
     let out = dir.join("results.bin");
     let chk = dir.join("checkpoints");
     let mut child = common::dies_with_test(&mut market_spread(&data, &out, Some(&chk), ONE))
@@ -337,6 +345,10 @@ fn an_ended_source_is_not_replayed_after_a_restart() {
     // A checkpoint started after that has committed.
     let seen = common::newest_checkpoint(&chk);
     common::wait_until("a checkpoint after the Orders file ended", || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the NBBO file is too short: the run ended before the kill"
+        );
         common::newest_checkpoint(&chk) >= seen + 2
     });
     assert!(
