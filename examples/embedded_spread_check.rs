@@ -82,10 +82,9 @@ fn main() -> Result<(), String> {
     let initial = decode_all(&initial)?;
     let rejected: Vec<[u8; 4]> = initial
         .iter()
-        .filter_map(|m| match m {
-            MarketMessage::Nbbo(n) if is_rejected_spread(n.bid(), n.offer()) => Some(*n.symbol()),
-            _ => None,
-        })
+        .filter_map(|m| m.nbbo())
+        .filter(|n| is_rejected_spread(n.bid(), n.offer()))
+        .map(|n| *n.symbol())
         .collect();
 
     // Interleave orders and NBBO updates; number the rejected orders through their account
@@ -93,10 +92,10 @@ fn main() -> Result<(), String> {
     let mut stream = Vec::with_capacity(2 * args.orders as usize);
     let mut measured = 0u32;
     for (o, n) in decode_all(&orders)?.into_iter().zip(decode_all(&nbbo)?) {
-        let o = match o {
-            MarketMessage::Order(o) if rejected.contains(o.symbol()) => {
+        let o = match o.order() {
+            Some(o) if rejected.contains(o.symbol()) => {
                 measured += 1;
-                MarketMessage::Order(Order::new(
+                MarketMessage::from(Order::new(
                     o.side(),
                     measured - 1,
                     *o.order_id(),
@@ -106,7 +105,7 @@ fn main() -> Result<(), String> {
                     *o.transact_time(),
                 ))
             }
-            other => other,
+            _ => o,
         };
         stream.push(o);
         stream.push(n);
@@ -163,7 +162,7 @@ fn main() -> Result<(), String> {
                 std::hint::spin_loop();
             }
         }
-        if let MarketMessage::Order(o) = m {
+        if let Some(o) = m.order() {
             if rejected.contains(o.symbol()) {
                 pushed_at[o.account() as usize].store(now_ns(), Ordering::Release);
             }

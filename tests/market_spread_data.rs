@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bettong_apps::market_spread::{
-    check, decode, is_rejected_spread, symbol_key, MarketMessage, Nbbo, SymbolData,
+    check, decode, is_rejected_spread, symbol_key, MarketMessage, MarketView, Nbbo, SymbolData,
 };
 use bettong_giles::gen::{
     generate, read_expected, GenMarketSpreadArgs, EXPECTED_FILE, INITIAL_NBBO_FILE, NBBO_FILE,
@@ -56,9 +56,9 @@ fn wallaroo_initial(name: &str) -> Vec<Nbbo> {
     let path = PathBuf::from(WALLAROO_DATA).join(format!("{name}-symbols_initial-nbbo-fixish.msg"));
     decode_all(&read(&path))
         .into_iter()
-        .map(|m| match m {
-            MarketMessage::Nbbo(n) => n,
-            MarketMessage::Order(o) => panic!("order in an NBBO file: {o:?}"),
+        .map(|m| match m.view() {
+            MarketView::Nbbo(n) => *n,
+            MarketView::Order(o) => panic!("order in an NBBO file: {o:?}"),
         })
         .collect()
 }
@@ -274,10 +274,7 @@ fn generated_data_is_valid_and_expected_out_holds() {
     assert_eq!(initial.len(), 350);
     assert_eq!(nbbo.len() as u64, args.nbbo);
     assert_eq!(orders.len() as u64, args.orders);
-    assert!(initial
-        .iter()
-        .chain(&nbbo)
-        .all(|m| matches!(m, MarketMessage::Nbbo(_))));
+    assert!(initial.iter().chain(&nbbo).all(|m| m.nbbo().is_some()));
 
     // Symbols: distinct, 1-4 uppercase letters right-aligned, listed in legal-symbols.msg.
     let symbols: Vec<[u8; 4]> = initial.iter().map(|m| *symbol_key(m)).collect();
@@ -296,9 +293,7 @@ fn generated_data_is_valid_and_expected_out_holds() {
     // The first `rejected` symbols start rejected, the others do not; updates never reject.
     let mut rejected = HashSet::new();
     for (i, m) in initial.iter().enumerate() {
-        let MarketMessage::Nbbo(n) = m else {
-            unreachable!()
-        };
+        let Some(n) = m.nbbo() else { unreachable!() };
         let spread = n.offer() - n.bid();
         if i < args.rejected {
             assert!(spread >= 0.05, "{n:?}");
@@ -311,9 +306,7 @@ fn generated_data_is_valid_and_expected_out_holds() {
         }
     }
     for m in &nbbo {
-        let MarketMessage::Nbbo(n) = m else {
-            unreachable!()
-        };
+        let Some(n) = m.nbbo() else { unreachable!() };
         assert!(n.offer() - n.bid() < 0.05, "{n:?}");
         assert!(!is_rejected_spread(n.bid(), n.offer()), "{n:?}");
         assert!(
@@ -325,7 +318,7 @@ fn generated_data_is_valid_and_expected_out_holds() {
     // Order fields are in Wallaroo's generator ranges, and the skew holds.
     let mut per_symbol: HashMap<[u8; 4], u64> = HashMap::new();
     for m in &orders {
-        let MarketMessage::Order(o) = m else {
+        let Some(o) = m.order() else {
             panic!("not an order: {m:?}")
         };
         assert!((1..=2).contains(&o.side()));

@@ -84,9 +84,9 @@ pub fn parse_transact_time(t: &[u8; TRANSACT_TIME_LEN]) -> Option<u64> {
 
 /// Decodes a framed order and its transact time; a malformed order or time is an error.
 pub fn decode(payload: &[u8]) -> Result<TimedOrder, DecodeError> {
-    let order = match crate::market_spread::decode_order(payload)? {
-        crate::market_spread::MarketMessage::Order(o) => o,
-        crate::market_spread::MarketMessage::Nbbo(_) => {
+    let order = match crate::market_spread::decode_order(payload)?.view() {
+        crate::market_spread::MarketView::Order(o) => *o,
+        crate::market_spread::MarketView::Nbbo(_) => {
             return Err(DecodeError::new("Orders source: not an order"))
         }
     };

@@ -53,8 +53,8 @@ use bettong::metrics::now_ns;
 use bettong::runtime::config::{online_cores, EngineConfig, Poll, DEFAULT_POLL};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, IterSource, Key, Pipeline};
 use bettong_apps::market_spread::{
-    check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, Order,
-    OrderResult, SymbolData,
+    check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, MarketView,
+    Order, OrderResult, SymbolData,
 };
 use bettong_giles::gen::{self, GenMarketSpreadArgs};
 use bettong_giles::receiver::{ReceiveArgs, Receiver};
@@ -283,7 +283,7 @@ impl Data {
         let symbols = frames(&initial).count() as u64;
         let mut rejected: Vec<[u8; 4]> = Vec::new();
         for f in frames(&initial) {
-            if let Ok(MarketMessage::Nbbo(n)) = decode(&f[4..]) {
+            if let Some(n) = decode(&f[4..]).ok().as_ref().and_then(MarketMessage::nbbo) {
                 if is_rejected_spread(n.bid(), n.offer()) {
                     rejected.push(*n.symbol());
                 }
@@ -302,13 +302,15 @@ impl Data {
             };
             let Some(f) = next else { break };
             match decode(&f[4..]) {
-                Ok(MarketMessage::Order(ord)) => {
-                    n_orders += 1;
-                    if rejected.contains(ord.symbol()) {
-                        expected_out += 1;
+                Ok(m) => match m.order() {
+                    Some(ord) => {
+                        n_orders += 1;
+                        if rejected.contains(ord.symbol()) {
+                            expected_out += 1;
+                        }
                     }
-                }
-                Ok(MarketMessage::Nbbo(_)) => n_nbbo += 1,
+                    None => n_nbbo += 1,
+                },
                 Err(e) => return Err(format!("bad record in {}: {e}", dir.display())),
             }
             offsets.push(stream.len());
@@ -384,9 +386,9 @@ struct Msg(MarketMessage);
 
 impl serde::Serialize for Msg {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            MarketMessage::Order(o) => s.serialize_bytes(o.as_bytes()),
-            MarketMessage::Nbbo(n) => s.serialize_bytes(n.as_bytes()),
+        match self.0.view() {
+            MarketView::Order(o) => s.serialize_bytes(o.as_bytes()),
+            MarketView::Nbbo(n) => s.serialize_bytes(n.as_bytes()),
         }
     }
 }
@@ -581,7 +583,7 @@ fn timely_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
             while now_ns() < at {
                 worker.step();
             }
-            if let MarketMessage::Order(o) = m {
+            if let Some(o) = m.order() {
                 if let Some(d) = dd.get(o.account() as usize) {
                     d.store(at, Ordering::Release);
                 }
@@ -644,7 +646,7 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
     let mut rejected: Vec<[u8; 4]> = Vec::new();
     for f in frames(&data.initial) {
-        if let MarketMessage::Nbbo(n) = decoded(f) {
+        if let Some(n) = decoded(f).nbbo() {
             if is_rejected_spread(n.bid(), n.offer()) {
                 rejected.push(*n.symbol());
             }
@@ -652,15 +654,15 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
     }
     let mut measured = 0u32;
     let stream = frames(&data.stream)
-        .map(|f| match decoded(f) {
-            MarketMessage::Order(o) => {
+        .map(|f| match decoded(f).order() {
+            Some(o) => {
                 let account = if rejected.contains(o.symbol()) {
                     measured += 1;
                     measured - 1
                 } else {
                     u32::MAX
                 };
-                MarketMessage::Order(Order::new(
+                MarketMessage::from(Order::new(
                     o.side(),
                     account,
                     *o.order_id(),
@@ -670,7 +672,7 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
                     *o.transact_time(),
                 ))
             }
-            other => other,
+            None => decoded(f),
         })
         .collect();
     Ok((stream, measured as usize))
@@ -963,7 +965,7 @@ fn bettong_latency(data: &Data, rate: u64) -> Result<Outcome, String> {
         while now_ns() < at {
             std::hint::spin_loop();
         }
-        if let MarketMessage::Order(o) = m {
+        if let Some(o) = m.order() {
             if let Some(d) = due.get(o.account() as usize) {
                 d.store(at, Ordering::Release);
             }
