@@ -460,8 +460,9 @@ impl fmt::Debug for Nbbo {
 /// One input of the merged Market Spread stream: what the "Orders" and "Nbbo" sources decode to,
 /// an [`Order`] or an [`Nbbo`] in its wire bytes. [`view`](MarketMessage::view) tells which.
 ///
-/// The wire's type byte is the discriminant. The bytes sit at the start of 64 bytes aligned to
-/// 16, zeros after them, and the decoder writes them as four whole 16-byte pieces. Why: between
+/// The wire's type byte is the discriminant. The bytes sit in 64 bytes aligned to 16 (an order's
+/// from offset 0, an NBBO's from offset 6 so that no field the state reads straddles a 16-byte
+/// piece), zeros around them, and the decoder writes them as four whole 16-byte pieces. Why: between
 /// its decoder and its state a message is moved a few times (out of the decoder's `Result`,
 /// into the engine's call), each move in 16-byte loads from offset 0. An `enum` (a tag byte, the
 /// 53 or 42 bytes at offset 1, copied in overlapping pieces) was written in pieces that those
@@ -482,7 +483,7 @@ impl fmt::Debug for Nbbo {
 #[repr(C, align(16))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MarketMessage {
-    /// An [`Order`]'s or an [`Nbbo`]'s wire bytes from offset 0, zeros after them.
+    /// An [`Order`]'s wire bytes from offset 0 or an [`Nbbo`]'s from `NBBO_AT`, zeros around.
     wire: [u8; 64],
 }
 
@@ -537,12 +538,14 @@ impl MarketMessage {
     /// The order or NBBO update this message is.
     #[inline]
     pub fn view(&self) -> MarketView<'_> {
-        // Only `of_order` and `of_nbbo` build a message, from an `Order` or an `Nbbo`, so the
-        // type byte is one of two and the bytes after it have that type's length.
+        // Only `of_order` and `of_nbbo` build a message, from an `Order` or an `Nbbo`: an order's
+        // type byte is at 0, and an NBBO's bytes start at NBBO_AT with zeros before them.
         if self.wire[0] == ORDER_TYPE {
             MarketView::Order(bytemuck::from_bytes(&self.wire[..ORDER_PAYLOAD_LEN]))
         } else {
-            MarketView::Nbbo(bytemuck::from_bytes(&self.wire[..NBBO_PAYLOAD_LEN]))
+            MarketView::Nbbo(bytemuck::from_bytes(
+                &self.wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN],
+            ))
         }
     }
 
@@ -581,6 +584,13 @@ impl fmt::Debug for MarketMessage {
     }
 }
 
+/// Where an NBBO update's bytes start in a [`MarketMessage`]: its bid (wire offset 26) and offer
+/// (34) then sit at 32 and 40, each inside one 16-byte piece. At offset 0 the bid straddled two,
+/// and `check_now`'s load of it was a failed forward: a third of that function's samples.
+const NBBO_AT: usize = 6;
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+const NBBO_AT_I32: i32 = NBBO_AT as i32;
+
 /// Copies a payload into a [`MarketMessage`]'s 64 bytes in four 16-byte stores.
 ///
 /// A 42- or 53-byte copy is done in overlapping 16-byte pieces (the last one ending at the last
@@ -612,28 +622,25 @@ impl Wire64 {
         }
     }
 
-    /// An NBBO update's 42 bytes (the caller checked the length).
+    /// An NBBO update's 42 bytes at [`NBBO_AT`] (the caller checked the length).
     #[inline(always)]
     fn nbbo(p: &[u8]) -> [u8; 64] {
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         {
-            use std::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_srli_si128};
+            use std::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_slli_si128};
             let piece = |at: usize| bytemuck::pod_read_unaligned::<__m128i>(&p[at..at + 16]);
-            // Bytes 32..42: the last 16 bytes (26..42), shifted down 6 bytes.
+            // Bytes 0..16: six zeros, then the payload's first 10 bytes (its first 16, shifted
+            // up 6 bytes); the other two pieces are the payload's bytes 10..26 and 26..42.
             // SAFETY: as in `order`: SSE2 is all these intrinsics need, and this block is
             // compiled only where the target has it.
-            let (tail, zero) = unsafe {
-                (
-                    _mm_srli_si128::<6>(piece(NBBO_PAYLOAD_LEN - 16)),
-                    _mm_setzero_si128(),
-                )
-            };
-            bytemuck::cast([piece(0), piece(16), tail, zero])
+            let (head, zero) =
+                unsafe { (_mm_slli_si128::<NBBO_AT_I32>(piece(0)), _mm_setzero_si128()) };
+            bytemuck::cast([head, piece(16 - NBBO_AT), piece(32 - NBBO_AT), zero])
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
         {
             let mut wire = [0u8; 64];
-            wire[..NBBO_PAYLOAD_LEN].copy_from_slice(&p[..NBBO_PAYLOAD_LEN]);
+            wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN].copy_from_slice(&p[..NBBO_PAYLOAD_LEN]);
             wire
         }
     }
@@ -1399,8 +1406,9 @@ mod tests {
             assert!(o.wire[ORDER_PAYLOAD_LEN..].iter().all(|&b| b == 0));
             let n = decode(&nbbo).expect("an NBBO");
             assert_eq!(n.nbbo().map(Nbbo::as_bytes), Some(&nbbo[..]));
-            assert_eq!(&n.wire[..NBBO_PAYLOAD_LEN], &nbbo[..]);
-            assert!(n.wire[NBBO_PAYLOAD_LEN..].iter().all(|&b| b == 0));
+            assert_eq!(&n.wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN], &nbbo[..]);
+            assert!(n.wire[..NBBO_AT].iter().all(|&b| b == 0));
+            assert!(n.wire[NBBO_AT + NBBO_PAYLOAD_LEN..].iter().all(|&b| b == 0));
             // Built from a value or decoded from a payload: the same message.
             assert_eq!(MarketMessage::from(*o.order().unwrap()), o);
             assert_eq!(MarketMessage::from(*n.nbbo().unwrap()), n);
