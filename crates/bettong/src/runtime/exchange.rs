@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Poll;
 
-use crate::event::{Control, Event, Stamp};
+use crate::event::{Control, Event, Gap, Stamp};
 use crate::ops::{Downstream, Input};
 use crate::runtime::ring::Consumer;
 use crate::runtime::shard::{Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList};
@@ -88,12 +88,12 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             if self.local_open() {
                 self.local.data(msg, stamp);
             } else {
-                self.local(Event::Data(msg, stamp));
+                self.local(Event::Data(msg, stamp, Gap::default()));
             }
             return;
         }
         match self.outboxes.get(dst) {
-            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp)),
+            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp, Gap::default())),
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
     }
@@ -127,7 +127,7 @@ impl<T: Send + 'static, R> Exchange<T, R> {
     fn local(&self, event: Event<T>) {
         if self.local_open() {
             match event {
-                Event::Data(m, s) => self.local.data(m, s),
+                Event::Data(m, s, _) => self.local.data(m, s),
                 Event::Control(c) => self.local.control(c),
             }
             return;
@@ -143,7 +143,7 @@ impl<T: Send + 'static, R> Exchange<T, R> {
                 return;
             };
             match event {
-                Event::Data(m, s) => self.local.data(m, s),
+                Event::Data(m, s, _) => self.local.data(m, s),
                 Event::Control(c) => self.local.control(c),
             }
         }
@@ -208,7 +208,7 @@ pub(crate) async fn drain<T: Send + 'static>(
                 continue;
             }
             drained += ring.drain_until(|event| match event {
-                Event::Data(msg, stamp) => {
+                Event::Data(msg, stamp, _) => {
                     target.data(msg, stamp);
                     true
                 }
@@ -372,14 +372,16 @@ mod tests {
             let (mut a_tx, a_rx) = ring::channel::<Event<u64>>(8);
             let (mut b_tx, b_rx) = ring::channel::<Event<u64>>(8);
             for e in [
-                Event::Data(1, Stamp::default()),
+                Event::Data(1, Stamp::default(), Gap::default()),
                 Event::Control(Control::Barrier(7)),
-                Event::Data(2, Stamp::default()),
+                Event::Data(2, Stamp::default(), Gap::default()),
             ] {
                 assert!(a_tx.push(e).is_ok());
             }
             a_tx.publish();
-            assert!(b_tx.push(Event::Data(10, Stamp::default())).is_ok());
+            assert!(b_tx
+                .push(Event::Data(10, Stamp::default(), Gap::default()))
+                .is_ok());
             b_tx.publish();
             let input: Rc<dyn Input<u64>> = target.clone();
             let task =
