@@ -32,6 +32,7 @@ use crate::plan::{
     AnyBox, Built, Endpoint, ExchangeBuild, Graph, NodeBuild, NodeCtx, NodeSpec, Role, ShardBuild,
 };
 use crate::runtime::exchange::{self, Exchange, ExchangeRuntime, Outbox};
+use crate::runtime::route_cache::RouteCache;
 use crate::runtime::shard::{Gauge, Latch, Notify, Spill};
 use crate::state::{shard_for, KeyedState};
 use crate::window::panes::Shape;
@@ -1018,8 +1019,9 @@ where
     }
 }
 
-/// An exchange edge by key: the route is `shard_for(stable_hash(key), shards)`. `KF` is the
-/// key function's type (a boxed `dyn Fn` for windows).
+/// An exchange edge by key: the route is `shard_for(stable_hash(key), shards)`, looked up in a
+/// [`RouteCache`] for small keys. `KF` is the key function's type (a boxed `dyn Fn` for
+/// windows).
 struct KeyExchange<T, K: ?Sized, KF: ?Sized> {
     key: Arc<KF>,
     _k: PhantomData<fn(T) -> Box<K>>,
@@ -1090,8 +1092,17 @@ where
             .downcast::<Downstream<T>>()
             .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
         let key = self.key.clone();
+        let cache = RouteCache::new(shards);
         let exchange = Rc::new(Exchange {
-            route: move |msg: &T| shard_for(key(msg).stable_hash(), shards),
+            route: move |msg: &T| {
+                let k = key(msg);
+                match (&cache, k.small_bits()) {
+                    (Some(cache), Some(bits)) => {
+                        cache.shard(bits, || shard_for(k.stable_hash(), shards))
+                    }
+                    _ => shard_for(k.stable_hash(), shards),
+                }
+            },
             me,
             outboxes,
             any_held: local.ctl.ports().map(Ports::any_held_flag),

@@ -30,6 +30,7 @@ mod membarrier;
 mod reporter;
 #[doc(hidden)]
 pub mod ring;
+pub(crate) mod route_cache;
 pub mod router;
 pub(crate) mod shard;
 

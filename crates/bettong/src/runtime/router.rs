@@ -23,6 +23,32 @@ pub trait Key:
 {
     /// A hash that is the same on every run and platform.
     fn stable_hash(&self) -> u64;
+
+    /// The key as an integer below 2^53, one-to-one among the keys of its type, when it is
+    /// that small: the exchange then looks its shard up in a cache instead of hashing it.
+    /// `None` (the default) always hashes. Implemented for the integers up to 32 bits (and
+    /// wider ones below 2^53), byte arrays of up to 6 bytes, and text or bytes of up to 5.
+    ///
+    /// ```
+    /// use bettong::Key;
+    /// assert_eq!(7u32.small_bits(), Some(7));
+    /// assert!(b"  GE".small_bits().is_some());
+    /// assert_eq!("a much longer key".small_bits(), None);
+    /// ```
+    fn small_bits(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The [`Key::small_bits`] of a byte string of up to 5 bytes: the bytes, and the length above
+/// them so that `"a"` and `"a\0"` differ.
+fn short_bytes_bits(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() > 5 {
+        return None;
+    }
+    let mut le = [0u8; 8];
+    le[..bytes.len()].copy_from_slice(bytes);
+    Some(u64::from_le_bytes(le) | (bytes.len() as u64) << 40)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -55,11 +81,19 @@ impl Key for [u8] {
     fn stable_hash(&self) -> u64 {
         hash_bytes(self)
     }
+
+    fn small_bits(&self) -> Option<u64> {
+        short_bytes_bits(self)
+    }
 }
 
 impl Key for str {
     fn stable_hash(&self) -> u64 {
         hash_bytes(self.as_bytes())
+    }
+
+    fn small_bits(&self) -> Option<u64> {
+        short_bytes_bits(self.as_bytes())
     }
 }
 
@@ -67,11 +101,19 @@ impl Key for String {
     fn stable_hash(&self) -> u64 {
         hash_bytes(self.as_bytes())
     }
+
+    fn small_bits(&self) -> Option<u64> {
+        short_bytes_bits(self.as_bytes())
+    }
 }
 
 impl Key for Vec<u8> {
     fn stable_hash(&self) -> u64 {
         hash_bytes(self)
+    }
+
+    fn small_bits(&self) -> Option<u64> {
+        short_bytes_bits(self)
     }
 }
 
@@ -81,6 +123,15 @@ macro_rules! array_key {
         impl Key for [u8; $n] {
             fn stable_hash(&self) -> u64 {
                 hash_bytes(self)
+            }
+
+            fn small_bits(&self) -> Option<u64> {
+                // All arrays of one length: the bytes alone are one-to-one.
+                (self.len() <= 6).then(|| {
+                    let mut le = [0u8; 8];
+                    le[..self.len()].copy_from_slice(self);
+                    u64::from_le_bytes(le)
+                })
             }
         }
     )*};
@@ -92,6 +143,10 @@ macro_rules! int_key {
         impl Key for $t {
             fn stable_hash(&self) -> u64 {
                 hash_bytes(&self.to_be_bytes())
+            }
+
+            fn small_bits(&self) -> Option<u64> {
+                u64::try_from(*self).ok().filter(|&v| v < 1 << 53)
             }
         }
     )*};
@@ -118,6 +173,38 @@ mod tests {
         for c in counts {
             assert!((2200..2800).contains(&c), "uneven spread {counts:?}");
         }
+    }
+
+    /// `small_bits` is one-to-one within a key type (the route cache relies on it), below
+    /// 2^53, and `None` past the sizes it covers.
+    #[test]
+    fn small_bits_tell_keys_of_a_type_apart() {
+        use std::collections::HashMap;
+        let mut seen: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut strings = vec![Vec::new()];
+        for len in 1..=5 {
+            for fill in [0u8, 1, b'A', 0xff] {
+                strings.push(vec![fill; len]);
+                let mut v = vec![0u8; len];
+                v[len - 1] = fill;
+                strings.push(v);
+            }
+        }
+        for s in strings {
+            let bits = s.as_slice().small_bits().expect("5 bytes or fewer");
+            assert!(bits < 1 << 53);
+            assert_eq!(s.small_bits(), Some(bits), "Vec<u8> and [u8] agree");
+            if let Some(other) = seen.insert(bits, s.clone()) {
+                assert_eq!(other, s, "two byte strings share bits {bits:#x}");
+            }
+        }
+        assert_eq!([0u8; 6].small_bits(), Some(0));
+        assert_ne!([0u8, 0, 0, 0, 0, 1].small_bits(), Some(0));
+        assert_eq!([0u8; 7].small_bits(), None);
+        assert_eq!("123456".small_bits(), None);
+        assert_eq!(u64::MAX.small_bits(), None);
+        assert_eq!(((1u64 << 53) - 1).small_bits(), Some((1 << 53) - 1));
+        assert_eq!(u32::MAX.small_bits(), Some(u64::from(u32::MAX)));
     }
 
     #[test]
