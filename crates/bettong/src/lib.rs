@@ -40,6 +40,7 @@ pub mod codec;
 pub mod connect;
 mod error;
 mod event;
+mod hasher;
 pub mod metrics;
 pub(crate) mod net;
 pub(crate) mod ops;

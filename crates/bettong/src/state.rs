@@ -17,8 +17,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use rustc_hash::FxBuildHasher;
 
+use crate::hasher::BuildStateHasher;
 use crate::Key;
 
 /// The fixed number of key groups. A power of two above any sensible shard count; changing
@@ -67,7 +67,7 @@ impl<T: Default + serde::Serialize + serde::de::DeserializeOwned + 'static> Stat
 /// The state entities of one state operator on one shard, one per key, created with
 /// `S::default()` when the key is first seen.
 pub(crate) struct KeyedState<K: Key + ?Sized, S> {
-    pub(crate) map: RefCell<HashMap<K::Owned, S, FxBuildHasher>>,
+    pub(crate) map: RefCell<HashMap<K::Owned, S, BuildStateHasher>>,
 }
 
 impl<K: Key + ?Sized, S> Default for KeyedState<K, S> {
