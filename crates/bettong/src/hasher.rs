@@ -117,7 +117,11 @@ mod tests {
             .collect();
         // The low 9 bits pick one of 512 buckets (350 keys at hashbrown's 7/8 load).
         let buckets: HashSet<u64> = symbols.iter().map(|s| b.hash_one(s) & 511).collect();
-        assert!(buckets.len() > 250, "{} distinct buckets of 350 keys", buckets.len());
+        assert!(
+            buckets.len() > 250,
+            "{} distinct buckets of 350 keys",
+            buckets.len()
+        );
         // And the map works with it.
         let mut map: HashMap<[u8; 4], usize, BuildStateHasher> = HashMap::default();
         for (i, s) in symbols.iter().enumerate() {

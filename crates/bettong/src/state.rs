@@ -17,7 +17,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-
 use crate::hasher::BuildStateHasher;
 use crate::Key;
 
