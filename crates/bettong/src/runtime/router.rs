@@ -29,6 +29,11 @@ pub trait Key:
     /// `None` (the default) always hashes. Implemented for the integers up to 32 bits (and
     /// wider ones below 2^53), byte arrays of up to 6 bytes, and text or bytes of up to 5.
     ///
+    /// An implementation must give different keys of one type different bits (as `Hash` must
+    /// agree with `Eq`): two keys that shared bits would share a cache entry, and the second
+    /// would be routed to the first one's shard, away from its state. Bits of 2^53 and over
+    /// are not cached.
+    ///
     /// ```
     /// use bettong::Key;
     /// assert_eq!(7u32.small_bits(), Some(7));
