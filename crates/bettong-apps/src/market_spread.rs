@@ -520,6 +520,14 @@ impl From<Nbbo> for MarketMessage {
 impl MarketMessage {
     /// The message of an order viewed in place (in a frame's payload, say): its bytes are
     /// copied once, straight into the message.
+    ///
+    /// ```
+    /// use bettong_apps::market_spread::{pad_symbol, MarketMessage, Order};
+    /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+    /// let in_frame = Order::from_payload(order.as_bytes())?;
+    /// assert_eq!(MarketMessage::of_order(in_frame).order(), Some(&order));
+    /// # Ok::<(), bettong_apps::market_spread::FixishError>(())
+    /// ```
     #[inline]
     pub fn of_order(order: &Order) -> Self {
         MarketMessage {
@@ -528,6 +536,13 @@ impl MarketMessage {
     }
 
     /// The message of an NBBO update viewed in place, copied once.
+    ///
+    /// ```
+    /// use bettong_apps::market_spread::{pad_symbol, MarketMessage, Nbbo};
+    /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
+    /// let msg = MarketMessage::of_nbbo(&nbbo);
+    /// assert_eq!((msg.nbbo(), msg.order(), msg.symbol()), (Some(&nbbo), None, b"  GE"));
+    /// ```
     #[inline]
     pub fn of_nbbo(nbbo: &Nbbo) -> Self {
         MarketMessage {
@@ -593,11 +608,13 @@ const NBBO_AT_I32: i32 = NBBO_AT as i32;
 
 /// Copies a payload into a [`MarketMessage`]'s 64 bytes in four 16-byte stores.
 ///
-/// A 42- or 53-byte copy is done in overlapping 16-byte pieces (the last one ending at the last
-/// byte), and a later move of the message loads 16-byte pieces from offset 0: a load that
+/// A plain 42- or 53-byte copy is done in overlapping 16-byte pieces (the last one ending at the
+/// last byte), and a later move of the message loads 16-byte pieces from offset 0: a load that
 /// straddles two earlier stores cannot take its bytes from the store buffer and waits for both
-/// stores to reach the cache. Here the piece that holds the payload's end is loaded where it
-/// ends and shifted into place in the register, so each store is one whole piece of the 64.
+/// stores to reach the cache. Here a piece the payload does not fill (an order's last, an
+/// NBBO's first) is loaded where the payload has 16 bytes and shifted into place in the
+/// register, so each store is one whole piece of the 64. The slicing cannot fail: the callers
+/// pass an [`Order`]'s 53 bytes or an [`Nbbo`]'s 42.
 struct Wire64;
 
 impl Wire64 {
