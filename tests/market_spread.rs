@@ -577,6 +577,14 @@ fn two_shards_match_the_reference_model() {
     run("two-shards", "0,1", 2, false);
 }
 
+/// More shards than cores, unpinned: every key crosses through the exchange's route cache to
+/// one of 3 or 4 shards, and every output must still be exactly the model's.
+#[test]
+fn three_and_four_shards_match_the_reference_model() {
+    run("three-shards", "0,1,2", 3, false);
+    run("four-shards", "0,1,2,3", 4, false);
+}
+
 #[test]
 fn malformed_records_are_logged_counted_and_skipped() {
     run("malformed", "0,1", 2, true);
