@@ -45,15 +45,17 @@ pub trait Key:
     }
 }
 
+/// Up to 8 bytes as one little-endian word, zeros above them.
+fn le_word(bytes: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(le)
+}
+
 /// The [`Key::small_bits`] of a byte string of up to 5 bytes: the bytes, and the length above
 /// them so that `"a"` and `"a\0"` differ.
 fn short_bytes_bits(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() > 5 {
-        return None;
-    }
-    let mut le = [0u8; 8];
-    le[..bytes.len()].copy_from_slice(bytes);
-    Some(u64::from_le_bytes(le) | (bytes.len() as u64) << 40)
+    (bytes.len() <= 5).then(|| le_word(bytes) | (bytes.len() as u64) << 40)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -132,11 +134,7 @@ macro_rules! array_key {
 
             fn small_bits(&self) -> Option<u64> {
                 // All arrays of one length: the bytes alone are one-to-one.
-                (self.len() <= 6).then(|| {
-                    let mut le = [0u8; 8];
-                    le[..self.len()].copy_from_slice(self);
-                    u64::from_le_bytes(le)
-                })
+                (self.len() <= 6).then(|| le_word(self))
             }
         }
     )*};
