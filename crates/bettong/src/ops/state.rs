@@ -2,12 +2,14 @@
 //! [`KeyedState`]; the exchange in front of it has already brought each message to the shard
 //! that owns its key's group.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use super::flat_map::emit_all;
 use super::{Downstream, Input, Ports};
 use crate::event::{Control, Stamp};
+use crate::hasher::BuildStateHasher;
 use crate::metrics::{ComputationTimer, ShardMetrics};
 use crate::state::KeyedState;
 use crate::Key;
@@ -43,10 +45,7 @@ where
             let k = (self.key)(&msg);
             match map.get_mut(k) {
                 Some(state) => self.timer.time(|| (self.f)(msg, state)),
-                None => {
-                    let state = map.entry(k.to_owned()).or_default();
-                    self.timer.time(|| (self.f)(msg, state))
-                }
+                None => self.first(&mut map, msg),
             }
         };
         emit_all(outputs, &self.next, &self.metrics, stamp);
@@ -63,5 +62,24 @@ where
 
     fn ports(&self) -> Option<&Ports> {
         Some(&self.ports)
+    }
+}
+
+impl<K: Key + ?Sized, S: Default, U, F, KF> StateOp<K, S, U, F, KF> {
+    /// The first message of a key on this shard: creates its entity, then runs the
+    /// computation. Out of line and cold, so that `data`'s common case (the entity exists)
+    /// keeps a small frame: inlined, the insert path's registers and stack were saved and
+    /// restored on every message (Market Spread, 1 shard, perf/peer bettong-iter under
+    /// callgrind: 216.9 -> 215.1 instructions per message).
+    #[cold]
+    #[inline(never)]
+    fn first<T, I>(&self, map: &mut HashMap<K::Owned, S, BuildStateHasher>, msg: T) -> I
+    where
+        I: IntoIterator<Item = U>,
+        F: Fn(T, &mut S) -> I,
+        KF: Fn(&T) -> &K,
+    {
+        let state = map.entry((self.key)(&msg).to_owned()).or_default();
+        self.timer.time(|| (self.f)(msg, state))
     }
 }
