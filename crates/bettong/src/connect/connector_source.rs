@@ -43,6 +43,7 @@ use glommio::net::TcpStream;
 
 use crate::codec::FrameReader;
 use crate::connect::protocol::{Body, Frame, NONE_SEEN, SOURCE_VERSION};
+use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::net::source::read_some;
 use crate::runtime::config::ConnectorAddress;
@@ -561,7 +562,7 @@ impl Session<'_> {
                 o.last_seen = id;
             }
             core.metrics.message_in_from(&source.counters);
-            match (source.on_frame)(body, ingest) {
+            match source.on_frame.frame(body, Stamp::at(ingest)) {
                 Ok(t) => self.event_time = self.event_time.max(t),
                 Err(e) => {
                     core.metrics.decode_error_from(&source.counters);

@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::format::{Record, SinkFile};
-use crate::codec::{Decoder, Encoder};
+use crate::codec::{DecodeError, Decoder, Encoder, FrameReader, FrameTooLarge};
 use crate::connect::connector_source;
 use crate::connect::{Opened, Sink, SinkContext, SinkInput, SinkShard, Source, SourceContext};
 use crate::error::Error;
 use crate::event::Stamp;
 use crate::net::balance::Balancer;
 use crate::net::sink::SinkBuffer;
-use crate::net::source::{accept_loop, fd_reserve, Connections};
+use crate::net::source::{accept_loop, each_frame, fd_reserve, Connections, FrameBatch};
 use crate::runtime::config::{Address, ConnectorAddress};
-use crate::runtime::shard::SourceRuntime;
+use crate::runtime::shard::{FrameHandler, Frames, SourceRuntime};
 
 /// A TCP source: a listener (one per shard, same port) taking `[u32 BE len][payload]` frames,
 /// each decoded into one message by the decoder. Its address comes from `--in NAME@HOST:PORT`.
@@ -42,6 +42,48 @@ pub struct TcpSource<D: Decoder> {
 
 /// How a source reads a message's event time (nanoseconds since the Unix epoch).
 type EventTime<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
+/// A TCP source's frames on one shard: each payload decoded, stamped and run through the
+/// graph.
+struct DecodeEmit<D: Decoder> {
+    decoder: Arc<D>,
+    event_time: Option<EventTime<D::Out>>,
+    emit: SourceContext<D::Out>,
+}
+
+impl<D: Decoder> FrameHandler for DecodeEmit<D> {
+    #[inline]
+    fn frame(&self, payload: &[u8], stamp: Stamp) -> Result<u64, DecodeError> {
+        // A `match`, not `?`: with `?` the decoded message was copied twice more (into `?`'s
+        // `ControlFlow`, then out of it, field by field) before the copy that passes it on,
+        // each copy re-reading in 16-byte loads what the last had written in smaller pieces
+        // (store-forwarding stalls: perf put most of this closure's samples on those loads).
+        // Market Spread, 1 shard, `bench market-spread`: the closure's samples 1389 -> 998 per
+        // 10 M messages (perf, cpu-clock), the shard's user time 82 -> 67 ns/msg.
+        match self.decoder.decode(payload) {
+            Ok(msg) => {
+                let stamp = match &self.event_time {
+                    Some(f) => Stamp {
+                        ingest_ns: stamp.ingest_ns,
+                        event_ns: f(&msg),
+                    },
+                    None => stamp,
+                };
+                self.emit.emit(msg, stamp);
+                Ok(stamp.event_ns)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn frames(
+        &self,
+        reader: &mut FrameReader,
+        batch: &mut FrameBatch<'_>,
+    ) -> Result<Frames, FrameTooLarge> {
+        each_frame(reader, batch, |payload, stamp| self.frame(payload, stamp))
+    }
+}
 
 /// How often a TCP source tells the operators downstream how far its event time has come.
 const WATERMARK_INTERVAL: Duration = Duration::from_millis(20);
@@ -179,29 +221,12 @@ impl<D: Decoder> Source for TcpSource<D> {
         let idle = self.idle;
         async move {
             let core = ctx.core().clone();
-            let emit = ctx.clone();
             let source = Rc::new(SourceRuntime {
                 name: ctx.name().to_string(),
-                // A `match`, not `?`: with `?` the decoded message was copied twice more
-                // (into `?`'s `ControlFlow`, then out of it, field by field) before the copy
-                // that passes it on, each copy re-reading in 16-byte loads what the last had
-                // written in smaller pieces (store-forwarding stalls: perf put most of this
-                // closure's samples on those loads). Market Spread, 1 shard, `bench
-                // market-spread`: the closure's samples 1389 -> 998 per 10 M messages (perf,
-                // cpu-clock), the shard's user time 82 -> 67 ns/msg.
-                on_frame: Box::new(move |payload, ingest| match decoder.decode(payload) {
-                    Ok(msg) => {
-                        let stamp = match &event_time {
-                            Some(f) => Stamp {
-                                ingest_ns: ingest,
-                                event_ns: f(&msg),
-                            },
-                            None => Stamp::at(ingest),
-                        };
-                        emit.emit(msg, stamp);
-                        Ok(stamp.event_ns)
-                    }
-                    Err(e) => Err(e),
+                on_frame: Box::new(DecodeEmit {
+                    decoder,
+                    event_time,
+                    emit: ctx.clone(),
                 }),
                 gauges: ctx.gauges().clone(),
                 counters: core.metrics.source(ctx.name()),

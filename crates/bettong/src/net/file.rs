@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::runtime::shard::{any_over, ShardCore, SourceRuntime};
 
@@ -79,7 +80,7 @@ pub(crate) async fn read_framed_file(
         base += start as u64;
         start = 0;
         buf.extend_from_slice(&chunk);
-        let ingest = now_ns();
+        let stamp = Stamp::at(now_ns());
         while buf.len() - start >= 4 {
             let len =
                 u32::from_be_bytes([buf[start], buf[start + 1], buf[start + 2], buf[start + 3]])
@@ -100,7 +101,7 @@ pub(crate) async fn read_framed_file(
             let payload = &buf[start + 4..start + 4 + len];
             start += 4 + len;
             metrics.message_in_from(&source.counters);
-            let decoded = (source.on_frame)(payload, ingest);
+            let decoded = source.on_frame.frame(payload, stamp);
             offset.set(base + start as u64);
             match decoded {
                 Ok(t) => event_time = event_time.max(t),

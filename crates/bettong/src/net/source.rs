@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use futures_lite::AsyncRead;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::codec::{FrameReader, ReadBuffers};
+use crate::codec::{DecodeError, FrameReader, FrameTooLarge, ReadBuffers};
+use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::net::balance::{Balancer, Placement};
 use crate::runtime::doorbell::Waiter;
-use crate::runtime::shard::{any_over, ShardCore, SourceRuntime, WaitList};
+use crate::runtime::shard::{any_over, Frames, ShardCore, SourceRuntime, WaitList};
 
 /// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
 /// buffer of its own size): large enough that it delivers hundreds of small frames per system
@@ -472,6 +473,61 @@ pub(crate) async fn read_some(
     .await
 }
 
+/// One connection's frames as its reads deliver them: the stamp of the current read, the
+/// event time reached, and the decode errors so far (the first `LOGGED_ERRORS` are logged).
+pub(crate) struct FrameBatch<'a> {
+    /// The stamp of every frame of the current read (its event time is the wall clock at
+    /// ingest, unless the source reads one from the message).
+    pub(crate) stamp: Stamp,
+    /// The highest event time of the frames run so far.
+    pub(crate) event_time: u64,
+    errors: u64,
+    peer: &'a str,
+    source: &'a SourceRuntime,
+    core: &'a ShardCore,
+}
+
+impl FrameBatch<'_> {
+    /// Counts a payload the decoder rejected (it is skipped), and logs the first few.
+    #[cold]
+    fn decode_error(&mut self, e: &DecodeError) {
+        self.core.metrics.decode_error_from(&self.source.counters);
+        self.errors += 1;
+        if self.errors <= LOGGED_ERRORS {
+            tracing::warn!(
+                "shard {}: source {} connection {}: decode error: {e}",
+                self.core.index,
+                self.source.name,
+                self.peer
+            );
+        }
+    }
+}
+
+/// Runs every whole frame buffered in `reader` through `frame` (decode, then the graph),
+/// counting each as read; returns [`Frames::Paused`] after a frame that left a gauge
+/// downstream over its limit, so the caller waits before it goes on.
+/// [`FrameHandler::frames`] calls it with its own `frame`, which is inlined here.
+#[inline(always)]
+pub(crate) fn each_frame(
+    reader: &mut FrameReader,
+    batch: &mut FrameBatch<'_>,
+    frame: impl Fn(&[u8], Stamp) -> Result<u64, DecodeError>,
+) -> Result<Frames, FrameTooLarge> {
+    let (source, metrics) = (batch.source, &batch.core.metrics);
+    while let Some(payload) = reader.next_frame()? {
+        metrics.message_in_from(&source.counters);
+        match frame(payload, batch.stamp) {
+            Ok(t) => batch.event_time = batch.event_time.max(t),
+            Err(e) => batch.decode_error(&e),
+        }
+        if any_over(&source.gauges) {
+            return Ok(Frames::Paused);
+        }
+    }
+    Ok(Frames::Drained)
+}
+
 /// Reads one connection to its end. A frame over `max_frame` ends the connection (the stream
 /// cannot be resynchronised); a payload the decoder rejects is logged, counted and skipped.
 async fn serve(
@@ -485,9 +541,15 @@ async fn serve(
         |a: SocketAddr| a.to_string(),
     );
     let metrics = &core.metrics;
-    let mut errors = 0u64;
     let slot = source.watermarks.open();
-    let mut event_time = 0u64;
+    let mut batch = FrameBatch {
+        stamp: Stamp::default(),
+        event_time: 0,
+        errors: 0,
+        peer: &peer,
+        source,
+        core,
+    };
     loop {
         let n = match read_some(&mut stream, &mut frames).await {
             Ok(0) => break,
@@ -504,27 +566,11 @@ async fn serve(
         frames.filled(n);
         // Every frame completed by this read was fully read now.
         let ingest = now_ns();
+        batch.stamp = Stamp::at(ingest);
         loop {
-            match frames.next_frame() {
-                Ok(Some(payload)) => {
-                    metrics.message_in_from(&source.counters);
-                    let decoded = (source.on_frame)(payload, ingest);
-                    if let Ok(t) = decoded {
-                        event_time = event_time.max(t);
-                    }
-                    if let Err(e) = decoded {
-                        metrics.decode_error_from(&source.counters);
-                        errors += 1;
-                        if errors <= LOGGED_ERRORS {
-                            tracing::warn!(
-                                "shard {}: source {} connection {peer}: decode error: {e}",
-                                core.index,
-                                source.name
-                            );
-                        }
-                    }
-                }
-                Ok(None) => break,
+            match source.on_frame.frames(&mut frames, &mut batch) {
+                Ok(Frames::Drained) => break,
+                Ok(Frames::Paused) => core.backpressure(&source.gauges).await,
                 Err(e) => {
                     metrics.frame_error_from(&source.counters);
                     tracing::warn!(
@@ -537,16 +583,14 @@ async fn serve(
                     return;
                 }
             }
-            if any_over(&source.gauges) {
-                core.backpressure(&source.gauges).await;
-            }
         }
         core.flush();
-        if event_time > 0 {
-            source.watermarks.advance(slot, event_time, ingest);
+        if batch.event_time > 0 {
+            source.watermarks.advance(slot, batch.event_time, ingest);
         }
         glommio::yield_if_needed().await;
     }
+    let errors = batch.errors;
     source.watermarks.close(slot);
     if errors > LOGGED_ERRORS {
         tracing::warn!(
