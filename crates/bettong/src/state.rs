@@ -63,10 +63,14 @@ pub trait StateEntity: Default + serde::Serialize + serde::de::DeserializeOwned 
 
 impl<T: Default + serde::Serialize + serde::de::DeserializeOwned + 'static> StateEntity for T {}
 
+/// The map of one operator's entities on one shard, by key (hashed with the state maps' own
+/// hasher, not the stable hash that places keys in groups).
+pub(crate) type EntityMap<K, S> = HashMap<<K as ToOwned>::Owned, S, BuildStateHasher>;
+
 /// The state entities of one state operator on one shard, one per key, created with
 /// `S::default()` when the key is first seen.
 pub(crate) struct KeyedState<K: Key + ?Sized, S> {
-    pub(crate) map: RefCell<HashMap<K::Owned, S, BuildStateHasher>>,
+    pub(crate) map: RefCell<EntityMap<K, S>>,
 }
 
 impl<K: Key + ?Sized, S> Default for KeyedState<K, S> {

@@ -2,16 +2,14 @@
 //! [`KeyedState`]; the exchange in front of it has already brought each message to the shard
 //! that owns its key's group.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use super::flat_map::emit_all;
 use super::{Downstream, Input, Ports};
 use crate::event::{Control, Stamp};
-use crate::hasher::BuildStateHasher;
 use crate::metrics::{ComputationTimer, ShardMetrics};
-use crate::state::KeyedState;
+use crate::state::{EntityMap, KeyedState};
 use crate::Key;
 
 pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> &K + Send + Sync>;
@@ -73,7 +71,7 @@ impl<K: Key + ?Sized, S: Default, U, F, KF> StateOp<K, S, U, F, KF> {
     /// callgrind: 216.9 -> 215.1 instructions per message).
     #[cold]
     #[inline(never)]
-    fn first<T, I>(&self, map: &mut HashMap<K::Owned, S, BuildStateHasher>, msg: T) -> I
+    fn first<T, I>(&self, map: &mut EntityMap<K, S>, msg: T) -> I
     where
         I: IntoIterator<Item = U>,
         F: Fn(T, &mut S) -> I,
