@@ -408,3 +408,97 @@ fn control_events_are_aligned_across_shards() {
         }
     }
 }
+
+/// Counts a window's messages: one output per key and window, `(key, index, count)`.
+struct CountPerKey;
+
+impl bettong::window::Aggregation<(String, u64)> for CountPerKey {
+    type Key = str;
+    type Acc = u64;
+    type Out = (String, u64, u64);
+    fn initial_accumulator(&self) -> u64 {
+        0
+    }
+    fn update(&self, _: &(String, u64), acc: &mut u64) {
+        *acc += 1
+    }
+    fn combine(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn output(&self, key: &str, _: &bettong::window::Window, acc: &u64) -> Option<Self::Out> {
+        let index = key.trim_start_matches('k').parse().ok()?;
+        Some((key.to_string(), index, *acc))
+    }
+}
+
+/// Windows that fire because the input went quiet (no watermark, no data, the connection
+/// still open) reach a keyed step behind them on whichever shard owns their new key, at
+/// once: the window's own task hands what it fired to the other shards, on 2 to 4 shards.
+#[test]
+fn windows_fired_on_quiet_input_cross_to_other_shards() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    for shards in 2..=4 {
+        // "KEY MS": the key and the event time in ms since the epoch.
+        let decode = |p: &[u8]| -> Result<(String, u64), bettong::DecodeError> {
+            let text = std::str::from_utf8(p).map_err(|_| bettong::DecodeError::new("utf-8"))?;
+            let (key, ms) = text
+                .split_once(' ')
+                .ok_or(bettong::DecodeError::new("KEY MS"))?;
+            let ms = ms.parse().map_err(|_| bettong::DecodeError::new("MS"))?;
+            Ok((key.to_string(), ms))
+        };
+        let source = bettong::TcpSource::new(decode)
+            .with_event_time(|e: &(String, u64)| e.1 * 1_000_000)
+            .with_idle_timeout(Duration::from_millis(50));
+        let (sink, mut outputs) = PolledSink::new(1 << 10);
+        let pipeline = Pipeline::source("Events", source)
+            .key_by(|e: &(String, u64)| e.0.as_str())
+            .range_windows(Duration::from_millis(100))
+            .over(CountPerKey)
+            // Routed by the key's index, a `u64`: another shard than the window's for most.
+            .key_by(|o: &(String, u64, u64)| &o.1)
+            .to_state(|o: (String, u64, u64), windows: &mut u64| {
+                *windows += 1;
+                Some((o.0, o.2, *windows))
+            })
+            .name("windows per key")
+            .to_sink("Counts", sink);
+        let config = EngineConfig {
+            inputs: vec![(None, "127.0.0.1:0".parse().unwrap())],
+            ..config(shards)
+        };
+        let engine = bettong::Engine::start(Application::new("quiet", pipeline), config).unwrap();
+        let addr = engine.sources()[0].1;
+        let t0 = 1_700_000_000_000u64;
+        let mut bytes = Vec::new();
+        let mut want = Vec::new();
+        for k in 0..40u64 {
+            for i in 0..=k % 3 {
+                bytes.extend(common::frame(format!("k{k} {}", t0 + i).as_bytes()));
+            }
+            want.push((format!("k{k}"), k % 3 + 1, 1));
+        }
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(&bytes).unwrap();
+        // The connection stays open and silent: only the quiet-input rule fires the windows,
+        // from the window operator's own task.
+        let mut got = Vec::new();
+        let until = Instant::now() + common::DEADLINE;
+        while got.len() < want.len() {
+            assert!(
+                Instant::now() < until,
+                "{shards} shards: {} of {} outputs: {got:?}",
+                got.len(),
+                want.len()
+            );
+            outputs.poll(|o| got.push(o));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{shards} shards");
+        drop(conn);
+        engine.stop().unwrap();
+    }
+}

@@ -1109,7 +1109,8 @@ where
             local,
             held: Default::default(),
         });
-        sb.tasks.push((rank, Box::pin(exchange.clone().releaser())));
+        sb.tasks
+            .push((rank, Box::pin(exchange.clone().releaser(sb.core.clone()))));
         let input: Rc<dyn Input<T>> = exchange;
         Box::new(Downstream::to(input, 0, gauges.into()))
     }

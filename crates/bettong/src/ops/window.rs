@@ -442,6 +442,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                     }
                 };
                 let Some(queued) = queued else {
+                    core.flush();
                     core.backpressure(&self.next.gauges).await;
                     glommio::yield_if_needed().await;
                     continue;
@@ -450,9 +451,14 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                     self.forward(c);
                     if c == Control::End {
                         self.state.borrow_mut().ended = true;
+                        core.flush();
                         return;
                     }
                 }
+                // What fired went into the next operator here, on this task, not on a source's
+                // or a drain's: publish it now, or outputs bound for another shard would wait
+                // in the rings for the next batch (forever, once the input has gone quiet).
+                core.flush();
                 break;
             }
         }

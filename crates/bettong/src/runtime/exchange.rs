@@ -150,10 +150,12 @@ impl<T: Send + 'static, R> Exchange<T, R> {
     }
 
     /// Runs until the local port has ended with nothing left waiting: delivers what was held
-    /// as soon as the operator releases the port.
-    pub(crate) async fn releaser(self: Rc<Self>) {
+    /// as soon as the operator releases the port, and publishes what that sent on (to other
+    /// shards' rings), as every task that runs data through operators does.
+    pub(crate) async fn releaser(self: Rc<Self>, core: Rc<ShardCore>) {
         loop {
             self.release();
+            core.flush();
             let done = self.held.borrow().is_empty()
                 && self
                     .local
@@ -323,7 +325,13 @@ mod tests {
                 local: Downstream::to(input, 0, Rc::from([])),
                 held: Default::default(),
             });
-            let releaser = glommio::spawn_local(exchange.clone().releaser());
+            let core = Rc::new(ShardCore::new(
+                0,
+                1,
+                EngineConfig::default(),
+                Doorbell::new().unwrap(),
+            ));
+            let releaser = glommio::spawn_local(exchange.clone().releaser(core));
             exchange.data(1, Stamp::default());
             exchange.control(0, Control::Barrier(3));
             exchange.data(2, Stamp::default());
@@ -350,6 +358,74 @@ mod tests {
                 *target.seen.borrow(),
                 ["data 1", "forward Barrier(3)", "data 2", "forward End"],
             );
+        });
+    }
+
+    /// What the releaser delivers after a barrier is published at once: an operator that
+    /// sends it on into a ring to another shard does not leave it waiting for some other task
+    /// to flush (with the input quiet, none would).
+    #[test]
+    fn what_the_releaser_delivers_is_published() {
+        struct Forward {
+            ports: Ports,
+            out: Rc<Outbox<u64>>,
+        }
+        impl Input<u64> for Forward {
+            fn data(&self, msg: u64, stamp: Stamp) {
+                self.out.send(Event::Data(msg, stamp, Gap::default()));
+            }
+            fn control(&self, port: usize, event: Control) {
+                self.ports.align(port, event);
+            }
+            fn ports(&self) -> Option<&Ports> {
+                Some(&self.ports)
+            }
+        }
+        glommio::LocalExecutor::default().run(async {
+            let core = Rc::new(ShardCore::new(
+                0,
+                2,
+                EngineConfig::default(),
+                Doorbell::new().unwrap(),
+            ));
+            let (tx, mut rx) = ring::channel::<Event<u64>>(8);
+            let out = Rc::new(Outbox {
+                spill: Spill::new(tx),
+            });
+            core.add_publisher(out.clone());
+            let target = Rc::new(Forward {
+                ports: Ports::new(2),
+                out,
+            });
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let exchange = Rc::new(Exchange {
+                route: |_: &u64| 0,
+                me: 0,
+                outboxes: vec![None],
+                any_held: input.ports().map(Ports::any_held_flag),
+                local: Downstream::to(input, 0, Rc::from([])),
+                held: Default::default(),
+            });
+            let releaser = glommio::spawn_local(exchange.clone().releaser(core));
+            exchange.control(0, Control::Barrier(1));
+            exchange.data(5, Stamp::default());
+            settle().await;
+            let mut seen = Vec::new();
+            let mut take = |rx: &mut ring::Consumer<Event<u64>>| {
+                rx.drain(|e| {
+                    if let Event::Data(m, _, _) = e {
+                        seen.push(m)
+                    }
+                });
+            };
+            take(&mut rx);
+            target.control(1, Control::Barrier(1));
+            settle().await;
+            take(&mut rx);
+            assert_eq!(seen, [5], "released, sent on and published");
+            exchange.control(0, Control::End);
+            target.control(1, Control::End);
+            releaser.await;
         });
     }
 
