@@ -502,3 +502,62 @@ fn windows_fired_on_quiet_input_cross_to_other_shards() {
         engine.stop().unwrap();
     }
 }
+
+/// A shard whose source has ended (its sink has had end of stream, so no barrier will ever
+/// reach it) does not hold back the checkpoints of the shards still running: they commit,
+/// on 2 to 4 unpinned shards.
+#[test]
+fn a_shard_whose_input_ended_does_not_block_checkpoints() {
+    /// Emits on shard 0 and stays open; ends at once everywhere else.
+    struct OnlyShardZero;
+    impl Source for OnlyShardZero {
+        type Out = u64;
+        type Part = usize;
+        fn open(&self, _: &str, _: Option<&str>, shards: usize) -> Result<Opened<usize>, Error> {
+            Ok(Opened::per_shard(shards, |s| s))
+        }
+        #[allow(clippy::manual_async_fn)]
+        fn run(&self, shard: usize, ctx: SourceContext<u64>) -> impl Future<Output = ()> + 'static {
+            async move {
+                if shard != 0 {
+                    return;
+                }
+                for i in 0..100 {
+                    ctx.emit(i, Stamp::at(bettong::now_ns()));
+                }
+                ctx.flush();
+                ctx.stopping().await;
+            }
+        }
+    }
+    for shards in 2..=4 {
+        let dir = std::env::temp_dir().join(format!(
+            "bettong-ended-shard-{}-{shards}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let count = Arc::new(Mutex::new(0u64));
+        let seen = count.clone();
+        let app = Application::new(
+            "ended shard",
+            Pipeline::source("Uneven", OnlyShardZero).to_sink(
+                "Out",
+                CallbackSink::new(move |_: &u64| *seen.lock().unwrap() += 1),
+            ),
+        );
+        let config = EngineConfig {
+            resilience_dir: Some(dir.clone()),
+            checkpoint_interval: std::time::Duration::from_millis(20),
+            ..config(shards)
+        };
+        let engine = bettong::Engine::start(app, config).unwrap();
+        let store = bettong::checkpoint::CheckpointStore::open(&dir).unwrap();
+        // Without the fix no checkpoint ever commits (each is given up after 30 s).
+        common::wait_until("a committed checkpoint", || {
+            !store.committed().unwrap().is_empty()
+        });
+        engine.stop().unwrap();
+        assert_eq!(*count.lock().unwrap(), 100, "{shards} shards");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

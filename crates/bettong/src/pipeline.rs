@@ -847,6 +847,7 @@ impl<T: Send + 'static, S: Sink<T>> NodeBuild for SinkNode<T, S> {
             metrics: sb.core.metrics.clone(),
             core: sb.core.clone(),
             precommits: shard.precommits,
+            last_barrier: Default::default(),
         });
         let gauges: Rc<[Gauge]> = gauges.borrow().clone().into();
         Ok(Some(built(input, gauges)))

@@ -604,7 +604,18 @@ fn outcomes_from_now(core: &Rc<ShardCore>) -> CheckpointOutcomes {
 
 /// A sink on the shard has pre-committed checkpoint `id`: the last one writes the shard's part.
 pub(crate) fn precommitted(core: &Rc<ShardCore>, id: u64) {
-    if let Some(done) = core.checkpoints.sink_done(id) {
+    write_when_done(core, core.checkpoints.sink_done(id));
+}
+
+/// A sink's input has ended after barrier `last_barrier`: the checkpoints after it stop
+/// waiting for the sink (see `ShardCheckpoints::sink_ended`).
+pub(crate) fn sink_ended(core: &Rc<ShardCore>, last_barrier: Option<u64>) {
+    write_when_done(core, core.checkpoints.sink_ended(last_barrier));
+}
+
+/// Writes this shard's part of a checkpoint that has everything it waited for.
+fn write_when_done(core: &Rc<ShardCore>, done: Option<crate::runtime::checkpoints::InFlight>) {
+    if let Some(done) = done {
         let core = core.clone();
         glommio::spawn_local(async move {
             core.checkpoints

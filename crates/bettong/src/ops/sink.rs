@@ -15,6 +15,8 @@ pub(crate) struct SinkOp<T> {
     pub(crate) core: Rc<crate::runtime::shard::ShardCore>,
     /// The sink pre-commits checkpoints itself; otherwise the barrier's arrival does.
     pub(crate) precommits: bool,
+    /// The last barrier forwarded to the sink.
+    pub(crate) last_barrier: std::cell::Cell<Option<u64>>,
 }
 
 impl<T> Input<T> for SinkOp<T> {
@@ -27,8 +29,18 @@ impl<T> Input<T> for SinkOp<T> {
     fn control(&self, port: usize, event: Control) {
         for e in self.ports.align(port, event) {
             self.sink.control(e);
-            if let (Control::Barrier(id), false) = (e, self.precommits) {
-                crate::connect::precommitted(&self.core, id);
+            match e {
+                Control::Barrier(id) => {
+                    self.last_barrier.set(Some(id));
+                    if !self.precommits {
+                        crate::connect::precommitted(&self.core, id);
+                    }
+                }
+                // No barrier comes after the end: later checkpoints must not wait for this
+                // sink (its shard's part would never be written, and every checkpoint would
+                // be given up while other shards still run).
+                Control::End => crate::connect::sink_ended(&self.core, self.last_barrier.get()),
+                _ => {}
             }
         }
     }

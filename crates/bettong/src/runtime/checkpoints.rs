@@ -229,6 +229,9 @@ pub(crate) struct ShardCheckpoints {
     pub(crate) in_flight: RefCell<Option<InFlight>>,
     pub(crate) reports: Option<mpsc::Sender<PartReport>>,
     pub(crate) sinks: Cell<usize>,
+    /// Sinks on this shard whose input has ended: no barrier will reach them again, so no
+    /// later checkpoint waits for them.
+    ended_sinks: Cell<usize>,
     pub(crate) restored: RefCell<Restored>,
     /// The outcomes of recent checkpoints, oldest first (the last [`OUTCOMES_KEPT`]), and the
     /// connector tasks waiting for the next one.
@@ -251,7 +254,7 @@ impl ShardCheckpoints {
                 id,
                 part: None,
                 records: Vec::new(),
-                sinks_left: self.sinks.get(),
+                sinks_left: self.sinks.get().saturating_sub(self.ended_sinks.get()),
                 requested: None,
             });
         }
@@ -281,6 +284,25 @@ impl ShardCheckpoints {
     /// A sink has pre-committed checkpoint `id`; returns the checkpoint once it is complete.
     pub(crate) fn sink_done(&self, id: u64) -> Option<InFlight> {
         self.with(id, |c| c.sinks_left = c.sinks_left.saturating_sub(1))
+    }
+
+    /// A sink's input has ended after it passed barrier `last_barrier` (`None`: it passed
+    /// none). The checkpoint in flight, if newer, no longer waits for it, and neither does
+    /// any later one. Returns the checkpoint in flight if that completed it.
+    pub(crate) fn sink_ended(&self, last_barrier: Option<u64>) -> Option<InFlight> {
+        self.ended_sinks.set(self.ended_sinks.get() + 1);
+        let mut slot = self.in_flight.borrow_mut();
+        let c = slot.as_mut()?;
+        if last_barrier.is_some_and(|b| b >= c.id) {
+            // It passed this one's barrier: it pre-commits (or has) as any sink does.
+            return None;
+        }
+        c.sinks_left = c.sinks_left.saturating_sub(1);
+        if c.part.is_some() && c.sinks_left == 0 {
+            slot.take()
+        } else {
+            None
+        }
     }
 
     /// Records how checkpoints ended and wakes the connectors waiting to hear.
