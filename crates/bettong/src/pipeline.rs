@@ -934,20 +934,30 @@ impl<T: Send + 'static> NodeBuild for MergeNode<T> {
     ) -> Result<Option<Built>, Error> {
         let next = downstream::<T>(out);
         let gauges = next.gauges.clone();
+        // Data skips the merge (each edge calls the next operator directly and checks the
+        // merge's flag), unless the next operator is a merge too: its edge's flag must be
+        // checked as well, by the merge's own `data`.
+        let skip = !next.ctl.holds_data();
         let data = next.data.clone();
-        let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge {
-            next,
-            ports: Ports::new(node.ports),
-            _t: PhantomData,
-        });
+        let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge::new(next, node.ports));
         Ok(Some(Built {
-            input: Box::new(input),
-            // Data skips the merge: each input calls the next operator directly.
-            data: Box::new(data),
+            input: Box::new(input.clone()),
+            data: Box::new(if skip { data } else { input }),
             gauges,
-            forward: forward::<T>,
+            forward: forward_into_merge::<T>,
         }))
     }
+}
+
+/// The edge into input `port` of a merge: with the merge's "some input is held" flag.
+fn forward_into_merge<T: 'static>(built: &Built, port: usize) -> AnyBox {
+    let mut edge = forward::<T>(built, port)
+        .downcast::<Downstream<T>>()
+        .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
+    if let Some(ports) = edge.ctl.ports() {
+        edge.held = ports.any_held_flag();
+    }
+    edge
 }
 
 struct StateNode<T, K: ?Sized, S, U, F, KF> {
@@ -1089,7 +1099,7 @@ where
             sb.core.clone(),
         )));
         sb.exchanges.push(runtime);
-        let local = *forward::<T>(built, base)
+        let local = *(built.forward)(built, base)
             .downcast::<Downstream<T>>()
             .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
         let key = self.key.clone();

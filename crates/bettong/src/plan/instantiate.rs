@@ -145,12 +145,9 @@ pub(crate) fn forward<T: 'static>(built: &Built, port: usize) -> AnyBox {
     ) else {
         unreachable!("a node's builder and its edges agree on its input type");
     };
-    Box::new(crate::ops::Downstream {
-        data: data.clone(),
-        ctl: input.clone(),
-        port,
-        gauges: built.gauges.clone(),
-    })
+    let mut down = crate::ops::Downstream::to(input.clone(), port, built.gauges.clone());
+    down.data = data.clone();
+    Box::new(down)
 }
 
 /// The typed downstream an operator's builder receives.
