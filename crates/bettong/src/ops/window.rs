@@ -4,7 +4,9 @@
 //! Firing is bounded: a watermark fires at most [`FIRE_SLICE`] windows in the call that
 //! delivers it; the rest, and the control events behind them, are left to the operator's task,
 //! which fires a slice at a time and waits for the sinks downstream between slices, so a burst
-//! of due windows can neither starve the shard nor overrun a sink buffer.
+//! of due windows can neither starve the shard nor overrun a sink buffer. The exception is a
+//! checkpoint barrier: it fires every window left due at once, so that its snapshot holds
+//! exactly the data before it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -21,6 +23,7 @@ use crate::event::{Control, Stamp};
 use crate::metrics::{now_ns, ComputationTimer, ShardMetrics};
 use crate::runtime::shard::{Notify, ShardCore};
 use crate::state::key_group;
+use crate::window::key_panes::{KeyPanes, Pane};
 use crate::window::panes::Shape;
 use crate::window::{Aggregation, LatePolicy, Window};
 use crate::Key;
@@ -33,19 +36,18 @@ const QUIET_TICK: Duration = Duration::from_millis(50);
 
 type Owned<A, T> = <<A as Aggregation<T>>::Key as ToOwned>::Owned;
 
-/// A key's panes as a checkpoint writes them (borrowing) and reads them back (owning).
+/// A key's panes as a checkpoint writes them (borrowing) and reads them back (owning): each
+/// open pane's index, accumulator and latest ingest time.
 #[derive(serde::Serialize)]
 struct SavedPanesRef<'a, Acc> {
-    base: u64,
     next_window: u64,
-    panes: Vec<Option<(&'a Acc, u64)>>,
+    panes: Vec<(u64, &'a Acc, u64)>,
 }
 
 #[derive(serde::Deserialize)]
 struct SavedPanes<Acc> {
-    base: u64,
     next_window: u64,
-    panes: Vec<Option<(Acc, u64)>>,
+    panes: Vec<(u64, Acc, u64)>,
 }
 
 /// Where a window operator's checkpoint records go: the shard and the operator's name.
@@ -66,17 +68,9 @@ fn save_groups(saver: &Saver, id: u64, groups: HashMap<u16, Entries>) {
     }
 }
 
-/// One pane's accumulator and the latest ingest time folded into it (for the output's
-/// start-to-end latency).
-struct Pane<Acc> {
-    acc: Acc,
-    ingest: u64,
-}
-
-/// One key's panes: `panes[i]` is pane `base + i`.
-struct KeyPanes<Acc> {
-    base: u64,
-    panes: VecDeque<Option<Pane<Acc>>>,
+/// One key's open panes and where its windows stand.
+struct KeyState<Acc> {
+    panes: KeyPanes<Acc>,
     /// Windows below this one have fired for this key.
     next_window: u64,
     /// The watermark at which this key is due, if it is in the timer map.
@@ -84,7 +78,7 @@ struct KeyPanes<Acc> {
 }
 
 struct RangeState<K, Acc> {
-    keys: HashMap<K, KeyPanes<Acc>, FxBuildHasher>,
+    keys: HashMap<K, KeyState<Acc>, FxBuildHasher>,
     /// Keys by the watermark at which they have a window to fire (entries whose key was
     /// rescheduled earlier are skipped when met).
     timers: BTreeMap<u64, Vec<K>>,
@@ -163,25 +157,13 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
         let key = (self.key)(msg);
         let kp = match st.keys.get_mut(key) {
             Some(kp) => kp,
-            None => st.keys.entry(key.to_owned()).or_insert(KeyPanes {
-                base: p,
-                panes: VecDeque::new(),
+            None => st.keys.entry(key.to_owned()).or_insert(KeyState {
+                panes: KeyPanes::default(),
                 next_window: 0,
                 scheduled: None,
             }),
         };
-        if kp.panes.is_empty() {
-            kp.base = p;
-        }
-        while p < kp.base {
-            kp.panes.push_front(None);
-            kp.base -= 1;
-        }
-        while p >= kp.base + kp.panes.len() as u64 {
-            kp.panes.push_back(None);
-        }
-        let slot = &mut kp.panes[(p - kp.base) as usize];
-        match slot {
+        match kp.panes.get_mut(p) {
             Some(pane) => {
                 self.timer.time(|| self.agg.update(msg, &mut pane.acc));
                 pane.ingest = pane.ingest.max(ingest);
@@ -189,10 +171,10 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
             None => {
                 let mut acc = self.agg.initial_accumulator();
                 self.timer.time(|| self.agg.update(msg, &mut acc));
-                *slot = Some(Pane { acc, ingest });
+                kp.panes.insert(p, Pane { acc, ingest });
             }
         }
-        let first = kp.base + kp.panes.iter().position(Option::is_some).unwrap_or(0) as u64;
+        let first = kp.panes.first().unwrap_or(p);
         let k = self
             .shape
             .first_window_of(first)
@@ -248,15 +230,8 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                 return 0; // a stale entry: the key was rescheduled
             }
             kp.scheduled = None;
-            loop {
-                while let Some(None) = kp.panes.front() {
-                    kp.panes.pop_front();
-                    kp.base += 1;
-                }
-                if kp.panes.is_empty() {
-                    break;
-                }
-                let k = shape.first_window_of(kp.base).max(kp.next_window);
+            while let Some(first) = kp.panes.first() {
+                let k = shape.first_window_of(first).max(kp.next_window);
                 let due = shape.fires_at(k);
                 if due > target || fired == budget {
                     kp.scheduled = Some(due);
@@ -265,18 +240,9 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                 }
                 let mut acc = self.agg.initial_accumulator();
                 let mut ingest = 0;
-                for p in k..k + m {
-                    if p < kp.base {
-                        continue;
-                    }
-                    match kp.panes.get((p - kp.base) as usize) {
-                        Some(Some(pane)) => {
-                            acc = self.agg.combine(&acc, &pane.acc);
-                            ingest = ingest.max(pane.ingest);
-                        }
-                        Some(None) => {}
-                        None => break,
-                    }
+                for pane in kp.panes.range(k, k + m) {
+                    acc = self.agg.combine(&acc, &pane.acc);
+                    ingest = ingest.max(pane.ingest);
                 }
                 let (start, end) = shape.bounds(k);
                 let window = Window {
@@ -298,10 +264,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                 fired += 1;
                 kp.next_window = k + 1;
                 // Windows after k start after pane k: panes up to k are done.
-                while kp.base <= k && !kp.panes.is_empty() {
-                    kp.panes.pop_front();
-                    kp.base += 1;
-                }
+                kp.panes.close_through(k);
             }
         }
         if let Some(due) = timers_add {
@@ -327,16 +290,15 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
         let st = self.state.borrow();
         let mut groups: HashMap<u16, Entries> = HashMap::new();
         for (k, kp) in st.keys.iter() {
-            if kp.panes.iter().all(Option::is_none) {
+            if kp.panes.is_empty() {
                 continue;
             }
             let saved = SavedPanesRef {
-                base: kp.base,
                 next_window: kp.next_window,
                 panes: kp
                     .panes
                     .iter()
-                    .map(|p| p.as_ref().map(|p| (&p.acc, p.ingest)))
+                    .map(|(p, pane)| (p, &pane.acc, pane.ingest))
                     .collect(),
             };
             let key: &A::Key = std::borrow::Borrow::borrow(k);
@@ -356,25 +318,23 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
             let key: Owned<A, T> = postcard::from_bytes(kb).map_err(|e| format!("a key: {e}"))?;
             let saved: SavedPanes<A::Acc> =
                 postcard::from_bytes(vb).map_err(|e| format!("a key's panes: {e}"))?;
-            let panes: VecDeque<Option<Pane<A::Acc>>> = saved
-                .panes
-                .into_iter()
-                .map(|p| p.map(|(acc, ingest)| Pane { acc, ingest }))
-                .collect();
-            let Some(first) = panes.iter().position(Option::is_some) else {
+            let mut panes = KeyPanes::default();
+            for (p, acc, ingest) in saved.panes {
+                match panes.get_mut(p) {
+                    Some(_) => return Err(format!("pane {p} saved twice")),
+                    None => panes.insert(p, Pane { acc, ingest }),
+                }
+            }
+            let Some(first) = panes.first() else {
                 continue;
             };
-            let k = self
-                .shape
-                .first_window_of(saved.base + first as u64)
-                .max(saved.next_window);
+            let k = self.shape.first_window_of(first).max(saved.next_window);
             let due = self.shape.fires_at(k);
             let borrowed: &A::Key = std::borrow::Borrow::borrow(&key);
             st.timers.entry(due).or_default().push(borrowed.to_owned());
             st.keys.insert(
                 key,
-                KeyPanes {
-                    base: saved.base,
+                KeyState {
                     panes,
                     next_window: saved.next_window,
                     scheduled: Some(due),
@@ -398,11 +358,19 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
             Control::Barrier(_) => {}
         }
         st.queued.push_back(event);
-        if st.queued.len() == 1 && self.fire(&mut st, FIRE_SLICE) {
-            st.queued.clear();
+        // A barrier behind windows still to fire fires them all now, unsliced, and is
+        // forwarded with what was queued before it. Left to the task, it was forwarded (and
+        // the panes saved) only after the data that came in meanwhile, past the barrier, had
+        // gone into the panes: the checkpoint held it, and a restore counted it twice.
+        let barrier = matches!(event, Control::Barrier(_));
+        let budget = if barrier { usize::MAX } else { FIRE_SLICE };
+        if (st.queued.len() == 1 || barrier) && self.fire(&mut st, budget) {
+            let queued: Vec<Control> = st.queued.drain(..).collect();
             st.ended |= event == Control::End;
             drop(st);
-            self.forward(event);
+            for c in queued {
+                self.forward(c);
+            }
             if event == Control::End {
                 self.wake.notify();
             }
@@ -670,5 +638,193 @@ impl<T: 'static, A: Aggregation<T>> Input<T> for CountWindows<T, A> {
 
     fn ports(&self) -> Option<&Ports> {
         Some(&self.ports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::doorbell::Doorbell;
+    use crate::EngineConfig;
+
+    struct Sum;
+    impl Aggregation<(String, u64)> for Sum {
+        type Key = str;
+        type Acc = u64;
+        type Out = (String, u64, u64);
+        fn initial_accumulator(&self) -> u64 {
+            0
+        }
+        fn update(&self, input: &(String, u64), acc: &mut u64) {
+            *acc += input.1;
+        }
+        fn combine(&self, a: &u64, b: &u64) -> u64 {
+            a + b
+        }
+        fn output(&self, key: &str, window: &Window, acc: &u64) -> Option<Self::Out> {
+            Some((key.to_string(), window.start_ns, *acc))
+        }
+    }
+
+    /// Logs what the windows send.
+    #[derive(Default)]
+    struct Log(RefCell<Vec<String>>);
+    impl Input<(String, u64, u64)> for Log {
+        fn data(&self, (k, start, sum): (String, u64, u64), _: Stamp) {
+            self.0.borrow_mut().push(format!("{k}@{start}={sum}"));
+        }
+        fn control(&self, _: usize, event: Control) {
+            self.0.borrow_mut().push(format!("{event:?}"));
+        }
+    }
+
+    type Op = RangeWindows<(String, u64), Sum>;
+
+    /// Tumbling windows of 10 ns summing per key, saving into `core`'s checkpoints.
+    fn tumbling_sums(core: &Rc<ShardCore>) -> (Rc<Op>, Rc<Log>) {
+        let log = Rc::new(Log::default());
+        let next: Rc<dyn Input<(String, u64, u64)>> = log.clone();
+        let key: KeyFn<(String, u64), str> = Arc::new(|m: &(String, u64)| m.0.as_str());
+        let op = Rc::new(RangeWindows::new(
+            Arc::new(Sum),
+            key,
+            Shape::new(10, 10, 0).unwrap(),
+            LatePolicy::Drop,
+            Downstream::to(next, 0, Rc::from([])),
+            Ports::new(1),
+            ComputationTimer::new(core.metrics.clone(), "sum"),
+            core.metrics.clone(),
+            Some((core.clone(), "sum".to_string())),
+        ));
+        (op, log)
+    }
+
+    fn core() -> Rc<ShardCore> {
+        Rc::new(ShardCore::new(
+            0,
+            1,
+            EngineConfig::default(),
+            Doorbell::new().unwrap(),
+        ))
+    }
+
+    /// An event far ahead in event time costs one pane, not one per pane in between, and
+    /// both windows fire with their sums; so does one far behind the first (nothing is late
+    /// before the first watermark). A checkpoint saves and restores the three panes.
+    #[test]
+    fn far_apart_event_times_cost_a_pane_each() {
+        glommio::LocalExecutor::default().run(async {
+            let core = core();
+            core.checkpoints.sinks.set(1);
+            let (op, log) = tumbling_sums(&core);
+            let (near, far) = (10u64 << 36, 10u64 << 58);
+            op.data(
+                ("k".to_string(), 1),
+                Stamp {
+                    ingest_ns: 1,
+                    event_ns: near,
+                },
+            );
+            op.data(
+                ("k".to_string(), 2),
+                Stamp {
+                    ingest_ns: 1,
+                    event_ns: far,
+                },
+            );
+            op.data(
+                ("k".to_string(), 4),
+                Stamp {
+                    ingest_ns: 1,
+                    event_ns: 5,
+                },
+            );
+            assert_eq!(op.state.borrow().keys["k"].panes.iter().count(), 3);
+            op.control(0, Control::Barrier(1));
+            let (restored, restored_log) = tumbling_sums(&core);
+            for r in core.checkpoints.records_of(1) {
+                if let Record::Group(g) = r {
+                    restored.restore(&g.entries).unwrap();
+                }
+            }
+            for (op, log) in [(op, log), (restored, restored_log)] {
+                op.control(0, Control::Watermark(near + 10));
+                op.control(0, Control::End);
+                let want = [
+                    "Barrier(1)".to_string(),
+                    "k@0=4".to_string(),
+                    format!("k@{near}=1"),
+                    format!("Watermark({})", near + 10),
+                    format!("k@{far}=2"),
+                    "End".to_string(),
+                ];
+                let got = log.0.borrow().clone();
+                let got: Vec<_> = got.into_iter().filter(|e| e != "Barrier(1)").collect();
+                assert_eq!(got, want[1..]);
+            }
+        });
+    }
+
+    /// More windows fall due at once than a slice fires, and a barrier follows the watermark,
+    /// then data past the barrier: every due window is out before the barrier, and the
+    /// barrier's snapshot holds no pane of the data after it.
+    #[test]
+    fn a_barrier_behind_a_burst_of_windows_saves_only_what_came_before_it() {
+        glommio::LocalExecutor::default().run(async {
+            let core = core();
+            // One sink on the shard: checkpoint 1 stays in flight, its records readable.
+            core.checkpoints.sinks.set(1);
+            let (op, log) = tumbling_sums(&core);
+            let task = glommio::spawn_local(op.clone().run(core.clone()));
+            let keys = FIRE_SLICE + 44;
+            for k in 0..keys {
+                op.data(
+                    (format!("k{k}"), 1),
+                    Stamp {
+                        ingest_ns: 1,
+                        event_ns: 5,
+                    },
+                );
+            }
+            op.control(0, Control::Watermark(10));
+            op.control(0, Control::Barrier(1));
+            op.data(
+                ("late".to_string(), 7),
+                Stamp {
+                    ingest_ns: 2,
+                    event_ns: 15,
+                },
+            );
+            // Whatever the task would do before the fix, it has had the chance to.
+            for _ in 0..10 {
+                glommio::yield_if_needed().await;
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let seen = log.0.borrow().clone();
+            let at = seen.iter().position(|e| e == "Barrier(1)");
+            assert_eq!(
+                at,
+                Some(keys + 1),
+                "every window and the watermark before the barrier"
+            );
+            let records = core.checkpoints.records_of(1);
+            assert!(
+                records.iter().all(|r| match r {
+                    Record::Group(g) => g.entries.is_empty(),
+                    _ => true,
+                }),
+                "the snapshot saved panes: {} records",
+                records.len()
+            );
+            // The data after the barrier is not lost: it fires with its window.
+            op.control(0, Control::Watermark(20));
+            assert_eq!(
+                log.0.borrow().last().map(String::as_str),
+                Some("Watermark(20)")
+            );
+            assert!(log.0.borrow().iter().any(|e| e == "late@10=7"));
+            op.control(0, Control::End);
+            task.await;
+        });
     }
 }

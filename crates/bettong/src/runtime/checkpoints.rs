@@ -275,6 +275,17 @@ impl ShardCheckpoints {
         })
     }
 
+    /// The records of checkpoint `id` while it is in flight.
+    #[cfg(test)]
+    pub(crate) fn records_of(&self, id: u64) -> Vec<Record> {
+        self.in_flight
+            .borrow()
+            .as_ref()
+            .filter(|c| c.id == id)
+            .map(|c| c.records.clone())
+            .unwrap_or_default()
+    }
+
     /// Adds a record to checkpoint `id`.
     pub(crate) fn record(&self, id: u64, r: Record) {
         let ready = self.with(id, |c| c.records.push(r));

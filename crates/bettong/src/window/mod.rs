@@ -53,6 +53,7 @@
 //! # let _ = app;
 //! ```
 
+pub(crate) mod key_panes;
 pub(crate) mod panes;
 
 use crate::Key;
