@@ -59,6 +59,9 @@ impl Requests {
         self.slots[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands checkpoint `id` to `shard`. It may replace a request the shard has not taken:
+    /// that one was resolved (given up) before this one was begun, and its outcome, which
+    /// the shard takes first, says so.
     fn put(&self, shard: usize, id: u64, part: PartWriter) {
         self.slot(shard).request = Some((id, part));
         self.waiters[shard].wake_if_parked();
