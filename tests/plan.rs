@@ -637,24 +637,28 @@ fn a_merge_holds_data_behind_its_barrier_until_every_input_has_it() {
             SinkShard::new(RecorderShard(self.0.clone(), shard))
         }
     }
-    for shards in 2..=4 {
+    // Nested: the counter's merge feeds a second merge with another keyed quiet input, so
+    // data is held at either.
+    for (shards, nested) in [(2, false), (3, false), (4, false), (2, true), (3, true)] {
         let dir = std::env::temp_dir().join(format!(
-            "bettong-merge-hold-{}-{shards}",
+            "bettong-merge-hold-{}-{shards}-{nested}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let at_barrier = Arc::new(Mutex::new(HashMap::new()));
         let log: Log = Arc::new(Mutex::new(Vec::new()));
-        let keyed = Pipeline::source("Quiet", Quiet)
-            .key_by(|v: &u64| v)
-            .to_state(|v: u64, _: &mut u64| Some(v))
-            .name("keyed");
-        let app = Application::new(
-            "merge hold",
-            keyed
-                .merge(Pipeline::source("Counter", Counter(at_barrier.clone())))
-                .to_sink("Out", Recorder(log.clone())),
-        );
+        let keyed = |name: &str| {
+            Pipeline::source(name, Quiet)
+                .key_by(|v: &u64| v)
+                .to_state(|v: u64, _: &mut u64| Some(v))
+                .name(&format!("{name} keyed"))
+        };
+        let mut merged =
+            keyed("Quiet").merge(Pipeline::source("Counter", Counter(at_barrier.clone())));
+        if nested {
+            merged = merged.merge(keyed("Quiet 2"));
+        }
+        let app = Application::new("merge hold", merged.to_sink("Out", Recorder(log.clone())));
         let config = EngineConfig {
             resilience_dir: Some(dir.clone()),
             checkpoint_interval: std::time::Duration::from_millis(10),
@@ -683,7 +687,7 @@ fn a_merge_holds_data_behind_its_barrier_until_every_input_has_it() {
                         assert_eq!(
                             Some(&seen),
                             at_barrier.get(&(shard, *id)),
-                            "{shards} shards, shard {shard}, barrier {id}"
+                            "{shards} shards, nested {nested}, shard {shard}, barrier {id}"
                         );
                     }
                 }
