@@ -509,3 +509,90 @@ fn sink_dropped_with_fin_and_back_loses_nothing() {
 fn sink_dropped_with_rst_and_back_loses_nothing() {
     sink_drop_loses_nothing(Close::Rst);
 }
+
+/// A free port of 127.0.0.1 where nothing listens (bound, then let go).
+fn port_nobody_listens_on() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until each of `shards` shards has said that the sink at `addr` does not
+/// listen: each shard's writer is then in its connect back-off.
+fn wait_all_refused(engine: &Engine, shards: usize, addr: SocketAddr) {
+    for shard in 0..shards {
+        engine.wait_for_stderr(&format!("shard {shard}: sink {addr}: not listening yet"));
+    }
+}
+
+/// Nothing listens at `--out` and nothing was sent: there is nothing to deliver, so SIGTERM
+/// ends the engine at once, not at the drain timeout. (It waited for the whole
+/// `--drain-timeout`, 30 s here: the stop's wake-up of the sink writer was taken by its
+/// connect back-off, which just retried.)
+fn unreachable_sink_does_not_hold_up_the_stop(cores: &str, shards: usize, rounds: usize) {
+    for round in 0..rounds {
+        let addr = port_nobody_listens_on();
+        let engine = start(cores, addr, &["--drain-timeout", "30s"]);
+        wait_all_refused(&engine, shards, addr);
+        let (status, took, stderr) = engine.terminate_within(Duration::from_secs(3));
+        assert!(
+            status.success(),
+            "{cores} round {round}: exit {status}; stderr:\n{stderr}"
+        );
+        assert_eq!(summary_count(&stderr, "out"), 0, "{stderr}");
+        assert_eq!(summary_count(&stderr, "undelivered"), 0, "{stderr}");
+        eprintln!("{cores}: round {round}: unreachable sink, stopped in {took:?}");
+    }
+}
+
+#[test]
+fn unreachable_sink_does_not_hold_up_the_stop_of_two_shards() {
+    unreachable_sink_does_not_hold_up_the_stop("0,1", 2, 3);
+}
+
+#[test]
+fn unreachable_sink_does_not_hold_up_the_stop_of_four_shards() {
+    unreachable_sink_does_not_hold_up_the_stop("0-3", 4, 3);
+}
+
+/// Outputs are waiting for a sink that does not listen when the stop begins; the sink comes
+/// back during the drain: the stop waits for it and delivers everything, exactly once.
+fn sink_back_during_the_drain_gets_everything(cores: &str, shards: usize) {
+    let addr = port_nobody_listens_on();
+    let engine = start(cores, addr, &["--drain-timeout", "30s"]);
+    wait_all_refused(&engine, shards, addr);
+    let (conns, expected) = traffic(2, 100);
+    send_all(engine.addr("Text"), &conns);
+    let start = Instant::now();
+    // SAFETY: sending a signal to our own child process, which has not been reaped.
+    unsafe { libc::kill(engine.pid() as i32, libc::SIGTERM) };
+    // The engine has taken the signal and is draining: only now does the sink listen.
+    engine.wait_for_stderr("stopping: draining");
+    let sink = Sink::on(TcpListener::bind(addr).unwrap(), 0);
+    // Signal 0 sends nothing (the SIGTERM is sent already; a second one would exit at once
+    // without draining): this only waits for the exit.
+    let (status, stderr) = engine.signal_and_wait(0);
+    let took = start.elapsed();
+    assert!(
+        status.success(),
+        "{cores}: exit {status}; stderr:\n{stderr}"
+    );
+    assert_eq!(summary_count(&stderr, "messages in"), 200, "{stderr}");
+    assert_eq!(summary_count(&stderr, "out"), 600, "{stderr}");
+    assert_eq!(summary_count(&stderr, "undelivered"), 0, "{stderr}");
+    let seen = counts_seen(&sink.finish());
+    assert_eq!(assert_none_lost(&seen, &expected), 0, "{cores}: duplicates");
+    assert!(took < Duration::from_secs(10), "{cores}: took {took:?}");
+    eprintln!("{cores}: sink back during the drain, stopped in {took:?}");
+}
+
+#[test]
+fn sink_back_during_the_drain_gets_everything_from_two_shards() {
+    sink_back_during_the_drain_gets_everything("0,1", 2);
+}
+
+#[test]
+fn sink_back_during_the_drain_gets_everything_from_three_shards() {
+    sink_back_during_the_drain_gets_everything("0-2", 3);
+}

@@ -198,22 +198,19 @@ impl SinkBuffer {
         // Connect at once rather than on the first output: the sink gets its connection
         // while descriptors are plentiful (a storm of clients near the open-file limit cannot
         // then keep outputs from flowing), and the first output pays no connect. Until the sink
-        // listens, outputs wait in the buffer as before; a stop with nothing to send ends it.
-        {
-            let eager = self.reconnect(&mut conn, &mut kept, addr, shard);
-            let nothing_to_send = async {
-                while !(self.finishing.get() || self.abandoned.get()) {
-                    self.wake_writer.notified().await;
-                }
-            };
-            futures_lite::future::or(
-                async {
-                    eager.await;
-                },
-                nothing_to_send,
-            )
+        // listens, outputs wait in the buffer as before. The stop ends this first connect:
+        // then, with nothing to send, the loop below ends at once; with outputs buffered, it
+        // connects again, for as long as the drain allows.
+        //
+        // The stop is seen by the connect itself, which checks `finishing` after every wake-up.
+        // It used to be a second future, raced with the connect, waiting on `wake_writer` too;
+        // but `Notify` holds one pending wake-up, the race polls the connect first, and the
+        // connect's back-off took the stop's wake-up and just retried, while the other future,
+        // finding none, slept on without looking at `finishing` again: a stop with an
+        // unreachable sink and nothing to send then waited for the whole drain timeout (30.0 s with `--drain-timeout 30s`, 2 or 4 shards; now 5 to
+        // 16 ms, `tests/shutdown.rs`).
+        self.reconnect(&mut conn, &mut kept, addr, shard, &|| self.finishing.get())
             .await;
-        }
         loop {
             if self.abandoned.get() {
                 break;
@@ -241,12 +238,18 @@ impl SinkBuffer {
                     Some(Ok(unacked)) => kept.acked(unacked),
                     Some(Err(e)) => {
                         self.lost(&mut conn, &mut kept, addr, shard, &e);
-                        if !self.reconnect(&mut conn, &mut kept, addr, shard).await {
+                        if !self
+                            .reconnect(&mut conn, &mut kept, addr, shard, &never)
+                            .await
+                        {
                             break;
                         }
                     }
                     None => {
-                        if !self.reconnect(&mut conn, &mut kept, addr, shard).await {
+                        if !self
+                            .reconnect(&mut conn, &mut kept, addr, shard, &never)
+                            .await
+                        {
                             break;
                         }
                     }
@@ -264,7 +267,11 @@ impl SinkBuffer {
                 self.gauge.set(false);
                 relief.wake_all();
             }
-            if conn.is_none() && !self.reconnect(&mut conn, &mut kept, addr, shard).await {
+            if conn.is_none()
+                && !self
+                    .reconnect(&mut conn, &mut kept, addr, shard, &never)
+                    .await
+            {
                 // Abandoned: `out` is counted as undelivered below.
                 break;
             }
@@ -362,16 +369,17 @@ impl SinkBuffer {
     }
 
     /// Connects, then sends everything kept (what earlier connections had not acknowledged).
-    /// False once the sink is abandoned.
+    /// False, not connected, once the sink is abandoned or `give_up()` holds.
     async fn reconnect(
         &self,
         conn: &mut Option<TcpStream>,
         kept: &mut Unacked,
         addr: SocketAddr,
         shard: usize,
+        give_up: &dyn Fn() -> bool,
     ) -> bool {
         loop {
-            let Some(mut stream) = self.connect(addr, shard).await else {
+            let Some(mut stream) = self.connect(addr, shard, give_up).await else {
                 return false;
             };
             self.conn_fd.set(Some(stream.as_raw_fd()));
@@ -390,7 +398,7 @@ impl SinkBuffer {
                 Ok(()) => return true,
                 Err(e) => {
                     self.lost(conn, kept, addr, shard, &e);
-                    if self.abandoned.get() {
+                    if self.abandoned.get() || give_up() {
                         return false;
                     }
                 }
@@ -400,25 +408,49 @@ impl SinkBuffer {
 }
 
 impl SinkBuffer {
+    /// Until the sink is abandoned or `give_up()` holds. While the writer connects, this is its
+    /// only wait on `wake_writer`, a `Notify` with one waker and one pending wake-up: so the
+    /// conditions are checked before each wait and after every wake-up, whatever it was for
+    /// (new output wakes it too). A wake-up consumed by an earlier wait is not lost either:
+    /// `finish` and `abandon` set their flag before they notify.
+    async fn stopped(&self, give_up: &dyn Fn() -> bool) {
+        while !(self.abandoned.get() || give_up()) {
+            self.wake_writer.notified().await;
+        }
+    }
+
     /// Connects to the sink, retrying with back-off (10 ms doubling to 1 s) until it listens;
-    /// `None` once the sink is abandoned. The send buffer is set to the sink buffer's size, which
-    /// bounds what the kernel can hold unacknowledged, and so what is kept for a resend.
-    async fn connect(&self, addr: SocketAddr, shard: usize) -> Option<TcpStream> {
+    /// `None` once the sink is abandoned or `give_up()` holds, which also ends an attempt in
+    /// progress (a connect to an address that drops it can take minutes to fail). The send
+    /// buffer is set to the sink buffer's size, which bounds what the kernel can hold
+    /// unacknowledged, and so what is kept for a resend.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        shard: usize,
+        give_up: &dyn Fn() -> bool,
+    ) -> Option<TcpStream> {
         let mut delay = Duration::from_millis(10);
         let mut reported = false;
         if self.flaps.get() > 0 {
             // The last connection failed soon after it was made: wait before the next one.
             let wait = Duration::from_millis(10 << self.flaps.get().min(7));
-            futures_lite::future::or(self.wake_writer.notified(), async {
+            futures_lite::future::or(self.stopped(give_up), async {
                 glommio::timer::sleep(wait).await
             })
             .await;
         }
         loop {
-            if self.abandoned.get() {
+            if self.abandoned.get() || give_up() {
                 return None;
             }
-            match TcpStream::connect(addr).await {
+            // The attempt is dropped (which cancels it) when the writer is to stop.
+            let attempt =
+                futures_lite::future::or(async { Some(TcpStream::connect(addr).await) }, async {
+                    self.stopped(give_up).await;
+                    None
+                });
+            match attempt.await? {
                 Ok(s) => {
                     if let Err(e) = s.set_nodelay(true) {
                         tracing::warn!("shard {shard}: sink {addr}: cannot set TCP_NODELAY: {e}");
@@ -455,8 +487,9 @@ impl SinkBuffer {
                         tracing::warn!("shard {shard}: sink {addr}: {}; retrying", describe(&e));
                         reported = true;
                     }
-                    // Woken early by `abandon` (or by new output, which changes nothing here).
-                    futures_lite::future::or(self.wake_writer.notified(), async {
+                    // Ended early by `abandon`, or by `give_up` (new output changes nothing
+                    // here, and does not end it).
+                    futures_lite::future::or(self.stopped(give_up), async {
                         glommio::timer::sleep(delay).await
                     })
                     .await;
@@ -474,6 +507,11 @@ fn describe(e: &glommio::GlommioError<()>) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// For [`SinkBuffer::reconnect`]: give up only when the sink is abandoned.
+fn never() -> bool {
+    false
 }
 
 /// The first and the longest wait of an idle writer between looks at unacknowledged bytes.
