@@ -240,7 +240,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                 }
                 let mut acc = self.agg.initial_accumulator();
                 let mut ingest = 0;
-                for pane in kp.panes.range(k, k + m) {
+                for pane in kp.panes.range(k, k.saturating_add(m - 1)) {
                     acc = self.agg.combine(&acc, &pane.acc);
                     ingest = ingest.max(pane.ingest);
                 }
@@ -682,13 +682,17 @@ mod tests {
 
     /// Tumbling windows of 10 ns summing per key, saving into `core`'s checkpoints.
     fn tumbling_sums(core: &Rc<ShardCore>) -> (Rc<Op>, Rc<Log>) {
+        sums(core, Shape::new(10, 10, 0).unwrap())
+    }
+
+    fn sums(core: &Rc<ShardCore>, shape: Shape) -> (Rc<Op>, Rc<Log>) {
         let log = Rc::new(Log::default());
         let next: Rc<dyn Input<(String, u64, u64)>> = log.clone();
         let key: KeyFn<(String, u64), str> = Arc::new(|m: &(String, u64)| m.0.as_str());
         let op = Rc::new(RangeWindows::new(
             Arc::new(Sum),
             key,
-            Shape::new(10, 10, 0).unwrap(),
+            shape,
             LatePolicy::Drop,
             Downstream::to(next, 0, Rc::from([])),
             Ports::new(1),
@@ -762,6 +766,37 @@ mod tests {
                 let got: Vec<_> = got.into_iter().filter(|e| e != "Barrier(1)").collect();
                 assert_eq!(got, want[1..]);
             }
+        });
+    }
+
+    /// The last event time there is, with a 1 ns slide (pane u64::MAX): its window fires at
+    /// the end with its sum, beside an ordinary one.
+    #[test]
+    fn the_last_event_time_there_is() {
+        glommio::LocalExecutor::default().run(async {
+            let core = core();
+            let (op, log) = sums(&core, Shape::new(1, 1, 0).unwrap());
+            op.data(
+                ("k".to_string(), 1),
+                Stamp {
+                    ingest_ns: 1,
+                    event_ns: u64::MAX,
+                },
+            );
+            op.data(
+                ("k".to_string(), 2),
+                Stamp {
+                    ingest_ns: 1,
+                    event_ns: 7,
+                },
+            );
+            op.control(0, Control::End);
+            let want = [
+                "k@7=2".to_string(),
+                format!("k@{}=1", u64::MAX),
+                "End".to_string(),
+            ];
+            assert_eq!(*log.0.borrow(), want);
         });
     }
 

@@ -55,12 +55,18 @@ impl<Acc> KeyPanes<Acc> {
 
     /// Opens pane `p` (which is not open).
     pub(crate) fn insert(&mut self, p: u64, pane: Pane<Acc>) {
+        // Pane u64::MAX (an event time of u64::MAX with a 1 ns slide) stays far, so that the
+        // run's end, `base + run.len()`, never overflows.
+        let Some(after) = p.checked_add(1) else {
+            self.far.insert(p, pane);
+            return;
+        };
         if self.run.is_empty() {
             self.base = p;
         }
         let (lo, hi) = (
             p.min(self.base),
-            (p + 1).max(self.base + self.run.len() as u64),
+            after.max(self.base + self.run.len() as u64),
         );
         if hi - lo > RUN_PANES {
             self.far.insert(p, pane);
@@ -105,16 +111,19 @@ impl<Acc> KeyPanes<Acc> {
         }
     }
 
-    /// The open panes numbered `lo..hi`, in no particular order.
-    pub(crate) fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = &Pane<Acc>> {
+    /// The open panes numbered `first..=last` (`first <= last`), in no particular order.
+    pub(crate) fn range(&self, first: u64, last: u64) -> impl Iterator<Item = &Pane<Acc>> {
         let end = self.base + self.run.len() as u64;
-        let (a, b) = (lo.clamp(self.base, end), hi.clamp(self.base, end));
+        let (a, b) = (
+            first.clamp(self.base, end),
+            last.saturating_add(1).clamp(self.base, end),
+        );
         let run = self
             .run
             .range((a - self.base) as usize..(b - self.base) as usize)
             .flatten();
         let far = (!self.far.is_empty())
-            .then(|| self.far.range(lo..hi).map(|(_, pane)| pane))
+            .then(|| self.far.range(first..=last).map(|(_, pane)| pane))
             .into_iter()
             .flatten();
         run.chain(far)
@@ -215,7 +224,7 @@ mod tests {
                 (RUN_PANES + 9, 3)
             ]
         );
-        let sum: u64 = k.range(RUN_PANES, RUN_PANES + 6).map(|p| p.acc).sum();
+        let sum: u64 = k.range(RUN_PANES, RUN_PANES + 5).map(|p| p.acc).sum();
         assert_eq!(sum, 6);
     }
 
@@ -229,10 +238,30 @@ mod tests {
         k.insert(1 << 40, pane(7));
         let sum: u64 = k.range(0, u64::MAX).map(|p| p.acc).sum();
         assert_eq!(sum, 5 + 6 + 9 + 7);
-        assert_eq!(k.range(6, 9).map(|p| p.acc).sum::<u64>(), 6);
+        assert_eq!(k.range(6, 8).map(|p| p.acc).sum::<u64>(), 6);
         k.close_through(6);
         assert_eq!(open(&k), [(9, 9), (1 << 40, 7)]);
         k.close_through(1 << 40);
+        assert!(k.is_empty());
+    }
+
+    /// The last pane number there is (an event time of u64::MAX with a 1 ns slide) is kept,
+    /// found, summed and closed like any other; nothing overflows.
+    #[test]
+    fn the_last_pane_number_there_is() {
+        let mut k = KeyPanes::default();
+        k.insert(u64::MAX - 1, pane(1));
+        k.insert(u64::MAX, pane(2));
+        assert_eq!(k.slots(), (1, 1));
+        assert_eq!(k.get_mut(u64::MAX).map(|p| p.acc), Some(2));
+        assert_eq!(
+            k.range(u64::MAX - 1, u64::MAX).map(|p| p.acc).sum::<u64>(),
+            3
+        );
+        assert_eq!(k.range(u64::MAX, u64::MAX).map(|p| p.acc).sum::<u64>(), 2);
+        k.close_through(u64::MAX - 1);
+        assert_eq!(k.first(), Some(u64::MAX));
+        k.close_through(u64::MAX);
         assert!(k.is_empty());
     }
 }
