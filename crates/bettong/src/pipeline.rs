@@ -928,7 +928,7 @@ struct MergeNode<T>(PhantomData<fn(T)>);
 impl<T: Send + 'static> NodeBuild for MergeNode<T> {
     fn build(
         &self,
-        _sb: &mut ShardBuild,
+        sb: &mut ShardBuild,
         node: &NodeCtx<'_>,
         out: Option<AnyBox>,
     ) -> Result<Option<Built>, Error> {
@@ -939,7 +939,11 @@ impl<T: Send + 'static> NodeBuild for MergeNode<T> {
         // checked as well, by the merge's own `data`.
         let skip = !next.ctl.holds_data();
         let data = next.data.clone();
-        let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge::new(next, node.ports));
+        let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge::new(
+            next,
+            node.ports,
+            sb.core.relief.clone(),
+        ));
         Ok(Some(Built {
             input: Box::new(input.clone()),
             data: Box::new(if skip { data } else { input }),
@@ -956,6 +960,13 @@ fn forward_into_merge<T: 'static>(built: &Built, port: usize) -> AnyBox {
         .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
     if let Some(ports) = edge.ctl.ports() {
         edge.held = ports.any_held_flag();
+    }
+    // The input's own gauge, for the sources upstream of this input only: the barrier a
+    // held input waits for comes by another, whose sources must keep going.
+    if let Some(gauge) = edge.ctl.input_gauge(port) {
+        edge.gauges = std::iter::once(gauge)
+            .chain(edge.gauges.iter().cloned())
+            .collect();
     }
     edge
 }

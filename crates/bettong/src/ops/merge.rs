@@ -12,27 +12,44 @@
 //! the edge calls the next operator directly; while it is set, the edge's data comes here
 //! ([`Input::held_data`]) and waits if its input is the held one.
 //!
+//! A held input's queue raises that input's gauge at [`HOLD_LIMIT`] events, so the sources
+//! upstream of that input (and only that input: the barrier awaited comes by another) stop
+//! reading until the barrier is forwarded; without it, the queue grew with the input's rate
+//! for as long as the slowest input's barrier took (up to the checkpoint's 30 s deadline).
+//!
 //! **Invariant:** an input's queue is empty unless the input is held.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use super::{Downstream, Input, Ports};
 use crate::event::{Control, Event, Gap, Stamp};
+use crate::runtime::shard::{Gauge, WaitList};
+
+/// Events a held input's queue takes before that input's gauge rises.
+pub(crate) const HOLD_LIMIT: usize = 4096;
 
 pub(crate) struct Merge<T> {
     next: Downstream<T>,
     ports: Ports,
     /// What each held input sent after its barrier, in order.
     held: RefCell<Vec<VecDeque<Event<T>>>>,
+    /// Each input's gauge: over while its queue holds [`HOLD_LIMIT`] events or more.
+    gauges: Vec<Gauge>,
+    /// The shard's waiters on fallen gauges.
+    relief: Rc<WaitList>,
 }
 
 impl<T: 'static> Merge<T> {
-    pub(crate) fn new(next: Downstream<T>, inputs: usize) -> Self {
+    pub(crate) fn new(next: Downstream<T>, inputs: usize, relief: Rc<WaitList>) -> Self {
         let ports = Ports::new(inputs);
+        let inputs = inputs.max(1);
         Merge {
             next,
-            held: RefCell::new((0..inputs.max(1)).map(|_| VecDeque::new()).collect()),
+            held: RefCell::new((0..inputs).map(|_| VecDeque::new()).collect()),
+            gauges: (0..inputs).map(|_| Gauge::default()).collect(),
+            relief,
             ports,
         }
     }
@@ -40,6 +57,9 @@ impl<T: 'static> Merge<T> {
     fn queue(&self, port: usize, event: Event<T>) {
         if let Some(q) = self.held.borrow_mut().get_mut(port) {
             q.push_back(event);
+            if q.len() >= HOLD_LIMIT {
+                self.gauges[port].set(true);
+            }
         }
     }
 
@@ -72,8 +92,27 @@ impl<T: 'static> Merge<T> {
                 }
             }
             if !moved {
+                self.relieve();
                 return;
             }
+        }
+    }
+}
+
+impl<T> Merge<T> {
+    /// Lowers the gauges of the queues back under the limit, and wakes the sources waiting.
+    fn relieve(&self) {
+        let held = self.held.borrow();
+        let mut fell = false;
+        for (q, gauge) in held.iter().zip(&self.gauges) {
+            if gauge.is_over() && q.len() < HOLD_LIMIT {
+                gauge.set(false);
+                fell = true;
+            }
+        }
+        drop(held);
+        if fell {
+            self.relief.wake_all();
         }
     }
 }
@@ -109,6 +148,10 @@ impl<T: 'static> Input<T> for Merge<T> {
         true
     }
 
+    fn input_gauge(&self, port: usize) -> Option<Gauge> {
+        self.gauges.get(port).cloned()
+    }
+
     fn ports(&self) -> Option<&Ports> {
         Some(&self.ports)
     }
@@ -117,7 +160,6 @@ impl<T: 'static> Input<T> for Merge<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::rc::Rc;
 
     /// Logs what reaches it.
     struct Log(RefCell<Vec<String>>);
@@ -138,7 +180,11 @@ mod tests {
     fn a_held_input_waits_behind_its_barrier_in_order() {
         let log = Rc::new(Log(RefCell::new(Vec::new())));
         let next: Rc<dyn Input<u64>> = log.clone();
-        let merge = Rc::new(Merge::new(Downstream::to(next.clone(), 0, Rc::from([])), 2));
+        let merge = Rc::new(Merge::new(
+            Downstream::to(next.clone(), 0, Rc::from([])),
+            2,
+            Rc::default(),
+        ));
         // The edges as the plan builds them: data straight to the next operator, the merge's
         // flag, control into the merge.
         let edge = |port| {
@@ -179,5 +225,29 @@ mod tests {
             ]
         );
         assert!(merge.held.borrow().iter().all(VecDeque::is_empty));
+    }
+
+    /// A held input's gauge rises once its queue reaches the limit (the other input's stays
+    /// down) and falls when the barrier is forwarded and the queue delivered.
+    #[test]
+    fn a_full_hold_raises_that_inputs_gauge_until_release() {
+        let log = Rc::new(Log(RefCell::new(Vec::new())));
+        let next: Rc<dyn Input<u64>> = log.clone();
+        let merge = Rc::new(Merge::new(
+            Downstream::to(next, 0, Rc::from([])),
+            2,
+            Rc::default(),
+        ));
+        let (g0, g1) = (merge.input_gauge(0).unwrap(), merge.input_gauge(1).unwrap());
+        merge.control(1, Control::Barrier(1));
+        for v in 0..HOLD_LIMIT as u64 - 1 {
+            merge.held_data(1, v, Stamp::default());
+        }
+        assert!(!g1.is_over());
+        merge.held_data(1, 0, Stamp::default());
+        assert!(g1.is_over() && !g0.is_over());
+        merge.control(0, Control::Barrier(1));
+        assert!(!g1.is_over());
+        assert_eq!(log.0.borrow().len(), 1 + HOLD_LIMIT);
     }
 }

@@ -46,6 +46,11 @@ pub(crate) trait Input<T> {
     fn holds_data(&self) -> bool {
         false
     }
+    /// A gauge of input `port` alone (a merge's held queue), for the sources upstream of
+    /// that input.
+    fn input_gauge(&self, _port: usize) -> Option<crate::runtime::shard::Gauge> {
+        None
+    }
 }
 
 /// Where an operator sends its outputs: the next operator's input and the port it arrives
