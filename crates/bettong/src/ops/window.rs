@@ -262,7 +262,7 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
                     );
                 }
                 fired += 1;
-                kp.next_window = k + 1;
+                kp.next_window = k.saturating_add(1);
                 // Windows after k start after pane k: panes up to k are done.
                 kp.panes.close_through(k);
             }
