@@ -44,7 +44,8 @@ pub fn symbol(o: &TimedOrder) -> &[u8; 4] {
 }
 
 /// Parses a transact time `YYYYMMDD-HH:MM:SS.mmm` (UTC) into nanoseconds since the Unix
-/// epoch; `None` if it is not a valid time at or after the epoch.
+/// epoch; `None` if it is not a valid time at or after the epoch and before 2554 (where
+/// nanoseconds pass `u64::MAX`).
 ///
 /// The date's day number is kept from the previous call on the thread (a stream's orders
 /// mostly share a date): VWAP over TCP (`bettong bench vwap --shards 1 --poll spin`, callgrind)
@@ -90,7 +91,7 @@ pub fn parse_transact_time(t: &[u8; TRANSACT_TIME_LEN]) -> Option<u64> {
     }
     let ms = ms2 * 100 + ms1 * 10 + ms0;
     let secs = days * 86_400 + h * 3_600 + m * 60 + s;
-    Some(secs * 1_000_000_000 + ms * 1_000_000)
+    secs.checked_mul(1_000_000_000)?.checked_add(ms * 1_000_000)
 }
 
 /// Days from the Unix epoch to the date `YYYYMMDD`; `None` if it is not a valid date at or
@@ -341,7 +342,7 @@ mod tests {
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
         let days = (era * 146_097 + doe).checked_sub(719_468)?;
         let secs = days * 86_400 + h * 3_600 + m * 60 + s;
-        Some(secs * 1_000_000_000 + ms * 1_000_000)
+        secs.checked_mul(1_000_000_000)?.checked_add(ms * 1_000_000)
     }
 
     #[test]
