@@ -365,12 +365,17 @@ impl<T: 'static, A: Aggregation<T>> RangeWindows<T, A> {
         let barrier = matches!(event, Control::Barrier(_));
         let budget = if barrier { usize::MAX } else { FIRE_SLICE };
         if (st.queued.len() == 1 || barrier) && self.fire(&mut st, budget) {
-            let queued: Vec<Control> = st.queued.drain(..).collect();
+            // What waited before this event (nothing, unless a barrier came behind fires):
+            // an empty Vec does not allocate, so a lone watermark costs no allocation.
+            let waited = st.queued.len() - 1;
+            let before: Vec<Control> = st.queued.drain(..waited).collect();
+            st.queued.clear();
             st.ended |= event == Control::End;
             drop(st);
-            for c in queued {
+            for c in before {
                 self.forward(c);
             }
+            self.forward(event);
             if event == Control::End {
                 self.wake.notify();
             }
@@ -644,8 +649,6 @@ impl<T: 'static, A: Aggregation<T>> Input<T> for CountWindows<T, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::doorbell::Doorbell;
-    use crate::EngineConfig;
 
     struct Sum;
     impl Aggregation<(String, u64)> for Sum {
@@ -704,12 +707,7 @@ mod tests {
     }
 
     fn core() -> Rc<ShardCore> {
-        Rc::new(ShardCore::new(
-            0,
-            1,
-            EngineConfig::default(),
-            Doorbell::new().unwrap(),
-        ))
+        ShardCore::for_test(0, 1)
     }
 
     /// An event far ahead in event time costs one pane, not one per pane in between, and

@@ -275,8 +275,6 @@ mod tests {
 
     use super::*;
     use crate::ops::Ports;
-    use crate::runtime::config::EngineConfig;
-    use crate::runtime::doorbell::Doorbell;
     use crate::runtime::ring;
 
     /// An operator that logs what reaches it, in order, and what its ports forward.
@@ -325,12 +323,7 @@ mod tests {
                 local: Downstream::to(input, 0, Rc::from([])),
                 held: Default::default(),
             });
-            let core = Rc::new(ShardCore::new(
-                0,
-                1,
-                EngineConfig::default(),
-                Doorbell::new().unwrap(),
-            ));
+            let core = ShardCore::for_test(0, 1);
             let releaser = glommio::spawn_local(exchange.clone().releaser(core));
             exchange.data(1, Stamp::default());
             exchange.control(0, Control::Barrier(3));
@@ -382,12 +375,7 @@ mod tests {
             }
         }
         glommio::LocalExecutor::default().run(async {
-            let core = Rc::new(ShardCore::new(
-                0,
-                2,
-                EngineConfig::default(),
-                Doorbell::new().unwrap(),
-            ));
+            let core = ShardCore::for_test(0, 2);
             let (tx, mut rx) = ring::channel::<Event<u64>>(8);
             let out = Rc::new(Outbox {
                 spill: Spill::new(tx),
@@ -435,12 +423,7 @@ mod tests {
     #[test]
     fn a_ring_is_held_after_its_barrier_until_every_port_has_it() {
         glommio::LocalExecutor::default().run(async {
-            let core = Rc::new(ShardCore::new(
-                0,
-                3,
-                EngineConfig::default(),
-                Doorbell::new().unwrap(),
-            ));
+            let core = ShardCore::for_test(0, 3);
             let target = Rc::new(Log {
                 ports: Ports::new(3),
                 seen: RefCell::new(Vec::new()),

@@ -226,6 +226,13 @@ pub(crate) struct ShardCore {
 }
 
 impl ShardCore {
+    /// Shard `index` of `shards` with the default configuration, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(index: usize, shards: usize) -> Rc<ShardCore> {
+        let bell = Doorbell::new().unwrap_or_else(|e| panic!("a doorbell: {e}"));
+        Rc::new(ShardCore::new(index, shards, EngineConfig::default(), bell))
+    }
+
     pub(crate) fn new(
         index: usize,
         shards: usize,
