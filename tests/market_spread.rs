@@ -756,3 +756,30 @@ fn command_line_tools_drive_a_run() {
     assert_eq!(sorted_keys(&results), sorted_keys(&expected));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench market-spread` on 3 and 4 unpinned shards with 64-slot rings, so that the exchange
+/// spills and its sources pause: every input is counted in and finished (the bench waits for
+/// that), the OrderResult count is the data's, and the report's pauses reach its JSON.
+#[test]
+fn bench_with_tiny_rings_on_three_and_four_shards_loses_nothing() {
+    use bettong_giles::bench::{self, BenchArgs};
+    let dir = temp_dir("bench-tiny-rings");
+    for shards in [3, 4] {
+        let mut args = BenchArgs::new(200_000);
+        args.shards = Some(shards);
+        args.no_pin = true;
+        args.ring_capacity = Some(64);
+        let json = dir.join(format!("ms-{shards}.json"));
+        args.json = Some(json.clone());
+        let report = bench::market_spread(&args).unwrap_or_else(|e| panic!("{shards} shards: {e}"));
+        assert_eq!(report.shards, shards);
+        // The timed messages and the 350 symbols' priming NBBO.
+        assert_eq!(report.messages_in, 200_000 + 350, "{shards} shards");
+        assert_eq!(report.messages_out, report.expected_out, "{shards} shards");
+        assert!(report.expected_out > 0);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(json["pauses"], report.summary.pauses, "{shards} shards");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

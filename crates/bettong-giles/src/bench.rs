@@ -19,7 +19,9 @@ use crate::receiver::{ReceiveArgs, ReceiveReport, Receiver};
 use crate::relay::Relay;
 use crate::sender::{self, SendArgs};
 use bettong::metrics::{format_ns, Summary};
-use bettong::runtime::config::{online_cores, CoreList, EngineConfig, Poll};
+use bettong::runtime::config::{
+    check_range, online_cores, CoreList, EngineConfig, Poll, MAX_RING_CAPACITY,
+};
 use bettong::units::{parse_u64, parse_usize};
 use bettong::Application;
 use bettong::Engine;
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// per shard for passthrough, 1 otherwise]
     #[arg(long, value_name = "N", value_parser = parse_usize)]
     pub connections: Option<usize>,
+    /// Messages each cross-shard ring holds (1 to 2^24) [default: about 8 MiB per shard over
+    /// the other shards' rings, 4096 to 65536]
+    #[arg(long, value_name = "SLOTS", value_parser = parse_ring_capacity)]
+    pub ring_capacity: Option<usize>,
     /// Also write the report as one JSON object to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -74,6 +80,10 @@ pub struct BenchArgs {
     /// would (to measure what scraping costs; needs --metrics-addr)
     #[arg(long, value_name = "DURATION", value_parser = bettong::units::parse_duration, requires = "metrics_addr")]
     pub scrape_every: Option<Duration>,
+}
+
+fn parse_ring_capacity(text: &str) -> Result<usize, String> {
+    check_range("--ring-capacity", parse_usize(text)?, 1, MAX_RING_CAPACITY)
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
@@ -91,6 +101,7 @@ impl BenchArgs {
             messages,
             rate: None,
             connections: None,
+            ring_capacity: None,
             json: None,
             metrics_addr: None,
             scrape_every: None,
@@ -141,6 +152,7 @@ impl BenchArgs {
             pin: !self.no_pin,
             poll: self.poll,
             metrics_addr: self.metrics_addr,
+            ring_capacity: self.ring_capacity,
             ..EngineConfig::default()
         })
     }
@@ -184,7 +196,7 @@ impl BenchReport {
     ///     app: "relay".into(), shards: 0, messages_in: 5, messages_out: 5, expected_out: 5,
     ///     seconds: 0.5, msgs_per_sec: 10.0, offered_rate: None, summary: Default::default(),
     /// };
-    /// assert!(r.to_json().contains("\"rate\":null,\"errors\":0,\"latency_ns\":{\"p50\":0,"));
+    /// assert!(r.to_json().contains("\"rate\":null,\"errors\":0,\"pauses\":0,\"latency_ns\":{\"p50\":0,"));
     /// ```
     pub fn to_json(&self) -> String {
         let s = &self.summary;
@@ -195,7 +207,7 @@ impl BenchReport {
             concat!(
                 "{{\"app\":\"{}\",\"shards\":{},\"messages_in\":{},\"messages_out\":{},",
                 "\"expected_out\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"rate\":{},",
-                "\"errors\":{},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},",
+                "\"errors\":{},\"pauses\":{},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},",
                 "\"p99_99\":{},\"max\":{}}}}}"
             ),
             self.app,
@@ -207,6 +219,7 @@ impl BenchReport {
             self.msgs_per_sec,
             rate,
             s.errors(),
+            s.pauses,
             s.latency_at(0.5),
             s.latency_at(0.99),
             s.latency_at(0.999),
@@ -238,6 +251,13 @@ impl std::fmt::Display for BenchReport {
             "output:  {} messages (expected {})",
             self.messages_out, self.expected_out
         )?;
+        if self.shards > 0 {
+            writeln!(
+                f,
+                "backpressure: {} pauses (a source or drain waited for a full ring or sink buffer)",
+                s.pauses
+            )?;
+        }
         if s.latency.is_empty() {
             return write!(f, "latency: not measured (no engine, no per-message clock)");
         }

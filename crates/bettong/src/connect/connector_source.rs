@@ -429,7 +429,8 @@ pub(crate) async fn serve(
         if let Some(end) = ended {
             break end;
         }
-        glommio::yield_if_needed().await;
+        // After every read, as the plain TCP source does (see there).
+        glommio::executor().yield_now().await;
     };
     source.watermarks.close(slot);
     if matches!(end, End::Closed) && frames.buffered() > 0 {

@@ -413,10 +413,15 @@ impl<T: 'static> SourceContext<T> {
         }
     }
 
-    /// Lets the shard's other tasks run if this one has had the core long enough (glommio's
-    /// task quota): call it in a loop that does not otherwise wait, like a file read.
+    /// Lets the shard's other tasks run (its exchange drains, sinks and other sources): call
+    /// it after each batch in a loop that does not otherwise wait, like a file read.
+    ///
+    /// It always yields. glommio's own `yield_if_needed` yields only when its preemption
+    /// timer (100 ms) has fired, and a source that always has data would keep the drains of
+    /// the rings from other shards waiting that long while the rings fill and the other
+    /// shards pause (`bench market-spread` on 2 shards ran one feed at a time that way).
     pub async fn yield_if_needed(&self) {
-        glommio::yield_if_needed().await
+        glommio::executor().yield_now().await
     }
 
     /// True once the engine is stopping.

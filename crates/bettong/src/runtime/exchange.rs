@@ -261,7 +261,10 @@ pub(crate) async fn drain<T: Send + 'static>(
         }
         core.flush();
         core.backpressure(&gauges).await;
-        glommio::yield_if_needed().await;
+        // After every pass: with data coming in on some ring all the time (many shards), this
+        // task would otherwise never go back to the poll above, and the shard's sources would
+        // wait for glommio's 100 ms preemption timer.
+        glommio::executor().yield_now().await;
     }
 }
 

@@ -266,6 +266,7 @@ impl ShardCore {
         }
         // The end of a batch: the messages it finished get their latency now.
         self.metrics.settle_latency();
+        self.bell.answer();
     }
 
     /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
