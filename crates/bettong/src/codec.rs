@@ -299,6 +299,8 @@ pub struct FrameReader {
     hint_large: bool,
     /// The length of the last slice [`spare`](Self::spare) handed out.
     last_spare: usize,
+    /// The last read filled all the space it was given (see [`was_full`](Self::was_full)).
+    full: bool,
 }
 
 impl FrameReader {
@@ -316,6 +318,7 @@ impl FrameReader {
             grow: false,
             hint_large: false,
             last_spare: 0,
+            full: false,
         }
     }
 
@@ -336,6 +339,7 @@ impl FrameReader {
             grow: false,
             hint_large: false,
             last_spare: 0,
+            full: false,
         }
     }
 
@@ -406,15 +410,32 @@ impl FrameReader {
     /// Records that `n` bytes were read into [`spare`](Self::spare).
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
+        self.full = n > 0 && n == self.last_spare;
         if self.pool.is_some() {
             // A read that fills all it was given leaves more in the socket: read more per call.
-            self.grow = n > 0 && n == self.last_spare;
+            self.grow = self.full;
             if self.grow {
                 self.hint_large = true;
             } else if n <= self.small / 4 {
                 self.hint_large = false;
             }
         }
+    }
+
+    /// True when the last [`filled`](Self::filled) read took all the space it was given: the
+    /// socket probably holds more.
+    ///
+    /// ```
+    /// let mut r = bettong::codec::FrameReader::new(64, 16);
+    /// let room = r.spare().len();
+    /// r.filled(room);
+    /// assert!(r.was_full());
+    /// let _ = r.spare();
+    /// r.filled(1);
+    /// assert!(!r.was_full());
+    /// ```
+    pub fn was_full(&self) -> bool {
+        self.full
     }
 
     /// Tells the reader that its socket has nothing more to read for now. An adaptive reader
