@@ -51,7 +51,7 @@ pub struct EngineArgs {
     /// Largest frame a source accepts, in bytes (1 to 64 MiB)
     #[arg(long, default_value = "16384", value_parser = parse_max_frame)]
     pub max_frame: usize,
-    /// Messages each cross-shard ring holds (1 to 2^24) [default: about 1 MiB per shard over
+    /// Messages each cross-shard ring holds (1 to 2^24) [default: about 8 MiB per shard over
     /// the other shards' rings, 4096 to 65536]
     #[arg(long, value_parser = parse_ring_capacity)]
     pub ring_capacity: Option<usize>,

@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// per shard for passthrough, 1 otherwise]
     #[arg(long, value_name = "N", value_parser = parse_usize)]
     pub connections: Option<usize>,
-    /// Messages each cross-shard ring holds (1 to 2^24) [default: about 1 MiB per shard over
+    /// Messages each cross-shard ring holds (1 to 2^24) [default: about 8 MiB per shard over
     /// the other shards' rings, 4096 to 65536]
     #[arg(long, value_name = "SLOTS", value_parser = parse_ring_capacity)]
     pub ring_capacity: Option<usize>,

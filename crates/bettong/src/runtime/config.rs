@@ -20,30 +20,25 @@ pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(86_400);
 pub const MAX_RING_CAPACITY: usize = 1 << 24;
 
 /// The capacity of each cross-shard ring of an exchange when `--ring-capacity` is not given:
-/// about 1 MiB of events arriving at each shard from all the others, split among them, as a
+/// about 8 MiB of events arriving at each shard from all the others, split among them, as a
 /// power of two from 4096 to 65536 slots.
 ///
-/// Why: the rings should hold what arrives while a busy shard finishes its turn, and no more:
-/// a ring's slots are written on one core and read on another, and a ring larger than the
-/// cores' caches (4 MiB of L2 each here) makes every slot a miss on both sides. Market Spread
-/// on 2 shards (96-byte events), alternating runs: perf/peer `bettong-iter` (16 M messages)
-/// at 2048 / 4096 / 8192 / 16384 / 65536 slots ran at 24.1 / 30.2 / 34.7 / 24.6 / 25.1 M
-/// msgs/s (medians of 3; CPU per message 57 ns at 8192 against 70–74 ns at 65536), and `bench
-/// market-spread` at 8192 / 65536 at 23.3 / 19.9 M (medians of 4). An earlier rule gave 8 MiB
-/// (65536 slots): then a shard kept busy by its source heard the other shard's doorbell only
-/// every 100 ms, and small rings filled meanwhile; since `Doorbell::answer` that wait is gone.
-/// With many shards the floor keeps 4096 slots per ring.
+/// Why: with 4096 slots, Market Spread on 2 shards (perf/peer `bettong-iter`, 16 M messages,
+/// 3 runs each, alternating) ran at 13.4 M msgs/s (13.3–13.8) and with 65536 at 20.5 M
+/// (19.5–23.0); timely's exchange, which buffers without bound, ran at 25.1 M. On this 2-vCPU
+/// machine a shard is descheduled now and then, and a small ring fills meanwhile: the other
+/// shard spills into its overflow queue and pauses its sources (700–1700 pauses per run at
+/// 4096, about 100 at 65536). With many shards the floor keeps today's 4096 slots per ring.
 ///
 /// ```
 /// use bettong::runtime::config::auto_ring_capacity;
-/// assert_eq!(auto_ring_capacity(96, 2), 8192);
-/// assert_eq!(auto_ring_capacity(80, 2), 8192);
-/// assert_eq!(auto_ring_capacity(80, 4), 4096);
-/// assert_eq!(auto_ring_capacity(16, 2), 65536);
-/// assert_eq!(auto_ring_capacity(1024, 2), 4096);
+/// assert_eq!(auto_ring_capacity(80, 2), 65536);
+/// assert_eq!(auto_ring_capacity(80, 4), 32768);
+/// assert_eq!(auto_ring_capacity(80, 64), 4096);
+/// assert_eq!(auto_ring_capacity(1024, 2), 8192);
 /// ```
 pub fn auto_ring_capacity(event_bytes: usize, shards: usize) -> usize {
-    const INBOUND_BYTES: usize = 1 << 20;
+    const INBOUND_BYTES: usize = 8 << 20;
     let per_ring = INBOUND_BYTES / (event_bytes.max(1) * shards.saturating_sub(1).max(1));
     // The largest power of two not above `per_ring` (rings round up to one).
     per_ring
