@@ -30,6 +30,13 @@ pub const MAX_RING_CAPACITY: usize = 1 << 24;
 /// shard spills into its overflow queue and pauses its sources (700–1700 pauses per run at
 /// 4096, about 100 at 65536). With many shards the floor keeps today's 4096 slots per ring.
 ///
+/// Tried after the doorbell fix (`Doorbell::answer`), which removed the 100 ms waits that
+/// first made small rings fill: about 1 MiB per shard (8192 slots at 2 shards). Market
+/// Spread's `bettong-iter` ran 34.8 / 34.7 / 33.8 M msgs/s against 25.1–28.4 M in one quiet
+/// hour, then no different in noisier runs; `bench word-count --shards 2` lost a fifth
+/// (373–404 k lines/s against 447–594 k), its lines fanning out into bursts of words. Kept
+/// at 8 MiB.
+///
 /// ```
 /// use bettong::runtime::config::auto_ring_capacity;
 /// assert_eq!(auto_ring_capacity(80, 2), 65536);
