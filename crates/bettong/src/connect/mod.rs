@@ -32,13 +32,18 @@
 //!     }
 //!     fn run(&self, lines: Vec<String>, ctx: SourceContext<String>) -> impl Future<Output = ()> + 'static {
 //!         async move {
-//!             for line in lines {
+//!             for (i, line) in lines.into_iter().enumerate() {
 //!                 ctx.count_in();
 //!                 ctx.emit(line, Stamp::at(bettong::now_ns()));
-//!                 ctx.flush();
-//!                 ctx.backpressure().await;
-//!                 ctx.yield_if_needed().await;
+//!                 // Once per batch, not per line: publish, wait out backpressure, and let
+//!                 // the shard's other tasks run.
+//!                 if i % 1024 == 1023 {
+//!                     ctx.flush();
+//!                     ctx.backpressure().await;
+//!                     ctx.yield_if_needed().await;
+//!                 }
 //!             }
+//!             ctx.flush();
 //!         }
 //!     }
 //! }
