@@ -107,6 +107,17 @@ fn out_of_range_values_are_usage_errors() {
     }
 }
 
+/// `bench` takes the engine's `--ring-capacity` with the same bounds.
+#[test]
+fn bench_ring_capacity_out_of_range_is_a_usage_error() {
+    for value in ["0", "16777217", "x"] {
+        assert_usage_error(
+            &["bench", "market-spread", "--ring-capacity", value],
+            "--ring-capacity",
+        );
+    }
+}
+
 #[test]
 fn a_source_given_twice_is_a_usage_error() {
     let out = "127.0.0.1:9";
