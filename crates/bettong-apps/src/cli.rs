@@ -18,7 +18,14 @@ fn parse_max_frame(text: &str) -> Result<usize, String> {
     check_range("--max-frame", parse_usize(text)?, 1, MAX_FRAME_LIMIT)
 }
 
-fn parse_ring_capacity(text: &str) -> Result<usize, String> {
+/// Parses `--ring-capacity` (1 to [`MAX_RING_CAPACITY`]); `bettong bench` takes it too.
+///
+/// ```
+/// use bettong_apps::cli::parse_ring_capacity;
+/// assert_eq!(parse_ring_capacity("4096"), Ok(4096));
+/// assert!(parse_ring_capacity("0").unwrap_err().contains("--ring-capacity"));
+/// ```
+pub fn parse_ring_capacity(text: &str) -> Result<usize, String> {
     check_range("--ring-capacity", parse_usize(text)?, 1, MAX_RING_CAPACITY)
 }
 

@@ -19,12 +19,11 @@ use crate::receiver::{ReceiveArgs, ReceiveReport, Receiver};
 use crate::relay::Relay;
 use crate::sender::{self, SendArgs};
 use bettong::metrics::{format_ns, Summary};
-use bettong::runtime::config::{
-    check_range, online_cores, CoreList, EngineConfig, Poll, MAX_RING_CAPACITY,
-};
+use bettong::runtime::config::{online_cores, CoreList, EngineConfig, Poll};
 use bettong::units::{parse_u64, parse_usize};
 use bettong::Application;
 use bettong::Engine;
+use bettong_apps::cli::parse_ring_capacity;
 use bettong_apps::{passthrough, word_count};
 
 /// The sample text `bench word-count` sends: the US Bill of Rights, Wallaroo's word-count data.
@@ -80,10 +79,6 @@ pub struct BenchArgs {
     /// would (to measure what scraping costs; needs --metrics-addr)
     #[arg(long, value_name = "DURATION", value_parser = bettong::units::parse_duration, requires = "metrics_addr")]
     pub scrape_every: Option<Duration>,
-}
-
-fn parse_ring_capacity(text: &str) -> Result<usize, String> {
-    check_range("--ring-capacity", parse_usize(text)?, 1, MAX_RING_CAPACITY)
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {

@@ -429,7 +429,9 @@ pub(crate) async fn serve(
         if let Some(end) = ended {
             break end;
         }
-        // After every read, as the plain TCP source does (see there).
+        // After every read: a client that always has data would otherwise keep the shard's
+        // exchange drains waiting for glommio's 100 ms preemption timer (see the plain TCP
+        // source's read loop).
         glommio::executor().yield_now().await;
     };
     source.watermarks.close(slot);
