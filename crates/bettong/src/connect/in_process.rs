@@ -60,6 +60,7 @@ use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::runtime::config::Poll as PollMode;
 use crate::runtime::doorbell::{Doorbell, Waiter};
+use crate::runtime::membarrier;
 use crate::runtime::ring::{self, Consumer, Producer};
 use crate::runtime::router::Key;
 use crate::runtime::shard::{Latch, ShardCore, Spill};
@@ -105,11 +106,49 @@ struct ShardSide<T> {
     incoming: Vec<PushRing<T>>,
 }
 
-/// A pusher's close handshake with the shards (see [`Pusher::push`]).
+/// A pusher's close handshake with the shards: a shard closes a pusher by raising `closed` and
+/// then waiting until `pushing` is down, and a push raises `pushing` and then looks at
+/// `closed`. Either the push sees `closed` (and hands the message back as stopped), or the
+/// shard sees it pushing and drains its message before it finishes. The barrier between each
+/// side's store and load is asymmetric (see `runtime::membarrier`): light on the pusher, per
+/// push; heavy on the shard, once per stop. With a full fence on each push, two SeqCst
+/// stores per message were most of `Pusher::push`'s time (`perf record`, `bettong-peer run
+/// bettong`).
 #[derive(Default)]
 struct PushState {
     closed: AtomicBool,
     pushing: AtomicBool,
+}
+
+impl PushState {
+    /// Starts a push: false (and nothing raised) when the pusher is closed.
+    #[inline]
+    fn enter(&self) -> bool {
+        self.pushing.store(true, Ordering::Relaxed);
+        membarrier::light();
+        if self.closed.load(Ordering::Relaxed) {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    /// Ends a push: what it wrote into the ring was published before this.
+    #[inline]
+    fn leave(&self) {
+        self.pushing.store(false, Ordering::Release);
+    }
+
+    /// The shard's side: closes the pusher. Then [`is_pushing`](Self::is_pushing) tells
+    /// whether a push that did not see the close is still writing.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        membarrier::heavy();
+    }
+
+    fn is_pushing(&self) -> bool {
+        self.pushing.load(Ordering::Acquire)
+    }
 }
 
 impl<T: Send + 'static> InProcessSource<T> {
@@ -225,10 +264,8 @@ impl<T: Send + 'static> Pusher<T> {
         let shard = (self.route)(&msg, self.rings.len());
         let mut item = (msg, 0);
         loop {
-            // The close handshake: see `try_push`.
-            self.state.pushing.store(true, Ordering::SeqCst);
-            if self.state.closed.load(Ordering::SeqCst) {
-                self.state.pushing.store(false, Ordering::Release);
+            // The close handshake: see `PushState`.
+            if !self.state.enter() {
                 return Err(PushError::Stopped(item.0));
             }
             item.1 = now_ns();
@@ -236,11 +273,11 @@ impl<T: Send + 'static> Pusher<T> {
             match ring.push(item) {
                 Ok(()) => {
                     ring.publish();
-                    self.state.pushing.store(false, Ordering::Release);
+                    self.state.leave();
                     return Ok(());
                 }
                 Err(back) => {
-                    self.state.pushing.store(false, Ordering::Release);
+                    self.state.leave();
                     item = back;
                     wait_for_space(ring);
                 }
@@ -273,10 +310,8 @@ impl<T: Send + 'static> Pusher<T> {
         // A message that found its ring full, pushed first when the batch goes on.
         let mut carry: Option<T> = None;
         'batch: loop {
-            // The close handshake of `try_push`, once for this stretch of the batch.
-            self.state.pushing.store(true, Ordering::SeqCst);
-            if self.state.closed.load(Ordering::SeqCst) {
-                self.state.pushing.store(false, Ordering::Release);
+            // The close handshake (`PushState`), once for this stretch of the batch.
+            if !self.state.enter() {
                 return Err(PushError::Stopped(carry.into_iter().chain(msgs).collect()));
             }
             let ingest = now_ns();
@@ -288,7 +323,7 @@ impl<T: Send + 'static> Pusher<T> {
                         // Full: publish what is pending, step out of the handshake while
                         // waiting (the shard may be stopping), then go on with this message.
                         self.publish(&mut dirty);
-                        self.state.pushing.store(false, Ordering::Release);
+                        self.state.leave();
                         wait_for_space(&mut self.rings[shard]);
                         carry = Some(msg);
                         continue 'batch;
@@ -296,7 +331,7 @@ impl<T: Send + 'static> Pusher<T> {
                 }
             }
             self.publish(&mut dirty);
-            self.state.pushing.store(false, Ordering::Release);
+            self.state.leave();
             return Ok(());
         }
     }
@@ -311,12 +346,7 @@ impl<T: Send + 'static> Pusher<T> {
 
     /// Pushes `msg` if the owning shard's ring has room, or hands it back.
     pub fn try_push(&mut self, msg: T) -> Result<(), PushError<T>> {
-        // The shard closes a pusher by raising `closed` and then waiting until `pushing` is
-        // down; the SeqCst pair makes sure that either we see `closed`, or the shard sees us
-        // pushing and drains this message before it finishes.
-        self.state.pushing.store(true, Ordering::SeqCst);
-        if self.state.closed.load(Ordering::SeqCst) {
-            self.state.pushing.store(false, Ordering::Release);
+        if !self.state.enter() {
             return Err(PushError::Stopped(msg));
         }
         let shard = (self.route)(&msg, self.rings.len());
@@ -328,7 +358,7 @@ impl<T: Send + 'static> Pusher<T> {
             }
             Err((msg, _)) => Err(PushError::Full(msg)),
         };
-        self.state.pushing.store(false, Ordering::Release);
+        self.state.leave();
         result
     }
 }
@@ -341,31 +371,20 @@ impl<T> Drop for Pusher<T> {
 }
 
 /// Waits on a host thread for room in a ring: spins briefly (the shard usually drains within
-/// microseconds), then blocks until the shard wakes us.
+/// microseconds), then blocks until the shard wakes us. The spin only looks (a park costs a
+/// heavy barrier, an interrupt on every core running the engine), and what was pushed is
+/// already published: a full ring publishes before it refuses a message.
 fn wait_for_space<T: Send>(ring: &mut Producer<T>) {
     let spin_until = Instant::now() + std::time::Duration::from_micros(50);
     while Instant::now() < spin_until {
-        if std::future::poll_fn(|cx| Poll::Ready(ring.poll_space(cx).is_ready()))
-            .now_or_never_ready()
-        {
-            return;
+        for _ in 0..64 {
+            if ring.has_space() {
+                return;
+            }
+            std::hint::spin_loop();
         }
-        std::hint::spin_loop();
     }
     futures_lite::future::block_on(std::future::poll_fn(|cx| ring.poll_space(cx)));
-}
-
-/// Polls a future once with a no-op waker.
-trait NowOrNever {
-    fn now_or_never_ready(self) -> bool;
-}
-
-impl<F: std::future::Future<Output = bool>> NowOrNever for F {
-    fn now_or_never_ready(self) -> bool {
-        let mut fut = std::pin::pin!(self);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(fut.as_mut().poll(&mut cx), Poll::Ready(true))
-    }
 }
 
 /// The shard side of an in-process source: drains every pusher's ring into the graph.
@@ -407,6 +426,12 @@ async fn serve<T: Send + 'static>(
             if spin_window.is_some() {
                 last_data = Instant::now();
             }
+            // Looked at while data flows too: hosts that push without a pause kept every pass
+            // busy, and a stop never ended (the stop below closes the pushers and takes
+            // what they had pushed).
+            if stop.is_set() {
+                break;
+            }
             continue;
         }
         rings.retain(|(ring, _)| !ring.is_finished());
@@ -429,14 +454,16 @@ async fn serve<T: Send + 'static>(
         }
         std::future::poll_fn(|cx| {
             stop.register(cx.waker());
-            waiter.park(cx);
-            let mut ready = stop.is_set()
+            if stop.is_set() {
+                return Poll::Ready(());
+            }
+            // Parked on the rings and on `waiter` (a new pusher) behind one heavy barrier:
+            // `poll_any_ready`'s, which comes after `raise`, before the look at `incoming`.
+            waiter.raise(cx);
+            let ready = ring::poll_any_ready(&mut rings, cx, |(ring, _)| Some(ring)).is_ready()
                 || lock(&hub.shards)[index]
                     .as_ref()
                     .is_some_and(|s| !s.incoming.is_empty());
-            for (ring, _) in rings.iter_mut() {
-                ready |= ring.poll_ready(cx).is_ready();
-            }
             if ready {
                 waiter.unpark();
                 Poll::Ready(())
@@ -452,11 +479,11 @@ async fn serve<T: Send + 'static>(
         rings.append(&mut side.incoming);
     }
     for (_, state) in &rings {
-        state.closed.store(true, Ordering::SeqCst);
+        state.close();
     }
     for (ring, state) in rings.iter_mut() {
         loop {
-            let busy = state.pushing.load(Ordering::SeqCst);
+            let busy = state.is_pushing();
             ring.drain(emit);
             if !busy {
                 break;

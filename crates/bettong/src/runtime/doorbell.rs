@@ -15,11 +15,13 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
+
+use super::membarrier;
 use futures_lite::AsyncReadExt;
 
 /// One shard's doorbell.
@@ -151,12 +153,21 @@ impl Waiter {
     }
 
     /// Records the task to wake and raises the flag. The caller re-checks its condition after
-    /// this; the SeqCst fence pairs with the one in `wake_if_parked`, so either the caller sees
-    /// the other side's progress or the other side sees the flag.
+    /// this; the heavy barrier pairs with the light one in `wake_if_parked` (see
+    /// [`membarrier`](super::membarrier)), so either the caller sees the other side's progress
+    /// or the other side sees the flag. Parking is the rare side: a task parks when it has
+    /// run out of work, the other side publishes after every batch.
     pub fn park(&self, cx: &mut Context<'_>) {
+        self.raise(cx);
+        membarrier::heavy();
+    }
+
+    /// The first half of [`park`](Self::park), for a task that parks on several waiters at
+    /// once: raise each, run one `membarrier::heavy()`, then re-check every condition.
+    pub(crate) fn raise(&self, cx: &mut Context<'_>) {
         self.waker.register(cx.waker());
-        self.parked.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        // Ordered before the re-check by the heavy barrier that must follow.
+        self.parked.store(true, Ordering::Relaxed);
     }
 
     /// Lowers the flag after the re-check found the condition already met.
@@ -167,7 +178,7 @@ impl Waiter {
     /// Called by the other side after making progress: wakes the task if it is parked.
     #[inline]
     pub fn wake_if_parked(&self) {
-        fence(Ordering::SeqCst);
+        membarrier::light();
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             match &self.bell {
                 Some(bell) => {

@@ -15,7 +15,7 @@ use std::task::Poll;
 
 use crate::event::{Control, Event, Gap, Stamp};
 use crate::ops::{Downstream, Input};
-use crate::runtime::ring::Consumer;
+use crate::runtime::ring::{self, Consumer};
 use crate::runtime::shard::{Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList};
 
 /// This shard's sending side of one exchange towards one other shard.
@@ -239,22 +239,21 @@ pub(crate) async fn drain<T: Send + 'static>(
             // data): the task waits for the operator to release its port instead.
             std::future::poll_fn(|cx| {
                 let mut ready = false;
-                for (ring, port) in rings.iter_mut() {
+                for (_, port) in rings.iter() {
                     if held(&*target, *port) {
                         if let Some(p) = target.ports() {
                             p.on_release(cx.waker());
                         }
                         // Re-check after registering: the release may have just happened.
                         ready |= !held(&*target, *port);
-                    } else {
-                        ready |= ring.poll_ready(cx).is_ready();
                     }
                 }
                 if ready {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
+                    return Poll::Ready(());
                 }
+                ring::poll_any_ready(&mut rings, cx, |(ring, port)| {
+                    (!held(&*target, *port)).then_some(ring)
+                })
             })
             .await;
             continue;

@@ -26,7 +26,7 @@ pub mod doorbell;
 pub(crate) mod exchange;
 mod executors;
 mod failure;
-mod membarrier;
+pub(crate) mod membarrier;
 mod reporter;
 #[doc(hidden)]
 pub mod ring;
@@ -227,7 +227,7 @@ impl Engine {
         let _ = metrics::wall_clock_ns(metrics::now_ns());
         // And pay for glommio's membarrier registration here rather than in a shard's first
         // sleep (see `membarrier`); without it glommio uses another barrier.
-        let _ = membarrier::register();
+        let _ = membarrier::expedited();
         config.validate().map_err(Error::Config)?;
         let plan = Arc::new(app.plan()?);
         let n = config.cores.len();
