@@ -118,6 +118,7 @@ struct ShardSide<T> {
 struct PushState {
     closed: AtomicBool,
     pushing: AtomicBool,
+    light: membarrier::Light,
 }
 
 impl PushState {
@@ -125,7 +126,7 @@ impl PushState {
     #[inline]
     fn enter(&self) -> bool {
         self.pushing.store(true, Ordering::Relaxed);
-        membarrier::light();
+        self.light.fence();
         if self.closed.load(Ordering::Relaxed) {
             self.leave();
             return false;

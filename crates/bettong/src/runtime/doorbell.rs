@@ -131,6 +131,8 @@ pub struct Waiter {
     rung: AtomicBool,
     waker: AtomicWaker,
     bell: Option<Arc<Doorbell>>,
+    /// The waking side's barrier (per publish); parking runs the heavy one.
+    light: membarrier::Light,
 }
 
 impl Waiter {
@@ -141,6 +143,7 @@ impl Waiter {
             rung: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             bell: bell.cloned(),
+            light: membarrier::Light::new(),
         });
         if let Some(b) = bell {
             let mut list = b.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -178,7 +181,7 @@ impl Waiter {
     /// Called by the other side after making progress: wakes the task if it is parked.
     #[inline]
     pub fn wake_if_parked(&self) {
-        membarrier::light();
+        self.light.fence();
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             match &self.bell {
                 Some(bell) => {
