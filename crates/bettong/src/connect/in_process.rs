@@ -111,9 +111,9 @@ struct ShardSide<T> {
 /// `closed`. Either the push sees `closed` (and hands the message back as stopped), or the
 /// shard sees it pushing and drains its message before it finishes. The barrier between each
 /// side's store and load is asymmetric (see `runtime::membarrier`): light on the pusher, per
-/// push; heavy on the shard, once per stop. With a full fence on each push, two SeqCst
-/// stores per message were most of `Pusher::push`'s time (`perf record`, `bettong-peer run
-/// bettong`).
+/// push; heavy on the shard, once per stop. With full barriers (a SeqCst store of `pushing`
+/// here, a fence in the ring's wake-up check) most of `Pusher::push`'s samples sat next to
+/// them (`perf record`, `bettong-peer run bettong`).
 #[derive(Default)]
 struct PushState {
     closed: AtomicBool,

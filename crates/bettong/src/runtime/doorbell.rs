@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
+use futures_lite::AsyncReadExt;
 
 use super::membarrier;
-use futures_lite::AsyncReadExt;
 
 /// One shard's doorbell.
 pub struct Doorbell {

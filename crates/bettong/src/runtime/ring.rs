@@ -406,10 +406,10 @@ impl<T: Send> Consumer<T> {
 }
 
 /// Polls several rings as one wait: ready when any ring has items or is closed, and otherwise
-/// parked on all of them behind a single heavy barrier (one `membarrier` per wait rather than
-/// one per ring: `bench market-spread --shards 4` made 14 k of them with one per ring, against
-/// 2.3 k before asymmetric barriers). `ring` picks each item's ring, or `None` to leave it
-/// out of this wait.
+/// parked on all of them behind a single heavy barrier: one `membarrier` per wait rather than
+/// one per ring (`bench market-spread --shards 4 --no-pin` made 14 k calls with one per ring,
+/// 4.7–5.3 k with one per wait, and 2.3 k, all glommio's, before asymmetric barriers). `ring`
+/// picks each item's ring, or `None` to leave it out of this wait.
 ///
 /// ```
 /// use std::task::{Context, Waker};
