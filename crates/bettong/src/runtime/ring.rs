@@ -9,7 +9,9 @@
 //! Either side can wait asynchronously (the consumer for items, the producer for space). A
 //! waiting side parks its task's waker and raises a flag; the other side looks at the flag after
 //! each publish or drain and wakes the waiter only when the flag is up, so a busy pair of shards
-//! never pays for a wake-up.
+//! never pays for a wake-up. The store-load barrier of that handshake is asymmetric (see
+//! `runtime::membarrier`): a compiler barrier on the side that publishes or drains, a
+//! `membarrier` on the side that parks, so a publish costs no fence.
 //!
 //! ```
 //! use bettong::runtime::ring;
