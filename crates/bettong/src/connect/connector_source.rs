@@ -47,7 +47,7 @@ use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::net::source::read_some;
 use crate::runtime::config::ConnectorAddress;
-use crate::runtime::shard::{any_over, Notify, ShardCore, SourceRuntime};
+use crate::runtime::shard::{any_over, yield_after_batch, Notify, ShardCore, SourceRuntime};
 
 /// Who holds a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,10 +429,8 @@ pub(crate) async fn serve(
         if let Some(end) = ended {
             break end;
         }
-        // After every read: a client that always has data would otherwise keep the shard's
-        // exchange drains waiting for glommio's 100 ms preemption timer (see the plain TCP
-        // source's read loop).
-        glommio::executor().yield_now().await;
+        // After every read: a client may always have data.
+        yield_after_batch().await;
     };
     source.watermarks.close(slot);
     if matches!(end, End::Closed) && frames.buffered() > 0 {

@@ -63,7 +63,7 @@ use crate::runtime::doorbell::{Doorbell, Waiter};
 use crate::runtime::membarrier;
 use crate::runtime::ring::{self, Consumer, Producer};
 use crate::runtime::router::Key;
-use crate::runtime::shard::{Latch, ShardCore, Spill};
+use crate::runtime::shard::{yield_after_batch, Latch, ShardCore, Spill};
 use crate::state::shard_for;
 
 /// Messages a pusher's ring to each shard holds.
@@ -421,9 +421,7 @@ async fn serve<T: Send + 'static>(
         if n > 0 {
             ctx.flush();
             ctx.backpressure().await;
-            // Let the shard's exchange drains run after every drain of the pusher rings (see
-            // `IterSource`: `yield_if_needed` waits for glommio's 100 ms preemption timer).
-            glommio::executor().yield_now().await;
+            yield_after_batch().await;
             if spin_window.is_some() {
                 last_data = Instant::now();
             }

@@ -134,10 +134,7 @@ where
             return;
         }
         ctx.backpressure().await;
-        // Let the shard's exchange drains run after every turn: `yield_if_needed` only yields
-        // when glommio's preemption timer (100 ms) has fired, and until then the messages
-        // other shards sent here waited, their rings filled, and those shards stopped on
-        // backpressure and went to sleep.
-        glommio::executor().yield_now().await;
+        // Let the shard's exchange drains run after every turn.
+        ctx.yield_if_needed().await;
     }
 }

@@ -426,7 +426,7 @@ impl<T: 'static> SourceContext<T> {
     /// the rings from other shards waiting that long while the rings fill and the other
     /// shards pause (`bench market-spread` on 2 shards ran one feed at a time that way).
     pub async fn yield_if_needed(&self) {
-        glommio::executor().yield_now().await
+        crate::runtime::shard::yield_after_batch().await
     }
 
     /// True once the engine is stopping.

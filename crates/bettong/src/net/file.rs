@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::event::Stamp;
 use crate::metrics::now_ns;
-use crate::runtime::shard::{any_over, ShardCore, SourceRuntime};
+use crate::runtime::shard::{any_over, yield_after_batch, ShardCore, SourceRuntime};
 
 /// Bytes read per chunk.
 const CHUNK: usize = 256 * 1024;
@@ -126,10 +126,8 @@ pub(crate) async fn read_framed_file(
             watermark(event_time);
         }
         core.flush();
-        // Every chunk, not at glommio's 100 ms preemption timer: a file always has data, so
-        // this task never runs dry, and the shard's exchange drains would wait (see the TCP
-        // source's read loop).
-        glommio::executor().yield_now().await;
+        // Every chunk: a file always has data, so this task never runs dry.
+        yield_after_batch().await;
     }
     if buf.len() > start && !core.stop.is_set() {
         metrics.truncated_from(&source.counters);

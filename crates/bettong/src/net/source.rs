@@ -18,7 +18,9 @@ use crate::event::Stamp;
 use crate::metrics::now_ns;
 use crate::net::balance::{Balancer, Placement};
 use crate::runtime::doorbell::Waiter;
-use crate::runtime::shard::{any_over, Frames, ShardCore, SourceRuntime, WaitList};
+use crate::runtime::shard::{
+    any_over, yield_after_batch, Frames, ShardCore, SourceRuntime, WaitList,
+};
 
 /// Bytes read per `read` call at most by a busy connection (a frame larger than this gets a
 /// buffer of its own size): large enough that it delivers hundreds of small frames per system
@@ -603,22 +605,20 @@ async fn serve(
             source.watermarks.advance(slot, batch.event_time, ingest);
         }
         // Let the shard's other tasks run after every read that brought a batch (a full
-        // buffer, or 16 KiB), and after every 8th read in any case. A read that finds data
-        // completes at once, so with a sender that keeps up this task is always ready, and
-        // glommio's `yield_if_needed` yields only when its 100 ms preemption timer fires: the
-        // drain of the ring from the other shard waited that long while its ring filled and
-        // that shard's source paused. `bench market-spread`, 2 shards, 16 M messages, 3 rounds
+        // buffer, or 16 KiB), and after every 8th read in any case (`yield_after_batch` says
+        // why). A read that finds data completes at once, so with a sender that keeps up this
+        // task is always ready. `bench market-spread`, 2 shards, 16 M messages, 3 rounds
         // alternating with the doorbell answered in `flush`: 19.4 / 15.2 / 20.9 M msgs/s and
-        // p99 1.1–2.8 ms; the same with `yield_if_needed` here: 13.2 / 12.3 / 15.6 M msgs/s,
-        // p99 93–97 ms. (perf: the two feeds then ran one after the other, one shard at 100%
-        // and the other at 35%.) A short read is not followed by a yield: the socket is most
+        // p99 1.1–2.8 ms; with glommio's `yield_if_needed` here: 13.2 / 12.3 / 15.6 M msgs/s,
+        // p99 93–97 ms (perf: the two feeds ran one after the other, one shard at 100% and
+        // the other at 35%). A short read is not followed by a yield: the socket is most
         // likely empty, and the next read waits (which yields) or sees the end. Yielding there
         // too let a churn of 5000 short connections (tests/connections.rs) hold more open at
         // once, each with its buffer: RSS grew 16–65 MB instead of 8–16 MB.
         reads_since_yield += 1;
         if frames.was_full() || n >= SMALL_READ_BUFFER || reads_since_yield == 8 {
             reads_since_yield = 0;
-            glommio::executor().yield_now().await;
+            yield_after_batch().await;
         }
     }
     let errors = batch.errors;

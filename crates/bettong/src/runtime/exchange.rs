@@ -16,7 +16,9 @@ use std::task::Poll;
 use crate::event::{Control, Event, Gap, Stamp};
 use crate::ops::{Downstream, Input};
 use crate::runtime::ring::{self, Consumer};
-use crate::runtime::shard::{Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList};
+use crate::runtime::shard::{
+    yield_after_batch, Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList,
+};
 
 /// This shard's sending side of one exchange towards one other shard.
 pub(crate) struct Outbox<T> {
@@ -261,9 +263,8 @@ pub(crate) async fn drain<T: Send + 'static>(
         core.flush();
         core.backpressure(&gauges).await;
         // After every pass: with data coming in on some ring all the time (many shards), this
-        // task would otherwise never go back to the poll above, and the shard's sources would
-        // wait for glommio's 100 ms preemption timer.
-        glommio::executor().yield_now().await;
+        // task would otherwise never go back to the poll above.
+        yield_after_batch().await;
     }
 }
 

@@ -371,15 +371,7 @@ impl<T: Send> Consumer<T> {
     /// Polls for items to drain or a closed producer, parking the task's waker otherwise (what
     /// [`ready`](Self::ready) awaits).
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.raise_unless_ready(cx) {
-            return Poll::Ready(());
-        }
-        membarrier::heavy();
-        if self.recheck() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        poll_any_ready(std::slice::from_mut(self), cx, |r| Some(r))
     }
 
     fn is_ready(&self) -> bool {
