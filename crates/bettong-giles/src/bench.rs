@@ -274,9 +274,10 @@ impl std::fmt::Display for BenchReport {
 /// 100 µs whenever the rate is 10 000 msgs/s or more. 100 µs is well below the latencies a
 /// paced run looks at (so a batch is a small burst, not a queue of its own making) and still
 /// coarse enough that the sender's timer, not its sleeping, sets the pace. The cost: between
-/// deadlines this short the sender spins rather than sleeps, so every paced stream keeps one
-/// core busy — on a small machine that competes with the shards, and the results should be
-/// read with it in mind.
+/// deadlines this short the sender polls the clock rather than sleeps, so every paced stream
+/// keeps a core busy. It yields between looks, so a shard woken on that core runs at once, but
+/// on a small machine the senders still take CPU time from the shards: read the results with it
+/// in mind.
 ///
 /// ```
 /// use bettong_giles::bench::pacing;
