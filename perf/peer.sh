@@ -45,8 +45,13 @@ trap 'rm -rf "$WORK"' EXIT
 CONFIGS=("loop/1|loop|1|data|")
 for w in $WORKERS; do
     CONFIGS+=("timely/$w|timely|$w|data|" "bettong-iter/$w|bettong-iter|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
-    # Across shards, the exchange's rings at 4096, the default before auto_ring_capacity.
-    if [ "$w" -gt 1 ]; then CONFIGS+=("bettong-iter-4096/$w|bettong-iter-4096|$w|data|"); fi
+    # Across shards, the exchange's rings at 4096, the default before auto_ring_capacity; and
+    # both engines with each worker fed only the messages it owns (nothing crosses), which
+    # shows what the crossing costs each of them.
+    if [ "$w" -gt 1 ]; then
+        CONFIGS+=("bettong-iter-4096/$w|bettong-iter-4096|$w|data|"
+            "timely-local/$w|timely-local|$w|data|" "bettong-iter-local/$w|bettong-iter-local|$w|data|")
+    fi
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")
 done
 CONFIGS+=("latency/timely/1|timely|1|lat|--rate $LAT_RATE" "latency/timely-busy/1|timely-busy|1|lat|--rate $LAT_RATE"

@@ -22,6 +22,8 @@ NAMES = {
     "bettong-batch": "bettong in-process, push_batch of 1024",
     "bettong-iter": "bettong in-process, IterSource (each shard pulls its share)",
     "bettong-iter-4096": "the same, --ring-capacity 4096 (the default before)",
+    "timely-local": "timely in-process, each worker fed only the messages it owns",
+    "bettong-iter-local": "bettong IterSource, each shard fed only the messages it owns",
     "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
@@ -61,7 +63,8 @@ def main():
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
     rank = {"loop": 0, "timely": 1, "timely-busy": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
-            "bettong-batch": 5, "bettong-spin": 6, "timely-tcp": 7, "bettong-tcp": 8}
+            "bettong-batch": 5, "bettong-spin": 6, "timely-local": 6.1, "bettong-iter-local": 6.2,
+            "timely-tcp": 7, "bettong-tcp": 8}
 
     def key(i):
         parts = i.split("/")
@@ -104,14 +107,16 @@ def main():
         to_loop_cpu = cpu / loop_cpu if loop_cpu else None
         r["ratio_to_loop"] = {"msgs_per_sec": to_loop_rate, "cpu_ns_per_msg": to_loop_cpu}
         rows.append((id_, r))
-    for transport, ours in [("", "-iter"), ("", ""), ("", "-batch"), ("-tcp", "")]:
+    for transport, ours, theirs in [("", "-iter", ""), ("", "", ""), ("", "-batch", ""),
+                                    ("", "-iter-local", "-local"), ("-tcp", "", "")]:
         for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
             b = results.get(f"bettong{transport}{ours}/{w}")
-            t = results.get(f"timely{transport}/{w}")
+            t = results.get(f"timely{transport}{theirs}/{w}")
             if b and t and "msgs_per_sec" in b and "msgs_per_sec" in t:
                 ratios.append({
                     "transport": ("TCP" if transport else "in-process")
-                    + {"": "", "-batch": ", push_batch", "-iter": ", IterSource"}[ours],
+                    + {"": "", "-batch": ", push_batch", "-iter": ", IterSource",
+                       "-iter-local": ", IterSource, nothing crosses (-local)"}[ours],
                     "workers": w,
                     "msgs_per_sec": b["msgs_per_sec"]["median"] / t["msgs_per_sec"]["median"],
                     "cpu_ns_per_msg": b["cpu_ns_per_msg"]["median"] / t["cpu_ns_per_msg"]["median"],
@@ -151,6 +156,27 @@ def main():
     md.append("|---|---|---|---|")
     for x in ratios:
         md.append(f"| {x['transport']} | {x['workers']} | {x['msgs_per_sec']:.2f} | {x['cpu_ns_per_msg']:.2f} |")
+    crossing = []
+    for name, split, own in [("timely", "timely", "timely-local"),
+                             ("bettong", "bettong-iter", "bettong-iter-local")]:
+        for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
+            a_, b_ = results.get(f"{split}/{w}", {}), results.get(f"{own}/{w}", {})
+            if "cpu_ns_per_msg" in a_ and "cpu_ns_per_msg" in b_:
+                x, y = a_["cpu_ns_per_msg"]["median"], b_["cpu_ns_per_msg"]["median"]
+                crossing.append((name, w, y, x, x - y))
+    if crossing:
+        md.append("\n**What crossing costs** (CPU ns per message, medians): each worker fed the "
+                  "messages it owns (nothing crosses) against the stream cut into contiguous "
+                  "shares (about (W−1)/W of the messages cross to the worker that owns them):\n")
+        md.append("| engine | workers | nothing crosses | shares cross | difference |")
+        md.append("|---|---|---|---|---|")
+        for name, w, y, x, d in crossing:
+            md.append(f"| {name} | {w} | {y:.1f} | {x:.1f} | {d:+.1f} |")
+        out["crossing_cpu_ns_per_msg"] = [
+            {"engine": n, "workers": w, "local": y, "split": x, "difference": d}
+            for n, w, y, x, d in crossing]
+        with open(a.out_json, "w") as f:
+            json.dump(out, f, indent=1)
     lat = [results[i] for i in order if i.startswith("latency") and "latency_ns" in results[i]]
     if lat:
         md.append(f"\n**Open-loop latency** at {lat[0]['rate']} msgs/s (message i due at "

@@ -21,6 +21,10 @@
 //! * `bettong`: the engine with an [`InProcessSource`] keyed by symbol and a [`CallbackSink`]
 //!   counting outputs; W shards and W host pusher threads, each decoding its share
 //!   and pushing every message to the shard that owns its symbol.
+//! * `timely-local`, `bettong-iter-local` (2 or more workers): the same two runs, but each
+//!   worker's or shard's share is the messages whose symbol it owns (by its own engine's
+//!   routing), in stream order, so no message crosses to another core. They bound what the
+//!   crossing costs: W workers' CPU per message without the exchange's traffic.
 //! * `timely-tcp`: bettong-giles' sender blasts the framed files at two std listeners (Orders,
 //!   Nbbo); one reader thread per connection cuts frames and hands chunks to a timely worker
 //!   (Orders to worker 0, Nbbo to the last one), which decodes and feeds its input as above; each
@@ -143,15 +147,17 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
     let data = Arc::new(Data::load(&a.data, a.messages)?);
     let r = match (a.variant.as_str(), a.rate) {
         ("loop", None) => hand_loop(&data),
-        ("timely", None) => timely_inproc(&data, a.workers),
+        ("timely", None) => timely_inproc(&data, a.workers, false),
+        ("timely-local", None) => timely_inproc(&data, a.workers, true),
         ("bettong", None) => bettong_inproc(&data, a.workers, false),
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
-        ("bettong-iter", None) => bettong_iter(&data, a.workers),
+        ("bettong-iter", None) => bettong_iter(&data, a.workers, false),
+        ("bettong-iter-local", None) => bettong_iter(&data, a.workers, true),
         ("bettong-iter-4096", None) => {
             // The same with rings of 4096 (`--ring-capacity 4096`, the default before
             // `auto_ring_capacity`): see `engine_config`.
             std::env::set_var("PEER_RING", "4096");
-            bettong_iter(&data, a.workers)
+            bettong_iter(&data, a.workers, false)
         }
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("timely-busy", Some(rate)) => with_busy_core(|| timely_latency(&data, rate)),
@@ -333,6 +339,16 @@ impl Data {
     }
 
     /// Part `k` of `parts` contiguous shares of the stream, as framed bytes.
+    /// The frames of the whole stream for which `owner` says `k`, in stream order (for the
+    /// `-local` variants: a share in which no message belongs to another worker).
+    fn owned(&self, k: usize, owner: impl Fn(&MarketMessage) -> usize) -> Vec<u8> {
+        let mut own = Vec::new();
+        for f in frames(&self.stream).filter(|f| owner(&decoded(f)) == k) {
+            own.extend_from_slice(f);
+        }
+        own
+    }
+
     fn part(&self, k: usize, parts: usize) -> &[u8] {
         let n = self.offsets.len();
         let (a, b) = (k * n / parts, (k + 1) * n / parts);
@@ -491,7 +507,8 @@ impl Feeder {
     }
 }
 
-fn timely_inproc(data: &Arc<Data>, workers: usize) -> Result<Outcome, String> {
+/// `local`: each worker feeds the messages it owns (see `timely-local` in the module docs).
+fn timely_inproc(data: &Arc<Data>, workers: usize, local: bool) -> Result<Outcome, String> {
     let outputs = Arc::new(AtomicU64::new(0));
     let processed = Arc::new(AtomicU64::new(0));
     let span = Arc::new(std::sync::Mutex::new(None::<Span>));
@@ -521,11 +538,14 @@ fn timely_inproc(data: &Arc<Data>, workers: usize) -> Result<Outcome, String> {
         while probe.less_than(&1) {
             worker.step();
         }
+        // timely's exchange sends a record to worker `hash % workers`.
+        let own = local.then(|| d.owned(index, |m| route(&Msg(*m)) as usize % workers));
         timely::synchronization::Barrier::new(worker).wait();
         if index == 0 {
             *s.lock().unwrap() = Some(Span::start());
         }
-        feeder.feed(worker, &mut input, &probe, d.part(index, workers));
+        let part = own.as_deref().unwrap_or_else(|| d.part(index, workers));
+        feeder.feed(worker, &mut input, &probe, part);
         drop(input);
         while worker.step() {}
     })?;
@@ -783,14 +803,21 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
 /// Priming without a host: shard k's iterator first yields the initial NBBO of the symbols
 /// shard k owns (all local: no message crosses a ring), then waits at a gate until every
 /// shard has primed; the last one to arrive starts the timed span.
-fn bettong_iter(data: &Arc<Data>, shards: usize) -> Result<Outcome, String> {
+///
+/// `local`: each shard's share is the messages it owns (see `bettong-iter-local`), picked
+/// before the engine starts.
+fn bettong_iter(data: &Arc<Data>, shards: usize, local: bool) -> Result<Outcome, String> {
     let gate = Arc::new(Gate {
         arrived: AtomicU64::new(0),
         shards: shards as u64,
         span: std::sync::Mutex::new(None),
     });
+    let owner = |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), shards);
+    let owned: Option<Arc<Vec<Vec<u8>>>> =
+        local.then(|| Arc::new((0..shards).map(|k| data.owned(k, owner)).collect()));
     let (d, g) = (data.clone(), gate.clone());
-    let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards));
+    let market =
+        IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, owned.clone()));
     let (app, outputs) = counted_spread_check(market);
     let engine =
         Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
@@ -820,13 +847,21 @@ struct ShardFeed {
     data: Arc<Data>,
     prime: std::vec::IntoIter<MarketMessage>,
     gate: Option<Arc<Gate>>,
-    /// The share's byte range in `data.stream`, consumed from the front.
+    /// The share's byte range in `data.stream` (or in `owned[shard]`), consumed from the front.
     at: usize,
     end: usize,
+    /// `bettong-iter-local`: every shard's owned messages, and this shard's index into it.
+    owned: Option<(Arc<Vec<Vec<u8>>>, usize)>,
 }
 
 impl ShardFeed {
-    fn new(data: &Arc<Data>, gate: &Arc<Gate>, shard: usize, shards: usize) -> ShardFeed {
+    fn new(
+        data: &Arc<Data>,
+        gate: &Arc<Gate>,
+        shard: usize,
+        shards: usize,
+        owned: Option<Arc<Vec<Vec<u8>>>>,
+    ) -> ShardFeed {
         let prime: Vec<MarketMessage> = frames(&data.initial)
             .map(decoded)
             .filter(|m| {
@@ -834,14 +869,21 @@ impl ShardFeed {
                     || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
             })
             .collect();
-        let part = data.part(shard, shards);
-        let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
+        let (at, end) = match &owned {
+            Some(o) => (0, o[shard].len()),
+            None => {
+                let part = data.part(shard, shards);
+                let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
+                (at, at + part.len())
+            }
+        };
         ShardFeed {
             data: data.clone(),
             prime: prime.into_iter(),
             gate: Some(gate.clone()),
             at,
-            end: at + part.len(),
+            end,
+            owned: owned.map(|o| (o, shard)),
         }
     }
 }
@@ -866,7 +908,11 @@ impl Iterator for ShardFeed {
             }
             self.gate = None;
         }
-        let rest = self.data.stream.get(self.at..self.end)?;
+        let bytes = match &self.owned {
+            Some((o, shard)) => &o[*shard],
+            None => &self.data.stream,
+        };
+        let rest = bytes.get(self.at..self.end)?;
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
         let m = decode(rest.get(4..4 + len)?).ok()?;
         self.at += 4 + len;
