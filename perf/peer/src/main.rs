@@ -5,6 +5,7 @@
 //! ```text
 //! bettong-peer gen DIR MESSAGES [REJECTED_ORDERS]        # the data (bettong_giles::gen)
 //! bettong-peer run VARIANT --data DIR [--workers W] [--messages N] [--rate R] [--json FILE]
+//! bettong-peer noise SECONDS [THREADS]                   # the machine's stall floor
 //! ```
 //!
 //! Variants (one process per run; `--workers` is timely's workers or bettong's shards):
@@ -81,8 +82,10 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("gen") => gen_cmd(&args[1..]),
         Some("run") => run_cmd(&args[1..]),
+        Some("noise") => noise_cmd(&args[1..]),
         _ => Err("usage: bettong-peer gen DIR MESSAGES [REJECTED_ORDERS] | \
-                  bettong-peer run VARIANT --data DIR [--workers W] [--messages N] [--rate R] [--json FILE]"
+                  bettong-peer run VARIANT --data DIR [--workers W] [--messages N] [--rate R] [--json FILE] | \
+                  bettong-peer noise SECONDS [THREADS]"
             .to_string()),
     };
     if let Err(e) = result {
@@ -206,6 +209,60 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
     println!("{json}");
     if let Some(path) = &a.json {
         std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `noise SECONDS [THREADS]`: the machine's own stalls, the floor under every latency figure.
+/// THREADS threads (default 1), each pinned to its own core, read the engine's clock
+/// ([`now_ns`]) in a loop that does nothing else, for SECONDS; a gap between two reads is time
+/// the thread did not run (an interrupt, the hypervisor taking the vCPU). Prints, per thread,
+/// the gaps over 1, 10 and 100 µs per second and the longest. One thread alone is the floor of
+/// a single spinning shard; two on two cores is the floor of a host thread and a shard that
+/// both spin (the embedded example's `--poll spin`).
+fn noise_cmd(args: &[String]) -> Result<(), String> {
+    let seconds: f64 = args
+        .first()
+        .ok_or("noise SECONDS [THREADS]")?
+        .parse()
+        .map_err(|e| format!("SECONDS: {e}"))?;
+    let threads: usize = match args.get(1) {
+        Some(t) => t.parse().map_err(|e| format!("THREADS: {e}"))?,
+        None => 1,
+    };
+    let cores = online_cores();
+    let span = (seconds * 1e9) as u64;
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|i| {
+            let core = cores[i % cores.len()];
+            std::thread::spawn(move || {
+                pin_this_thread(core);
+                let (mut over, mut longest) = ([0u64; 3], 0u64);
+                let start = now_ns();
+                let mut prev = start;
+                while prev - start < span {
+                    let t = now_ns();
+                    let gap = t - prev;
+                    longest = longest.max(gap);
+                    for (n, limit) in over.iter_mut().zip([1_000, 10_000, 100_000]) {
+                        *n += u64::from(gap > limit);
+                    }
+                    prev = t;
+                }
+                (core, over, longest)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (core, over, longest) = h.join().map_err(|_| "a noise thread panicked")?;
+        let per_s = |n: u64| n as f64 / seconds;
+        println!(
+            "core {core}: gaps per second over 1 µs {:.0}, over 10 µs {:.0}, over 100 µs {:.1}; longest {:.1} µs",
+            per_s(over[0]),
+            per_s(over[1]),
+            per_s(over[2]),
+            longest as f64 / 1e3
+        );
     }
     Ok(())
 }
