@@ -406,6 +406,20 @@ impl Data {
         own
     }
 
+    /// The same counts with `stream` as the stream (and no initial NBBO or offsets).
+    fn with_stream(&self, stream: Vec<u8>) -> Data {
+        Data {
+            dir: self.dir.clone(),
+            initial: Vec::new(),
+            stream,
+            offsets: Vec::new(),
+            symbols: self.symbols,
+            orders: self.orders,
+            nbbo: self.nbbo,
+            expected_out: self.expected_out,
+        }
+    }
+
     fn part(&self, k: usize, parts: usize) -> &[u8] {
         let n = self.offsets.len();
         let (a, b) = (k * n / parts, (k + 1) * n / parts);
@@ -869,12 +883,8 @@ fn bettong_iter(data: &Arc<Data>, shards: usize, local: bool) -> Result<Outcome,
         shards: shards as u64,
         span: std::sync::Mutex::new(None),
     });
-    let owner = |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), shards);
-    let owned: Option<Arc<Vec<Vec<u8>>>> =
-        local.then(|| Arc::new((0..shards).map(|k| data.owned(k, owner)).collect()));
     let (d, g) = (data.clone(), gate.clone());
-    let market =
-        IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, owned.clone()));
+    let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, local));
     let (app, outputs) = counted_spread_check(market);
     let engine =
         Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
@@ -904,11 +914,11 @@ struct ShardFeed {
     data: Arc<Data>,
     prime: std::vec::IntoIter<MarketMessage>,
     gate: Option<Arc<Gate>>,
-    /// The share's byte range in `data.stream` (or in `owned[shard]`), consumed from the front.
+    /// The share's byte range in `data.stream`, consumed from the front. With `local`, `data`
+    /// is a copy whose stream is only this shard's own messages (so that `next` reads the same
+    /// way in both: `perf/callgrind.sh` counts it).
     at: usize,
     end: usize,
-    /// `bettong-iter-local`: every shard's owned messages, and this shard's index into it.
-    owned: Option<(Arc<Vec<Vec<u8>>>, usize)>,
 }
 
 impl ShardFeed {
@@ -917,7 +927,7 @@ impl ShardFeed {
         gate: &Arc<Gate>,
         shard: usize,
         shards: usize,
-        owned: Option<Arc<Vec<Vec<u8>>>>,
+        local: bool,
     ) -> ShardFeed {
         let prime: Vec<MarketMessage> = frames(&data.initial)
             .map(decoded)
@@ -926,21 +936,23 @@ impl ShardFeed {
                     || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
             })
             .collect();
-        let (at, end) = match &owned {
-            Some(o) => (0, o[shard].len()),
-            None => {
-                let part = data.part(shard, shards);
-                let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
-                (at, at + part.len())
-            }
+        let (data, at, end) = if local {
+            let owner =
+                |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), shards);
+            let own = data.with_stream(data.owned(shard, owner));
+            let end = own.stream.len();
+            (Arc::new(own), 0, end)
+        } else {
+            let part = data.part(shard, shards);
+            let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
+            (data.clone(), at, at + part.len())
         };
         ShardFeed {
-            data: data.clone(),
+            data,
             prime: prime.into_iter(),
             gate: Some(gate.clone()),
             at,
             end,
-            owned: owned.map(|o| (o, shard)),
         }
     }
 }
@@ -965,11 +977,7 @@ impl Iterator for ShardFeed {
             }
             self.gate = None;
         }
-        let bytes = match &self.owned {
-            Some((o, shard)) => &o[*shard],
-            None => &self.data.stream,
-        };
-        let rest = bytes.get(self.at..self.end)?;
+        let rest = self.data.stream.get(self.at..self.end)?;
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
         let m = decode(rest.get(4..4 + len)?).ok()?;
         self.at += 4 + len;
