@@ -57,7 +57,7 @@ const BLAST_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// How long before a deadline the pacer stops sleeping and polls the clock (see [`wait_until`]):
 /// `thread::sleep` overshoots by tens of microseconds, which would otherwise show up as lag on
 /// every batch.
-const SPIN_WINDOW: Duration = Duration::from_micros(100);
+const POLL_WINDOW: Duration = Duration::from_micros(100);
 
 /// How long to wait for a target that does not answer at all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -791,8 +791,8 @@ fn wait_until(deadline: Instant) {
             return;
         }
         let left = deadline - now;
-        if left > SPIN_WINDOW * 2 {
-            std::thread::sleep(left - SPIN_WINDOW);
+        if left > POLL_WINDOW * 2 {
+            std::thread::sleep(left - POLL_WINDOW);
         } else {
             std::thread::yield_now();
         }

@@ -240,9 +240,9 @@ fn noise_cmd(args: &[String]) -> Result<(), String> {
                 let (mut over, mut longest) = ([0u64; 3], 0u64);
                 let start = now_ns();
                 let mut prev = start;
-                while prev - start < span {
+                while prev.saturating_sub(start) < span {
                     let t = now_ns();
-                    let gap = t - prev;
+                    let gap = t.saturating_sub(prev);
                     longest = longest.max(gap);
                     for (n, limit) in over.iter_mut().zip([1_000, 10_000, 100_000]) {
                         *n += u64::from(gap > limit);
