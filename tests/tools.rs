@@ -167,6 +167,56 @@ fn binary_fixed_size_file_is_sent_byte_for_byte() {
     assert!(got == data, "received bytes differ from the file");
 }
 
+/// A paced batch never goes out before its deadline (`start + k × interval`), and the run
+/// spans every interval: the sent log stamps each message with its batch's send time. (What
+/// the sender does while it waits, spinning or yielding between looks at the clock, must not
+/// change this; only lower bounds are checked, which no slow machine can break.)
+#[test]
+fn paced_batches_never_go_out_before_their_deadlines() {
+    let dir = temp_dir("paced");
+    let log = dir.join("sent.txt");
+    let (report, got) = send_to_listener(&[
+        "--messages",
+        "24",
+        "--batch-size",
+        "3",
+        "--interval",
+        "2_000_000",
+        "--sent-file",
+        log.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(report.messages, 24);
+    assert_eq!(frames(&got).len(), 24);
+    let pacing = report.pacing.expect("a paced run");
+    assert_eq!(pacing.batches, 8);
+    assert!(
+        report.elapsed >= std::time::Duration::from_millis(16),
+        "8 batches of 2 ms took {:?}",
+        report.elapsed
+    );
+    let text = std::fs::read_to_string(&log).expect("sent log");
+    let stamps: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            l.split(", ")
+                .next()
+                .and_then(|t| t.parse().ok())
+                .expect("a stamp")
+        })
+        .collect();
+    assert_eq!(stamps.len(), 24);
+    // Batch k's stamp is read right before its write, after its deadline: k intervals after
+    // the start, less however late batch 0 went out after it (allowed: half an interval).
+    for (k, batch) in stamps.chunks(3).enumerate() {
+        assert!(batch.iter().all(|&t| t == batch[0]), "one stamp per batch");
+        let since_first = batch[0] - stamps[0];
+        assert!(
+            since_first + 1_000_000 >= k as u64 * 2_000_000,
+            "batch {k} went out {since_first} ns after the first, before its deadline"
+        );
+    }
+}
+
 #[test]
 fn without_repeat_the_sender_stops_at_the_end_of_the_data() {
     let dir = temp_dir("norepeat");
