@@ -204,11 +204,14 @@ pub(crate) async fn drain<T: Send + 'static>(
     gauges: Rc<[Gauge]>,
     core: Rc<ShardCore>,
 ) {
+    // The operator as a plain `&dyn`, taken once: a call through the `Rc` worked out where
+    // the value sits in the `Rc`'s allocation (from the vtable's alignment) on every event.
+    let target: &dyn Input<T> = &*target;
     loop {
         let mut drained = 0;
         for (ring, port) in rings.iter_mut() {
             let port = *port;
-            if held(&*target, port) {
+            if held(target, port) {
                 continue;
             }
             drained += ring.drain_until(|event| match event {
@@ -219,7 +222,7 @@ pub(crate) async fn drain<T: Send + 'static>(
                 Event::Control(c) => {
                     target.control(port, c);
                     // Stop at a barrier the other ports have not delivered yet.
-                    !held(&*target, port)
+                    !held(target, port)
                 }
             });
         }
@@ -242,19 +245,19 @@ pub(crate) async fn drain<T: Send + 'static>(
             std::future::poll_fn(|cx| {
                 let mut ready = false;
                 for (_, port) in rings.iter() {
-                    if held(&*target, *port) {
+                    if held(target, *port) {
                         if let Some(p) = target.ports() {
                             p.on_release(cx.waker());
                         }
                         // Re-check after registering: the release may have just happened.
-                        ready |= !held(&*target, *port);
+                        ready |= !held(target, *port);
                     }
                 }
                 if ready {
                     return Poll::Ready(());
                 }
                 ring::poll_any_ready(&mut rings, cx, |(ring, port)| {
-                    (!held(&*target, *port)).then_some(ring)
+                    (!held(target, *port)).then_some(ring)
                 })
             })
             .await;
