@@ -35,7 +35,9 @@ pub(crate) const MAX_BITS: u64 = (1 << 53) - 1;
 /// A two-way set-associative cache from small keys to their shard, for one shard's thread
 /// (it is not `Sync`).
 pub(crate) struct RouteCache {
-    sets: Box<[[Cell<u64>; 2]]>,
+    /// An array rather than a slice: its length is in the type, so the set index (the top
+    /// bits of a multiply, always below `SETS`) needs no bounds check.
+    sets: Box<[[Cell<u64>; 2]; SETS]>,
 }
 
 impl RouteCache {
@@ -43,7 +45,7 @@ impl RouteCache {
     /// name in an entry.
     pub(crate) fn new(shards: usize) -> Option<Self> {
         (shards <= MAX_SHARDS).then(|| RouteCache {
-            sets: (0..SETS).map(|_| [Cell::new(0), Cell::new(0)]).collect(),
+            sets: Box::new(std::array::from_fn(|_| [Cell::new(0), Cell::new(0)])),
         })
     }
 
