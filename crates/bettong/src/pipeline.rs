@@ -938,7 +938,7 @@ impl<T: Send + 'static> NodeBuild for MergeNode<T> {
         // merge's flag), unless the next operator is a merge too: its edge's flag must be
         // checked as well, by the merge's own `data`.
         let skip = !next.ctl.holds_data();
-        let data = next.data.clone();
+        let data = next.data.rc().clone();
         let input: Rc<dyn Input<T>> = Rc::new(ops::merge::Merge::new(
             next,
             node.ports,

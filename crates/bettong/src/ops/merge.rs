@@ -189,7 +189,7 @@ mod tests {
         // flag, control into the merge.
         let edge = |port| {
             let mut edge = Downstream::to(merge.clone() as Rc<dyn Input<u64>>, port, Rc::from([]));
-            edge.data = next.clone();
+            edge.data = crate::ops::target::Target::new(next.clone());
             edge.held = merge.ports.any_held_flag();
             edge
         };

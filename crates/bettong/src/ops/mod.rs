@@ -16,6 +16,7 @@ pub(crate) mod map;
 pub(crate) mod merge;
 pub(crate) mod sink;
 pub(crate) mod state;
+pub(crate) mod target;
 pub(crate) mod tee;
 pub(crate) mod window;
 
@@ -24,6 +25,7 @@ use std::rc::Rc;
 
 use crate::event::{Control, Stamp};
 use crate::runtime::shard::{Gauge, WaitList};
+use target::Target;
 
 /// The receiving side of an operator on a shard.
 pub(crate) trait Input<T> {
@@ -56,8 +58,8 @@ pub(crate) trait Input<T> {
 /// Where an operator sends its outputs: the next operator's input and the port it arrives
 /// on, and the gauges of everything downstream (a source stops reading while one is over).
 pub(crate) struct Downstream<T> {
-    /// Receives data events.
-    pub(crate) data: Rc<dyn Input<T>>,
+    /// Receives data events (called through a [`Target`]: no `Rc` offset per message).
+    pub(crate) data: Target<T>,
     /// Receives control events on `port` (usually the same operator as `data`; a merge passes
     /// data straight through and only aligns control).
     pub(crate) ctl: Rc<dyn Input<T>>,
@@ -89,7 +91,7 @@ impl<T: 'static> Downstream<T> {
     /// A downstream that enters `input` on `port`.
     pub(crate) fn to(input: Rc<dyn Input<T>>, port: usize, gauges: Rc<[Gauge]>) -> Self {
         Downstream {
-            data: input.clone(),
+            data: Target::new(input.clone()),
             ctl: input,
             port,
             gauges,

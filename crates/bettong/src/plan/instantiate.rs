@@ -146,7 +146,7 @@ pub(crate) fn forward<T: 'static>(built: &Built, port: usize) -> AnyBox {
         unreachable!("a node's builder and its edges agree on its input type");
     };
     let mut down = crate::ops::Downstream::to(input.clone(), port, built.gauges.clone());
-    down.data = data.clone();
+    down.data = crate::ops::target::Target::new(data.clone());
     Box::new(down)
 }
 
