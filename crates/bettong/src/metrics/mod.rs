@@ -148,10 +148,13 @@ pub struct ShardMetrics {
     computations: RefCell<Vec<(String, Histogram<u64>)>>,
     /// Finished messages whose latency waits for the next clock read (`settle_latency`), as
     /// runs of equal ingest stamps (`(stamp, messages)`; a batch's messages share one, so a
-    /// group is usually one run); `runs` of them in use, `waiting` messages in all, always
-    /// fewer than `LATENCY_GROUP`.
+    /// group is usually one run): the run that is growing in `current` (no messages: none),
+    /// the ones before it in `pending[..runs]`; `waiting` messages in all, always fewer than
+    /// `LATENCY_GROUP`. The growing run has cells of its own so that a message that joins it
+    /// (nearly every message) compares one stamp and counts one more, with no index.
     pending: [Cell<(u64, u64)>; LATENCY_GROUP],
     runs: Cell<usize>,
+    current: Cell<(u64, u64)>,
     waiting: Cell<usize>,
 }
 
@@ -223,6 +226,7 @@ impl ShardMetrics {
             computations: RefCell::new(Vec::new()),
             pending: Default::default(),
             runs: Cell::new(0),
+            current: Cell::new((0, 0)),
             waiting: Cell::new(0),
         }
     }
@@ -356,21 +360,26 @@ impl ShardMetrics {
         self.record(ingest_ns);
     }
 
+    /// A message finished. It is counted in `finished` when its latency is settled (at most
+    /// `LATENCY_GROUP - 1` messages later, and at the end of its batch): the count of the
+    /// messages waiting is kept anyway, and one add per group saves a counter update per
+    /// message.
     #[inline]
     fn record(&self, ingest_ns: u64) {
-        self.live.finished.inc();
-        let runs = self.runs.get();
-        match runs.checked_sub(1).and_then(|last| self.pending.get(last)) {
-            Some(run) if run.get().0 == ingest_ns => {
-                let (stamp, n) = run.get();
-                run.set((stamp, n + 1));
-            }
-            _ => {
+        let (stamp, n) = self.current.get();
+        if stamp == ingest_ns && n > 0 {
+            self.current.set((stamp, n + 1));
+        } else {
+            if n > 0 {
+                let runs = self.runs.get();
+                // `runs + 1` runs hold `waiting` messages, fewer than `LATENCY_GROUP`, so there
+                // is room: the check only keeps a broken count from indexing out of bounds.
                 if let Some(run) = self.pending.get(runs) {
-                    run.set((ingest_ns, 1));
+                    run.set((stamp, n));
+                    self.runs.set(runs + 1);
                 }
-                self.runs.set(runs + 1);
             }
+            self.current.set((ingest_ns, 1));
         }
         let waiting = self.waiting.get() + 1;
         self.waiting.set(waiting);
@@ -380,20 +389,23 @@ impl ShardMetrics {
     }
 
     /// Reads the clock and records the latency of every finished message still waiting for
-    /// one. The shard calls it at the end of every batch; the summaries call it first.
+    /// one, and counts them finished. The shard calls it at the end of every batch; the
+    /// summaries call it first.
     pub fn settle_latency(&self) {
-        let runs = self.runs.replace(0);
-        if runs == 0 {
+        let (stamp, n) = self.current.replace((0, 0));
+        if n == 0 {
             return;
         }
-        self.waiting.set(0);
+        self.live.finished.add(self.waiting.replace(0) as u64);
         let now = now_ns();
-        for run in self.pending.iter().take(runs) {
+        let at = |stamp: u64| now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
+        for run in self.pending.iter().take(self.runs.replace(0)) {
             let (stamp, n) = run.get();
-            let v = now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
-            self.latency.record_n(v, n);
-            self.live.latency.record_n(v, n);
+            self.latency.record_n(at(stamp), n);
+            self.live.latency.record_n(at(stamp), n);
         }
+        self.latency.record_n(at(stamp), n);
+        self.live.latency.record_n(at(stamp), n);
     }
 
     /// Ends the current reporting period: returns its latency histogram and counters (since
