@@ -182,7 +182,8 @@ pub struct LiveCounters {
     pub messages_in: Counter,
     /// Outputs encoded into sink buffers.
     pub messages_out: Counter,
-    /// Outputs encoded plus messages filtered.
+    /// Outputs encoded plus messages filtered, counted when their latency is settled: at
+    /// most 7 messages and one batch after they finish (`ShardMetrics::settle_latency`).
     pub finished: Counter,
     /// Messages a step dropped without output.
     pub filtered: Counter,
