@@ -398,14 +398,15 @@ impl ShardMetrics {
         }
         self.live.finished.add(self.waiting.replace(0) as u64);
         let now = now_ns();
-        let at = |stamp: u64| now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
+        let record = |(stamp, n): (u64, u64)| {
+            let v = now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
+            self.latency.record_n(v, n);
+            self.live.latency.record_n(v, n);
+        };
         for run in self.pending.iter().take(self.runs.replace(0)) {
-            let (stamp, n) = run.get();
-            self.latency.record_n(at(stamp), n);
-            self.live.latency.record_n(at(stamp), n);
+            record(run.get());
         }
-        self.latency.record_n(at(stamp), n);
-        self.live.latency.record_n(at(stamp), n);
+        record((stamp, n));
     }
 
     /// Ends the current reporting period: returns its latency histogram and counters (since
