@@ -91,15 +91,7 @@ impl Light {
             expedited: expedited(),
         }
     }
-}
 
-impl Default for Light {
-    fn default() -> Light {
-        Light::new()
-    }
-}
-
-impl Light {
     /// Orders this thread's store before it against its load after it, with [`heavy`] on the
     /// other side of the handshake.
     #[inline]
@@ -109,6 +101,12 @@ impl Light {
         } else {
             fence(Ordering::SeqCst);
         }
+    }
+}
+
+impl Default for Light {
+    fn default() -> Light {
+        Light::new()
     }
 }
 

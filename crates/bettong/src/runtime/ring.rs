@@ -406,10 +406,15 @@ impl<T: Send> Consumer<T> {
     /// became ready meanwhile.
     pub(crate) fn recheck(&mut self) -> bool {
         if self.is_ready() {
-            self.shared.consumer.unpark();
+            self.lower();
             return true;
         }
         false
+    }
+
+    /// Lowers the flag that [`raise_unless_ready`](Self::raise_unless_ready) raised.
+    fn lower(&mut self) {
+        self.shared.consumer.unpark();
     }
 }
 
@@ -439,10 +444,20 @@ pub fn poll_any_ready<I, T: Send>(
     let mut ready = false;
     for item in items.iter_mut() {
         if let Some(r) = ring(item) {
-            ready |= r.raise_unless_ready(cx);
+            if r.raise_unless_ready(cx) {
+                ready = true;
+                break;
+            }
         }
     }
     if ready {
+        // Lower the flags raised before the ready ring: a flag left up would have its
+        // producer ring the doorbell on its next publish for a task that is not waiting.
+        for item in items.iter_mut() {
+            if let Some(r) = ring(item) {
+                r.lower();
+            }
+        }
         return Poll::Ready(());
     }
     membarrier::heavy();
