@@ -55,20 +55,9 @@ pub enum Control {
     End,
 }
 
-/// One item on a ring between shards.
-///
-/// A data event carries a [`Gap`] so that no padding sits between its stamp and its message:
-/// copying a message into a ring slot, LLVM copied the padding before it along with it (from 8
-/// bytes before the message's copy on the stack), so every 16-byte load of that copy straddled
-/// two of the stores that had just written it, a failed store-to-load forward each: 16% of
-/// `Exchange::data`'s perf samples for Market Spread on 2 shards. With the gap filled, the
-/// message goes from the caller's memory straight into the slot in aligned 16-byte moves.
+/// What flows into an operator's input, in order: a message with its stamp, or a control
+/// event. (Between shards the two travel apart, in a lane's rings: `runtime::lane`.)
 pub(crate) enum Event<T> {
-    Data(T, Stamp, #[allow(dead_code)] Gap),
+    Data(T, Stamp),
     Control(Control),
 }
-
-/// Eight bytes that fill the gap after a data event's tag, so that its stamp ends where a
-/// 16-byte-aligned message starts (see [`Event`]); never read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Gap(u64);

@@ -1066,7 +1066,7 @@ where
         let me = sb.core.index;
         let shards = sb.core.shards;
         let capacity = sb.core.config.ring_capacity.unwrap_or_else(|| {
-            crate::runtime::config::auto_ring_capacity(std::mem::size_of::<Event<T>>(), shards)
+            crate::runtime::config::auto_ring_capacity(std::mem::size_of::<T>(), shards)
         });
         let Some(target) = built.input.downcast_ref::<Rc<dyn Input<T>>>() else {
             unreachable!("an exchange feeds an operator of its message type");

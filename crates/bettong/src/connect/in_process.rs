@@ -671,8 +671,8 @@ impl<T: Send + 'static> SinkInput<T> for PolledInput<T> {
 }
 
 /// A shard's side of a polled sink: the ring to the host, and overflow while it is full.
-struct OutRing<T> {
-    spill: Spill<T>,
+struct OutRing<T: Send> {
+    spill: Spill<Producer<T>>,
     /// Once the shard stops, a full ring no longer holds the sources back: stopping must not
     /// depend on the host polling.
     stopping: std::cell::Cell<bool>,

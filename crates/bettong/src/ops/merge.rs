@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use super::{Downstream, Input, Ports};
-use crate::event::{Control, Event, Gap, Stamp};
+use crate::event::{Control, Event, Stamp};
 use crate::runtime::shard::{Gauge, WaitList};
 
 /// Events a held input's queue takes before that input's gauge rises.
@@ -86,7 +86,7 @@ impl<T: 'static> Merge<T> {
                     };
                     moved = true;
                     match event {
-                        Event::Data(m, s, _) => self.next.data(m, s),
+                        Event::Data(m, s) => self.next.data(m, s),
                         Event::Control(c) => self.align(port, c),
                     }
                 }
@@ -138,7 +138,7 @@ impl<T: 'static> Input<T> for Merge<T> {
     #[inline(never)]
     fn held_data(&self, port: usize, msg: T, stamp: Stamp) {
         if self.ports.is_held(port) {
-            self.queue(port, Event::Data(msg, stamp, Gap::default()));
+            self.queue(port, Event::Data(msg, stamp));
         } else {
             self.next.data(msg, stamp);
         }

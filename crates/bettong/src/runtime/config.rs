@@ -20,8 +20,9 @@ pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(86_400);
 pub const MAX_RING_CAPACITY: usize = 1 << 24;
 
 /// The capacity of each cross-shard ring of an exchange when `--ring-capacity` is not given:
-/// about 8 MiB of events arriving at each shard from all the others, split among them, as a
-/// power of two from 4096 to 65536 slots.
+/// about 8 MiB of messages (`slot_bytes` each: a lane's data ring holds the messages alone)
+/// arriving at each shard from all the others, split among them, as a power of two from 4096
+/// to 65536 slots.
 ///
 /// Why: with 4096 slots, Market Spread on 2 shards (perf/peer `bettong-iter`, 16 M messages,
 /// 3 runs each, alternating) ran at 13.4 M msgs/s (13.3–13.8) and with 65536 at 20.5 M
@@ -44,9 +45,9 @@ pub const MAX_RING_CAPACITY: usize = 1 << 24;
 /// assert_eq!(auto_ring_capacity(80, 64), 4096);
 /// assert_eq!(auto_ring_capacity(1024, 2), 8192);
 /// ```
-pub fn auto_ring_capacity(event_bytes: usize, shards: usize) -> usize {
+pub fn auto_ring_capacity(slot_bytes: usize, shards: usize) -> usize {
     const INBOUND_BYTES: usize = 8 << 20;
-    let per_ring = INBOUND_BYTES / (event_bytes.max(1) * shards.saturating_sub(1).max(1));
+    let per_ring = INBOUND_BYTES / (slot_bytes.max(1) * shards.saturating_sub(1).max(1));
     // The largest power of two not above `per_ring` (rings round up to one).
     per_ring
         .checked_ilog2()

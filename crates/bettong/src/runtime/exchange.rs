@@ -1,11 +1,11 @@
 //! The exchange: an edge that routes each message by key to the shard that owns the key's
 //! group. On the sending shard it is the operator's entry ([`Exchange`]): a local key is a
-//! direct call, a remote one goes into that shard's ring through an [`Outbox`]. On the
-//! receiving shard a drain task per exchange edge feeds the rings' events into the operator,
-//! each ring on its own input port.
+//! direct call, a remote one goes into that shard's lane (`runtime::lane`) through an
+//! [`Outbox`]. On the receiving shard a drain task per exchange edge feeds the lanes' events
+//! into the operator, each lane on its own input port.
 //!
-//! Control events are broadcast: into the local port and into every outgoing ring, so every
-//! shard's operator hears every input. A ring whose port is *held* (it delivered a barrier the
+//! Control events are broadcast: into the local port and into every outgoing lane, so every
+//! shard's operator hears every input. A lane whose port is *held* (it delivered a barrier the
 //! other ports have not) is not drained until the barrier is forwarded: alignment.
 
 use std::cell::{Cell, RefCell};
@@ -13,16 +13,17 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Poll;
 
-use crate::event::{Control, Event, Gap, Stamp};
+use crate::event::{Control, Event, Stamp};
 use crate::ops::{Downstream, Input};
-use crate::runtime::ring::{self, Consumer};
+use crate::runtime::lane::{LaneReceiver, LaneSender};
+use crate::runtime::ring;
 use crate::runtime::shard::{
     yield_after_batch, Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList,
 };
 
 /// This shard's sending side of one exchange towards one other shard.
-pub(crate) struct Outbox<T> {
-    pub(crate) spill: Spill<Event<T>>,
+pub(crate) struct Outbox<T: Send> {
+    pub(crate) spill: Spill<LaneSender<T>>,
 }
 
 impl<T: Send + 'static> Outbox<T> {
@@ -62,7 +63,7 @@ impl<T: Send + 'static> Publish for Outbox<T> {
 
 /// The entry of an exchange edge on the sending shard. `R` is the route (message to shard):
 /// a type parameter rather than a boxed closure, so that it is inlined into `data`.
-pub(crate) struct Exchange<T, R> {
+pub(crate) struct Exchange<T: Send, R> {
     pub(crate) route: R,
     pub(crate) me: usize,
     /// By destination shard; `None` for this shard.
@@ -90,12 +91,12 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             if self.local_open() {
                 self.local.data(msg, stamp);
             } else {
-                self.local(Event::Data(msg, stamp, Gap::default()));
+                self.local(Event::Data(msg, stamp));
             }
             return;
         }
         match self.outboxes.get(dst) {
-            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp, Gap::default())),
+            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp)),
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
     }
@@ -129,7 +130,7 @@ impl<T: Send + 'static, R> Exchange<T, R> {
     fn local(&self, event: Event<T>) {
         if self.local_open() {
             match event {
-                Event::Data(m, s, _) => self.local.data(m, s),
+                Event::Data(m, s) => self.local.data(m, s),
                 Event::Control(c) => self.local.control(c),
             }
             return;
@@ -145,7 +146,7 @@ impl<T: Send + 'static, R> Exchange<T, R> {
                 return;
             };
             match event {
-                Event::Data(m, s, _) => self.local.data(m, s),
+                Event::Data(m, s) => self.local.data(m, s),
                 Event::Control(c) => self.local.control(c),
             }
         }
@@ -199,7 +200,7 @@ pub(crate) struct ExchangeRuntime {
 /// Runs events that other shards routed here into the operator, until every other shard has
 /// closed its ring to us. Ring `i` arrives on port `ports[i]`.
 pub(crate) async fn drain<T: Send + 'static>(
-    mut rings: Vec<(Consumer<Event<T>>, usize)>,
+    mut rings: Vec<(LaneReceiver<T>, usize)>,
     target: Rc<dyn Input<T>>,
     gauges: Rc<[Gauge]>,
     core: Rc<ShardCore>,
@@ -214,17 +215,14 @@ pub(crate) async fn drain<T: Send + 'static>(
             if held(target, port) {
                 continue;
             }
-            drained += ring.drain_until(|event| match event {
-                Event::Data(msg, stamp, _) => {
-                    target.data(msg, stamp);
-                    true
-                }
-                Event::Control(c) => {
+            drained += ring.drain_until(
+                |msg, stamp| target.data(msg, stamp),
+                |c| {
                     target.control(port, c);
                     // Stop at a barrier the other ports have not delivered yet.
                     !held(target, port)
-                }
-            });
+                },
+            );
         }
         if drained == 0 {
             // Forget the rings whose producer has closed and that are empty: they will never
@@ -281,7 +279,8 @@ mod tests {
 
     use super::*;
     use crate::ops::Ports;
-    use crate::runtime::ring;
+    use crate::runtime::lane;
+    use crate::runtime::shard::Sender;
 
     /// An operator that logs what reaches it, in order, and what its ports forward.
     struct Log {
@@ -371,7 +370,7 @@ mod tests {
         }
         impl Input<u64> for Forward {
             fn data(&self, msg: u64, stamp: Stamp) {
-                self.out.send(Event::Data(msg, stamp, Gap::default()));
+                self.out.send(Event::Data(msg, stamp));
             }
             fn control(&self, port: usize, event: Control) {
                 self.ports.align(port, event);
@@ -382,7 +381,7 @@ mod tests {
         }
         glommio::LocalExecutor::default().run(async {
             let core = ShardCore::for_test(0, 2);
-            let (tx, mut rx) = ring::channel::<Event<u64>>(8);
+            let (tx, mut rx) = lane::channel::<u64>(8);
             let out = Rc::new(Outbox {
                 spill: Spill::new(tx),
             });
@@ -405,12 +404,8 @@ mod tests {
             exchange.data(5, Stamp::default());
             settle().await;
             let mut seen = Vec::new();
-            let mut take = |rx: &mut ring::Consumer<Event<u64>>| {
-                rx.drain(|e| {
-                    if let Event::Data(m, _, _) = e {
-                        seen.push(m)
-                    }
-                });
+            let mut take = |rx: &mut LaneReceiver<u64>| {
+                rx.drain_until(|m, _| seen.push(m), |_| true);
             };
             take(&mut rx);
             target.control(1, Control::Barrier(1));
@@ -434,19 +429,17 @@ mod tests {
                 ports: Ports::new(3),
                 seen: RefCell::new(Vec::new()),
             });
-            let (mut a_tx, a_rx) = ring::channel::<Event<u64>>(8);
-            let (mut b_tx, b_rx) = ring::channel::<Event<u64>>(8);
+            let (mut a_tx, a_rx) = lane::channel::<u64>(8);
+            let (mut b_tx, b_rx) = lane::channel::<u64>(8);
             for e in [
-                Event::Data(1, Stamp::default(), Gap::default()),
+                Event::Data(1, Stamp::default()),
                 Event::Control(Control::Barrier(7)),
-                Event::Data(2, Stamp::default(), Gap::default()),
+                Event::Data(2, Stamp::default()),
             ] {
                 assert!(a_tx.push(e).is_ok());
             }
             a_tx.publish();
-            assert!(b_tx
-                .push(Event::Data(10, Stamp::default(), Gap::default()))
-                .is_ok());
+            assert!(b_tx.push(Event::Data(10, Stamp::default())).is_ok());
             b_tx.publish();
             let input: Rc<dyn Input<u64>> = target.clone();
             let task =

@@ -105,6 +105,29 @@ pub fn channel_between<T: Send>(
     producer_bell: Option<&Arc<Doorbell>>,
     consumer_bell: Option<&Arc<Doorbell>>,
 ) -> (Producer<T>, Consumer<T>) {
+    channel_with(
+        capacity,
+        Waiter::new(producer_bell),
+        Waiter::new(consumer_bell),
+    )
+}
+
+/// Creates a ring that runs beside `beside` between the same two tasks: it shares that ring's
+/// parking spots, so a consumer parked on one is woken by a publish into either, and a
+/// producer parked for space by a drain of either. (A lane's marks ring, `runtime::lane`.)
+pub(crate) fn channel_beside<U: Send, T>(
+    beside: &Producer<T>,
+    capacity: usize,
+) -> (Producer<U>, Consumer<U>) {
+    let shared = &beside.shared;
+    channel_with(capacity, shared.producer.clone(), shared.consumer.clone())
+}
+
+fn channel_with<T: Send>(
+    capacity: usize,
+    producer: Arc<Waiter>,
+    consumer: Arc<Waiter>,
+) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.max(2).next_power_of_two();
     let slots = (0..cap)
         .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
@@ -114,8 +137,8 @@ pub fn channel_between<T: Send>(
         head: CachePadded(AtomicUsize::new(0)),
         tail: CachePadded(AtomicUsize::new(0)),
         closed: AtomicBool::new(false),
-        consumer: Waiter::new(consumer_bell),
-        producer: Waiter::new(producer_bell),
+        consumer,
+        producer,
         mask: cap - 1,
         slots,
     });
@@ -177,8 +200,14 @@ impl<T: Send> Producer<T> {
     // bettong variant, repeats 47955829 / 47955838).
     #[inline(always)]
     pub fn push(&mut self, value: T) -> Result<(), T> {
+        self.try_push(value).inspect_err(|_| self.publish())
+    }
+
+    /// Like [`push`](Self::push), but a full ring publishes nothing: for a caller that must
+    /// publish something else first (a lane publishes its marks before its data).
+    #[inline(always)]
+    pub(crate) fn try_push(&mut self, value: T) -> Result<(), T> {
         if !self.has_space() {
-            self.publish();
             return Err(value);
         }
         let slot = self.shared.slot(self.write);
@@ -188,6 +217,12 @@ impl<T: Send> Producer<T> {
         unsafe { (*slot.get()).write(value) };
         self.write += 1;
         Ok(())
+    }
+
+    /// The position the next push writes: how many items were ever pushed.
+    #[inline]
+    pub(crate) fn position(&self) -> usize {
+        self.write
     }
 
     /// True when items were pushed but not yet published.
@@ -303,7 +338,15 @@ impl<T: Send> Consumer<T> {
     /// assert_eq!(rx.drain_until(|v| v != 2), 2); // 1 and 2
     /// assert_eq!(rx.drain(|v| assert_eq!(v, 3)), 1);
     /// ```
-    pub fn drain_until(&mut self, mut f: impl FnMut(T) -> bool) -> usize {
+    pub fn drain_until(&mut self, f: impl FnMut(T) -> bool) -> usize {
+        self.drain_before(usize::MAX, f)
+    }
+
+    /// Like [`drain_until`](Self::drain_until), but leaves the items from position `end` on
+    /// (see [`position`](Self::position)) in the ring: a lane drains its messages up to its
+    /// next mark this way, with no count kept per message.
+    #[inline]
+    pub(crate) fn drain_before(&mut self, end: usize, mut f: impl FnMut(T) -> bool) -> usize {
         /// Frees the drained slots with one release store, also when `f` panics, so that
         /// `Shared::drop` never drops a value that was already moved out.
         struct Release<'a> {
@@ -316,8 +359,9 @@ impl<T: Send> Consumer<T> {
             }
         }
         let shared = &*self.shared;
-        let tail = shared.tail.0.load(Ordering::Acquire);
-        if tail == self.read {
+        // Positions only grow, so the smaller of the two is the nearer.
+        let tail = shared.tail.0.load(Ordering::Acquire).min(end);
+        if tail <= self.read {
             return 0;
         }
         let start = self.read;
@@ -328,7 +372,8 @@ impl<T: Send> Consumer<T> {
         while *release.read != tail {
             let slot = shared.slot(*release.read);
             // SAFETY: slots in [read, tail) were written and published by the producer (the
-            // acquire load above pairs with its release store) and stay ours until head moves;
+            // acquire load above pairs with its release store; `tail` is at most the tail
+            // loaded) and stay ours until head moves;
             // reading moves the value out exactly once, and `read` advances before `f` runs.
             let value = unsafe { (*slot.get()).assume_init_read() };
             *release.read += 1;
@@ -340,6 +385,39 @@ impl<T: Send> Consumer<T> {
         drop(release);
         shared.producer.wake_if_parked();
         n
+    }
+
+    /// The position of the next item to drain: how many items were ever drained.
+    #[inline]
+    pub(crate) fn position(&self) -> usize {
+        self.read
+    }
+
+    /// The position after the last item published so far (what a drain now would reach).
+    #[inline]
+    pub(crate) fn published(&self) -> usize {
+        self.shared.tail.0.load(Ordering::Acquire)
+    }
+
+    /// The next item to drain, left in the ring.
+    pub(crate) fn peek(&self) -> Option<&T> {
+        if self.published() == self.read {
+            return None;
+        }
+        // SAFETY: `read < tail`, so the slot was written and published (the acquire load in
+        // `published` pairs with the producer's release store) and is ours until head moves
+        // past it; head moves only through `&mut self`, which the returned borrow excludes.
+        Some(unsafe { (*self.shared.slot(self.read).get()).assume_init_ref() })
+    }
+
+    /// Takes the next item, if one is published.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        let mut item = None;
+        self.drain_until(|v| {
+            item = Some(v);
+            false
+        });
+        item
     }
 
     /// True when nothing is published and not yet drained.
@@ -388,33 +466,31 @@ impl<T: Send> Consumer<T> {
         poll_any_ready(std::slice::from_mut(self), cx, |r| Some(r))
     }
 
+    /// True when the producer has closed its end.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The consumer's parking spot (shared with the rings beside it, see [`channel_beside`]).
+    pub(crate) fn waiter(&self) -> &Waiter {
+        &self.shared.consumer
+    }
+}
+
+/// A consumer that a task can park on: what [`poll_any_ready`] waits on.
+pub trait Park {
+    /// True when there is something to take now (or the producer has closed its end).
+    fn is_ready(&self) -> bool;
+    /// The spot to park on.
+    fn waiter(&self) -> &Waiter;
+}
+
+impl<T: Send> Park for Consumer<T> {
     fn is_ready(&self) -> bool {
-        !self.is_empty() || self.shared.closed.load(Ordering::Acquire)
+        !self.is_empty() || self.is_closed()
     }
-
-    /// The first half of a park on several rings (see [`poll_any_ready`]): true when the
-    /// ring is ready now; otherwise registers the task's waker and raises its flag.
-    pub(crate) fn raise_unless_ready(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.is_ready() {
-            return true;
-        }
-        self.shared.consumer.raise(cx);
-        false
-    }
-
-    /// The second half, after the heavy barrier: true (and the flag lowered) when the ring
-    /// became ready meanwhile.
-    pub(crate) fn recheck(&mut self) -> bool {
-        if self.is_ready() {
-            self.lower();
-            return true;
-        }
-        false
-    }
-
-    /// Lowers the flag that [`raise_unless_ready`](Self::raise_unless_ready) raised.
-    fn lower(&mut self) {
-        self.shared.consumer.unpark();
+    fn waiter(&self) -> &Waiter {
+        Consumer::waiter(self)
     }
 }
 
@@ -436,41 +512,40 @@ impl<T: Send> Consumer<T> {
 /// tx.publish();
 /// assert!(ring::poll_any_ready(&mut rings, &mut cx, |r| Some(r)).is_ready());
 /// ```
-pub fn poll_any_ready<I, T: Send>(
+pub fn poll_any_ready<I, P: Park>(
     items: &mut [I],
     cx: &mut Context<'_>,
-    mut ring: impl FnMut(&mut I) -> Option<&mut Consumer<T>>,
+    mut ring: impl FnMut(&mut I) -> Option<&mut P>,
 ) -> Poll<()> {
     let mut ready = false;
     for item in items.iter_mut() {
         if let Some(r) = ring(item) {
-            if r.raise_unless_ready(cx) {
+            if r.is_ready() {
                 ready = true;
                 break;
             }
+            r.waiter().raise(cx);
         }
     }
-    if ready {
-        // Lower the flags raised before the ready ring: a flag left up would have its
-        // producer ring the doorbell on its next publish for a task that is not waiting.
+    if !ready {
+        membarrier::heavy();
         for item in items.iter_mut() {
             if let Some(r) = ring(item) {
-                r.lower();
+                ready |= r.is_ready();
             }
         }
-        return Poll::Ready(());
-    }
-    membarrier::heavy();
-    for item in items.iter_mut() {
-        if let Some(r) = ring(item) {
-            ready |= r.recheck();
+        if !ready {
+            return Poll::Pending;
         }
     }
-    if ready {
-        Poll::Ready(())
-    } else {
-        Poll::Pending
+    // Lower every flag this raised: a flag left up would have its producer ring the doorbell
+    // on its next publish for a task that is not waiting.
+    for item in items.iter_mut() {
+        if let Some(r) = ring(item) {
+            r.waiter().unpark();
+        }
     }
+    Poll::Ready(())
 }
 
 #[cfg(test)]
@@ -493,6 +568,50 @@ mod tests {
         tx.publish();
         rx.drain(|v| got.push(v));
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    /// `drain_before` stops at the position it is given and leaves the rest; `peek` shows the
+    /// next item without taking it, `pop` takes it; positions count every push and drain.
+    #[test]
+    fn drain_before_peek_and_pop() {
+        let (mut tx, mut rx) = channel::<u32>(8);
+        for v in 10..15 {
+            assert!(tx.push(v).is_ok());
+        }
+        assert_eq!(tx.position(), 5);
+        assert_eq!(rx.peek(), None, "not published yet");
+        tx.publish();
+        let mut got = vec![];
+        assert_eq!(
+            rx.drain_before(2, |v| {
+                got.push(v);
+                true
+            }),
+            2
+        );
+        assert_eq!(
+            rx.drain_before(2, |v| {
+                got.push(v);
+                true
+            }),
+            0
+        );
+        assert_eq!((got.as_slice(), rx.position()), ([10, 11].as_slice(), 2));
+        assert_eq!(rx.peek(), Some(&12));
+        assert_eq!(rx.pop(), Some(12));
+        assert_eq!(
+            rx.drain_before(usize::MAX, |v| {
+                got.push(v);
+                true
+            }),
+            2
+        );
+        assert_eq!(
+            (got.as_slice(), rx.published()),
+            ([10, 11, 13, 14].as_slice(), 5)
+        );
+        assert_eq!(rx.peek(), None);
+        assert_eq!(rx.pop(), None);
     }
 
     /// Every value is dropped exactly once, whether consumed, left published in the ring, or

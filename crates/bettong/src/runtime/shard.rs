@@ -17,11 +17,12 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use crate::event::{Event, Stamp};
+use crate::event::Stamp;
 use crate::metrics::ShardMetrics;
 use crate::runtime::config::EngineConfig;
 use crate::runtime::doorbell::Doorbell;
-use crate::runtime::ring::{self, Consumer, Producer};
+use crate::runtime::lane::{self, LaneReceiver, LaneSender};
+use crate::runtime::ring::Producer;
 
 /// A boxed future local to a shard.
 pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
@@ -327,11 +328,8 @@ impl RingRegistry {
         if let Some(end) = map.remove(&(edge, from, to, producer)) {
             return end;
         }
-        let (tx, rx) = ring::channel_between::<Event<T>>(
-            capacity,
-            Some(&self.bells[from]),
-            Some(&self.bells[to]),
-        );
+        let (tx, rx) =
+            lane::channel_between::<T>(capacity, Some(&self.bells[from]), Some(&self.bells[to]));
         if producer {
             map.insert((edge, from, to, false), Box::new(rx));
             Box::new(tx)
@@ -349,12 +347,12 @@ impl RingRegistry {
         me: usize,
         other: usize,
         capacity: usize,
-    ) -> (Producer<Event<T>>, Consumer<Event<T>>) {
+    ) -> (LaneSender<T>, LaneReceiver<T>) {
         let tx = self.take::<T>(edge, me, other, true, capacity);
         let rx = self.take::<T>(edge, other, me, false, capacity);
         match (
-            tx.downcast::<Producer<Event<T>>>(),
-            rx.downcast::<Consumer<Event<T>>>(),
+            tx.downcast::<LaneSender<T>>(),
+            rx.downcast::<LaneReceiver<T>>(),
         ) {
             (Ok(tx), Ok(rx)) => (*tx, *rx),
             _ => unreachable!("ring registry keys carry their edge's message type"),
@@ -362,26 +360,64 @@ impl RingRegistry {
     }
 }
 
+/// The sending end of a ring, or of a lane of rings (`runtime::lane`): what a [`Spill`]
+/// pushes into.
+pub(crate) trait Sender {
+    /// What goes in.
+    type Item;
+    /// Writes `item` without publishing it, or gives it back when there is no room (after
+    /// publishing what was pending, so that the consumer can make some).
+    fn push(&mut self, item: Self::Item) -> Result<(), Self::Item>;
+    /// Makes what was pushed visible to the consumer, and wakes it if it is parked.
+    fn publish(&mut self);
+    /// True when something was pushed and not yet published.
+    fn has_pending(&self) -> bool;
+    /// Ready when the next push finds room; parks the task's waker otherwise.
+    fn poll_space(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
+    /// Publishes what is pending and tells the consumer no more will come.
+    fn close(&mut self);
+}
+
+impl<T: Send> Sender for Producer<T> {
+    type Item = T;
+    #[inline(always)]
+    fn push(&mut self, item: T) -> Result<(), T> {
+        Producer::push(self, item)
+    }
+    fn publish(&mut self) {
+        Producer::publish(self)
+    }
+    fn has_pending(&self) -> bool {
+        Producer::has_pending(self)
+    }
+    fn poll_space(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        Producer::poll_space(self, cx)
+    }
+    fn close(&mut self) {
+        Producer::close(self)
+    }
+}
+
 /// A ring's producer end with an overflow queue: what a shard uses to send into a ring without
 /// ever blocking or dropping. A message that finds the ring full waits, in order, in the overflow
 /// queue and raises the gauge, so the sources upstream stop reading; the owner's mover task moves
 /// the overflow into the ring as the consumer makes room.
-pub(crate) struct Spill<T> {
+pub(crate) struct Spill<S: Sender> {
     /// The ring and the overflow behind it, under one borrow: a send borrowed two `RefCell`s
     /// before, about 6 instructions more per message that crosses to another shard
     /// (perf/peer bettong-iter under callgrind, 2 shards: 411.5 -> 408.3 per message).
-    lanes: RefCell<Lanes<T>>,
+    lanes: RefCell<Lanes<S>>,
     pub(crate) gauge: Gauge,
     spilled: Notify,
 }
 
-struct Lanes<T> {
-    ring: Producer<T>,
-    overflow: VecDeque<T>,
+struct Lanes<S: Sender> {
+    ring: S,
+    overflow: VecDeque<S::Item>,
 }
 
-impl<T: Send + 'static> Spill<T> {
-    pub(crate) fn new(ring: Producer<T>) -> Self {
+impl<S: Sender> Spill<S> {
+    pub(crate) fn new(ring: S) -> Self {
         Spill {
             lanes: RefCell::new(Lanes {
                 ring,
@@ -400,7 +436,7 @@ impl<T: Send + 'static> Spill<T> {
     /// 2 shards from 383.3 to 374.1 instructions per message (perf/peer bettong-iter under
     /// callgrind).
     #[inline(always)]
-    pub(crate) fn send(&self, item: T, publish: bool, backpressure: bool) {
+    pub(crate) fn send(&self, item: S::Item, publish: bool, backpressure: bool) {
         let mut lanes = self.lanes.borrow_mut();
         if lanes.overflow.is_empty() {
             match lanes.ring.push(item) {
@@ -422,7 +458,7 @@ impl<T: Send + 'static> Spill<T> {
     /// Queues `item` behind a full ring.
     #[cold]
     #[inline(never)]
-    fn spill(&self, item: T, backpressure: bool) {
+    fn spill(&self, item: S::Item, backpressure: bool) {
         self.lanes.borrow_mut().overflow.push_back(item);
         if backpressure {
             self.gauge.set(true);
@@ -464,7 +500,7 @@ impl<T: Send + 'static> Spill<T> {
     }
 
     /// Takes whatever is still queued (for a ring whose consumer will not make room).
-    pub(crate) fn take_overflow(&self) -> VecDeque<T> {
+    pub(crate) fn take_overflow(&self) -> VecDeque<S::Item> {
         std::mem::take(&mut self.lanes.borrow_mut().overflow)
     }
 
@@ -472,9 +508,7 @@ impl<T: Send + 'static> Spill<T> {
     pub(crate) fn close(&self) {
         self.lanes.borrow_mut().ring.close();
     }
-}
 
-impl<T: Send + 'static> Spill<T> {
     /// Publishes whatever was pushed and not yet published.
     #[inline]
     pub(crate) fn publish_pending(&self) {
