@@ -477,7 +477,17 @@ impl<T: Send> Consumer<T> {
     }
 }
 
-/// A consumer that a task can park on: what [`poll_any_ready`] waits on.
+/// A consumer that a task can park on: what [`poll_any_ready`] waits on (a ring's
+/// [`Consumer`], or an exchange's pair of rings, which park on one spot).
+///
+/// ```
+/// use bettong::runtime::ring::{self, Park};
+/// let (mut tx, rx) = ring::channel::<u8>(4);
+/// assert!(!rx.is_ready());
+/// tx.push(1).unwrap();
+/// tx.publish();
+/// assert!(rx.is_ready());
+/// ```
 pub trait Park {
     /// True when there is something to take now (or the producer has closed its end).
     fn is_ready(&self) -> bool;
