@@ -200,7 +200,13 @@ impl<T: Send> Producer<T> {
     // bettong variant, repeats 47955829 / 47955838).
     #[inline(always)]
     pub fn push(&mut self, value: T) -> Result<(), T> {
-        self.try_push(value).inspect_err(|_| self.publish())
+        if !self.has_space() {
+            self.publish();
+            return Err(value);
+        }
+        // SAFETY: `has_space` returned true just above.
+        unsafe { self.write_next(value) };
+        Ok(())
     }
 
     /// Like [`push`](Self::push), but a full ring publishes nothing: for a caller that must
@@ -210,13 +216,26 @@ impl<T: Send> Producer<T> {
         if !self.has_space() {
             return Err(value);
         }
+        // SAFETY: `has_space` returned true just above.
+        unsafe { self.write_next(value) };
+        Ok(())
+    }
+
+    /// Writes `value` into the next slot.
+    ///
+    /// # Safety
+    ///
+    /// [`has_space`](Self::has_space) returned true since the last write.
+    #[inline(always)]
+    unsafe fn write_next(&mut self, value: T) {
+        debug_assert!(self.write - self.head_cache <= self.shared.mask);
         let slot = self.shared.slot(self.write);
-        // SAFETY: `has_space` showed write < head + capacity, so this slot is not in the
-        // consumer's range [head, tail) and was either never written or already consumed (its
-        // value moved out), so overwriting it without dropping is correct.
+        // SAFETY: `has_space` showed write < head + capacity (the caller's contract), so this
+        // slot is not in the consumer's range [head, tail) and was either never written or
+        // already consumed (its value moved out), so overwriting it without dropping is
+        // correct.
         unsafe { (*slot.get()).write(value) };
         self.write += 1;
-        Ok(())
     }
 
     /// The position the next push writes: how many items were ever pushed.
