@@ -198,7 +198,7 @@ pub(crate) struct ExchangeRuntime {
 }
 
 /// Runs events that other shards routed here into the operator, until every other shard has
-/// closed its ring to us. Ring `i` arrives on port `ports[i]`.
+/// closed its lane to us. Each lane arrives on the port paired with it.
 pub(crate) async fn drain<T: Send + 'static>(
     mut rings: Vec<(LaneReceiver<T>, usize)>,
     target: Rc<dyn Input<T>>,

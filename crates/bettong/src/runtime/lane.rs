@@ -86,7 +86,8 @@ impl<T: Send> LaneSender<T> {
                 at: self.data.position(),
                 change: Change::Stamp(stamp),
             };
-            if self.marks.push(mark).is_err() {
+            if self.marks.try_push(mark).is_err() {
+                self.publish();
                 return Err((msg, stamp));
             }
             // Marked even if the message does not fit now: the mark stands at the position
@@ -99,13 +100,17 @@ impl<T: Send> LaneSender<T> {
         })
     }
 
-    /// Writes a control event without publishing it; gives it back when the marks ring is full.
+    /// Writes a control event without publishing it; gives it back when the marks ring is full
+    /// (after publishing what was pending, so that the receiver can make room).
     pub(crate) fn push_control(&mut self, control: Control) -> Result<(), Control> {
         let mark = Mark {
             at: self.data.position(),
             change: Change::Control(control),
         };
-        self.marks.push(mark).map_err(|_| control)
+        self.marks.try_push(mark).map_err(|_| {
+            self.publish();
+            control
+        })
     }
 }
 
@@ -333,9 +338,9 @@ mod tests {
     }
 
     /// A receiver is ready for a published message, for a control published alone, and for a
-    /// closed sender; not for a mark that belongs after a message still unpublished (its
-    /// marks ring publishes alone when a push finds it full; simulated here), which would
-    /// otherwise keep a drain task polling without end.
+    /// closed sender; not for a mark that belongs after a message still unpublished (a
+    /// dropped sender closes its marks ring a moment before its data ring; simulated here),
+    /// which would otherwise keep a drain task polling without end.
     #[test]
     fn readiness() {
         let (mut tx, rx) = channel::<u32>(4);
