@@ -841,13 +841,11 @@ impl<T: Send + 'static, S: Sink<T>> NodeBuild for SinkNode<T, S> {
         sb.sinks.push((node.rank, finish, shard.task));
         let sinks = &sb.core.checkpoints.sinks;
         sinks.set(sinks.get() + 1);
-        let input: Rc<dyn Input<T>> = Rc::new(ops::sink::SinkOp {
-            sink: shard.input,
+        let input = (shard.wire)(ops::sink::SinkWiring {
             ports: Ports::new(node.ports),
             metrics: sb.core.metrics.clone(),
             core: sb.core.clone(),
             precommits: shard.precommits,
-            last_barrier: Default::default(),
         });
         let gauges: Rc<[Gauge]> = gauges.borrow().clone().into();
         Ok(Some(built(input, gauges)))

@@ -156,18 +156,24 @@ pub trait SinkInput<T> {
 
 /// What [`Sink::start`] gives the shard: the input, and a task that delivers (optional).
 pub struct SinkShard<T> {
-    pub(crate) input: Rc<dyn SinkInput<T>>,
+    /// Makes the graph's operator over the instance (typed by the instance, see
+    /// `ops::sink::SinkOp`).
+    pub(crate) wire: WireSink<T>,
     pub(crate) task: Option<LocalFuture>,
     /// The sink reports its own pre-commits ([`SinkContext::precommit`]).
     pub(crate) precommits: bool,
 }
 
-impl<T> SinkShard<T> {
+/// How a [`SinkShard`] becomes the graph's sink operator.
+pub(crate) type WireSink<T> =
+    Box<dyn FnOnce(crate::ops::sink::SinkWiring) -> Rc<dyn crate::ops::Input<T>>>;
+
+impl<T: 'static> SinkShard<T> {
     /// A sink instance with no task of its own (it does its work in
     /// [`SinkInput::write`]).
     pub fn new(input: impl SinkInput<T> + 'static) -> Self {
         SinkShard {
-            input: Rc::new(input),
+            wire: Box::new(move |wiring| crate::ops::sink::SinkOp::wired(input, wiring)),
             task: None,
             precommits: false,
         }
