@@ -180,7 +180,8 @@ pub struct LiveCounters {
     pub shard: usize,
     /// Frames accepted at sources.
     pub messages_in: Counter,
-    /// Outputs encoded into sink buffers.
+    /// Outputs encoded into sink buffers, counted when their latency is settled (as
+    /// `finished` is).
     pub messages_out: Counter,
     /// Outputs encoded plus messages filtered, counted when their latency is settled: at
     /// most 7 messages and one batch after they finish (`ShardMetrics::settle_latency`).

@@ -59,10 +59,8 @@ pub(crate) struct SinkReport {
 
 /// One shard's outgoing buffer for one sink.
 pub(crate) struct SinkBuffer {
-    buf: RefCell<Vec<u8>>,
-    /// Where each message appended to `buf` ends, so that what is kept for a resend is cut at
-    /// message boundaries.
-    ends: RefCell<Vec<usize>>,
+    /// The outputs not yet taken by the writer.
+    pending: RefCell<Pending>,
     limit: usize,
     pub(crate) gauge: Gauge,
     wake_writer: Notify,
@@ -85,11 +83,22 @@ pub(crate) struct SinkBuffer {
     counters: Option<std::sync::Arc<crate::metrics::live::SinkCounters>>,
 }
 
+/// Outputs encoded and not yet taken by the writer, in one cell so that an append borrows
+/// once.
+struct Pending {
+    buf: Vec<u8>,
+    /// Where each message in `buf` ends, so that what is kept for a resend is cut at message
+    /// boundaries.
+    ends: Vec<usize>,
+}
+
 impl SinkBuffer {
     pub(crate) fn new(limit: usize) -> Self {
         SinkBuffer {
-            buf: RefCell::new(Vec::with_capacity(limit + limit / 4)),
-            ends: RefCell::new(Vec::new()),
+            pending: RefCell::new(Pending {
+                buf: Vec::with_capacity(limit + limit / 4),
+                ends: Vec::new(),
+            }),
             limit,
             gauge: Gauge::default(),
             wake_writer: Notify::default(),
@@ -115,24 +124,46 @@ impl SinkBuffer {
 
     /// Lets `encode` append to the buffer, then raises the gauge if the buffer is over its
     /// limit (the source that is producing will stop reading until the writer catches up).
+    ///
+    /// The sink's `messages` counter counts an output when the writer takes it (or counts it
+    /// undelivered), not here: an add per batch instead of a counter update per message.
+    /// Per message this is one borrow, the encoding, one end recorded and one branch to the
+    /// cold part. With the counter and the two borrows of before, `bench passthrough
+    /// --shards 1` took 8 instructions more per message (callgrind: 215.8 -> 207.9).
     #[inline]
     pub(crate) fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) {
-        if let Some(c) = &self.counters {
-            c.messages.inc();
-        }
         if self.abandoned.get() {
+            self.count_taken(1);
             self.update_report(|r| r.undelivered += 1);
             return;
         }
-        let mut buf = self.buf.borrow_mut();
-        let was_empty = buf.is_empty();
-        encode(&mut buf);
-        self.ends.borrow_mut().push(buf.len());
-        if buf.len() >= self.limit {
+        let mut pending = self.pending.borrow_mut();
+        let was_empty = pending.buf.is_empty();
+        encode(&mut pending.buf);
+        let len = pending.buf.len();
+        pending.ends.push(len);
+        if len >= self.limit || was_empty {
+            drop(pending);
+            self.appended_first_or_over(was_empty, len);
+        }
+    }
+
+    /// The rare outcomes of an append: the first output in an empty buffer wakes the writer;
+    /// a buffer over its limit raises the gauge.
+    #[cold]
+    fn appended_first_or_over(&self, was_empty: bool, len: usize) {
+        if len >= self.limit {
             self.gauge.set(true);
         }
         if was_empty {
             self.wake_writer.notify();
+        }
+    }
+
+    /// Counts `n` outputs as appended, once the writer has taken them (or gives them up).
+    fn count_taken(&self, n: usize) {
+        if let Some(c) = &self.counters {
+            c.messages.add(n as u64);
         }
     }
 
@@ -215,7 +246,7 @@ impl SinkBuffer {
             if self.abandoned.get() {
                 break;
             }
-            if self.buf.borrow().is_empty() {
+            if self.pending.borrow().buf.is_empty() {
                 if kept.is_empty() {
                     if self.finishing.get() {
                         break;
@@ -261,8 +292,12 @@ impl SinkBuffer {
                 };
                 continue;
             }
-            std::mem::swap(&mut *self.buf.borrow_mut(), &mut out);
-            std::mem::swap(&mut *self.ends.borrow_mut(), &mut out_ends);
+            {
+                let mut pending = self.pending.borrow_mut();
+                std::mem::swap(&mut pending.buf, &mut out);
+                std::mem::swap(&mut pending.ends, &mut out_ends);
+            }
+            self.count_taken(out_ends.len());
             if self.gauge.is_over() {
                 self.gauge.set(false);
                 relief.wake_all();
@@ -298,10 +333,14 @@ impl SinkBuffer {
             }
         }
         // Whatever is left here was never acknowledged by a sink connection.
-        let left = kept.messages() + out_ends.len() as u64 + self.ends.borrow().len() as u64;
+        let never_taken = {
+            let mut pending = self.pending.borrow_mut();
+            pending.buf.clear();
+            std::mem::take(&mut pending.ends).len()
+        };
+        self.count_taken(never_taken);
+        let left = kept.messages() + (out_ends.len() + never_taken) as u64;
         self.update_report(|r| r.undelivered += left);
-        self.buf.borrow_mut().clear();
-        self.ends.borrow_mut().clear();
         if let Some(mut c) = conn {
             self.conn_fd.set(None);
             if let Some(c) = &self.counters {
