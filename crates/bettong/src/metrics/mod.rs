@@ -405,7 +405,9 @@ impl ShardMetrics {
         let waiting = self.waiting.replace(0);
         let filtered = self.filtered_waiting.replace(0);
         self.live.finished.add(waiting as u64);
-        self.live.messages_out.add(waiting.saturating_sub(filtered) as u64);
+        self.live
+            .messages_out
+            .add(waiting.saturating_sub(filtered) as u64);
         let now = now_ns();
         let record = |(stamp, n): (u64, u64)| {
             let v = now.saturating_sub(stamp).clamp(1, MAX_TRACKED_NS);
