@@ -184,7 +184,7 @@ pub struct LiveCounters {
     /// `finished` is).
     pub messages_out: Counter,
     /// Outputs encoded plus messages filtered, counted when their latency is settled: at
-    /// most 7 messages and one batch after they finish (`ShardMetrics::settle_latency`).
+    /// most 15 messages and one batch after they finish (`ShardMetrics::settle_latency`).
     pub finished: Counter,
     /// Messages a step dropped without output.
     pub filtered: Counter,

@@ -8,7 +8,7 @@
 //! at the end of every batch (`ShardCore::flush`), not once per message: each message's
 //! latency ends at the first clock read at or after it finished. A figure is therefore never
 //! low, and at most the time to finish `LATENCY_GROUP - 1` more messages of the same batch
-//! high (a few hundred ns on Market Spread); a message that arrives alone is timed exactly.
+//! high (under a microsecond on Market Spread); a message that arrives alone is timed exactly.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -160,10 +160,16 @@ pub struct ShardMetrics {
     filtered_waiting: Cell<usize>,
 }
 
-/// Finished messages per clock read (see the module docs). The read (`rdtsc`) takes 13 ns on
-/// this machine's vCPUs, a quarter of the 53 ns per message of Market Spread on 1 shard; one
-/// read per 8 messages made it (figures in the commit that chose it).
-pub const LATENCY_GROUP: usize = 8;
+/// Finished messages per clock read (see the module docs). The read (`rdtsc`) took 13 ns on
+/// this machine's vCPUs when 8 was chosen, a quarter of the 53 ns per message of Market
+/// Spread on 1 shard then (figures in the commit that chose it). It takes 18-19 ns now (a C
+/// loop of `__rdtsc`), while a passthrough message costs the shard about 25 ns: 16 halves the
+/// reads again. callgrind, the shard's tasks, per message: `bench passthrough --shards 1`
+/// 206.7 -> 201.2, `bench market-spread --shards 1` 229.7 -> 224.3 instructions (a read
+/// counts as one there). A figure is at most 15 messages' work high: about 0.3 µs of
+/// passthrough, 0.6 µs of Market Spread, where a blast's latencies are milliseconds; a paced
+/// message arrives alone and is timed exactly.
+pub const LATENCY_GROUP: usize = 16;
 
 /// One in this many messages has each computation timed: two clock reads per computation on
 /// every message would cost more than most computations themselves.
