@@ -150,7 +150,8 @@ pub struct SourceCounters {
 pub struct SinkCounters {
     /// The sink's name.
     pub name: String,
-    /// Outputs encoded into the sink's buffer.
+    /// Outputs encoded into the sink's buffer, counted a batch at a time as the writer takes
+    /// them (or gives them up).
     pub messages: Counter,
     /// Outputs no sink connection acknowledged before the drain timeout.
     pub undelivered: Counter,

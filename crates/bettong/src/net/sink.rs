@@ -336,7 +336,9 @@ impl SinkBuffer {
         let never_taken = {
             let mut pending = self.pending.borrow_mut();
             pending.buf.clear();
-            std::mem::take(&mut pending.ends).len()
+            let n = pending.ends.len();
+            pending.ends.clear();
+            n
         };
         self.count_taken(never_taken);
         let left = kept.messages() + (out_ends.len() + never_taken) as u64;
