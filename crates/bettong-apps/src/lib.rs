@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod market_spread;
 pub mod passthrough;
+mod pieces;
 pub mod vwap;
 pub mod word_count;

@@ -20,6 +20,8 @@ use std::fmt;
 use bettong::codec::DecodeError;
 use bettong::{Application, Pipeline, TcpSink, TcpSource};
 
+use crate::pieces::{load16, short, whole};
+
 /// The application's only source.
 pub const SOURCE: &str = "Frames";
 
@@ -112,55 +114,6 @@ impl Frame {
     #[inline(always)]
     fn len(&self) -> usize {
         usize::from(self.meta[0])
-    }
-}
-
-/// Sixteen bytes as one little-endian value (`bytes` is exactly 16 long).
-#[inline(always)]
-fn load16(bytes: &[u8]) -> u128 {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(bytes);
-    u128::from_le_bytes(b)
-}
-
-/// The bytes of `v`, made in a vector register so that they are stored with one 16-byte
-/// store. Left to itself LLVM stored a `u128` it had computed (shifted) as two 8-byte halves,
-/// and the next 16-byte load of the frame straddled them: the same failed forward again.
-#[inline(always)]
-fn whole(v: u128) -> [u8; 16] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    {
-        use std::arch::x86_64::_mm_set_epi64x;
-        // SAFETY: the intrinsic needs SSE2, which this build enables (the `cfg` above; SSE2
-        // is part of every x86_64 target). `round_trips_every_length_up_to_the_limit` runs
-        // through here for every payload length.
-        bytemuck::cast(unsafe { _mm_set_epi64x((v >> 64) as i64, v as i64) })
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    {
-        v.to_le_bytes()
-    }
-}
-
-/// Fewer than 16 bytes as a little-endian value, zero above them: two loads that overlap in
-/// the middle (as `memcpy` does for short copies), combined in a register.
-#[inline(always)]
-fn short(bytes: &[u8]) -> u128 {
-    let n = bytes.len();
-    let word = |at: usize, width: usize| -> u128 {
-        let mut b = [0u8; 16];
-        b[..width].copy_from_slice(&bytes[at..at + width]);
-        u128::from_le_bytes(b)
-    };
-    match n {
-        // The first 8 bytes, then the last 8 moved up to end at byte n (over the overlap,
-        // both hold the same bytes, so OR-ing them is exact).
-        8..=15 => word(0, 8) | (word(n - 8, 8) << ((n - 8) * 8)),
-        4..=7 => word(0, 4) | (word(n - 4, 4) << ((n - 4) * 8)),
-        _ => bytes
-            .iter()
-            .enumerate()
-            .fold(0, |v, (i, b)| v | (u128::from(*b) << (8 * i))),
     }
 }
 
