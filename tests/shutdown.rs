@@ -40,7 +40,16 @@ fn add_lines(seen: &mut HashMap<String, Vec<u64>>, text: &str) {
 /// Nothing lost: every word's counts 1..=n each appear at least once (duplicates allowed),
 /// nothing beyond n. Returns how many lines were duplicates.
 fn assert_none_lost(seen: &HashMap<String, Vec<u64>>, expected: &HashMap<String, u64>) -> u64 {
-    assert_eq!(seen.len(), expected.len(), "distinct words");
+    assert_none_lost_in(seen, expected, "")
+}
+
+/// [`assert_none_lost`], with `context` (what the run did) in the message of a failure.
+fn assert_none_lost_in(
+    seen: &HashMap<String, Vec<u64>>,
+    expected: &HashMap<String, u64>,
+    context: &str,
+) -> u64 {
+    assert_eq!(seen.len(), expected.len(), "distinct words\n{context}");
     let mut duplicates = 0;
     for (word, &n) in expected {
         let mut counts = seen
@@ -50,7 +59,17 @@ fn assert_none_lost(seen: &HashMap<String, Vec<u64>>, expected: &HashMap<String,
         let lines = counts.len() as u64;
         counts.sort_unstable();
         counts.dedup();
-        assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "counts of {word:?}");
+        if counts != (1..=n).collect::<Vec<_>>() {
+            let missing: Vec<u64> = (1..=n)
+                .filter(|c| counts.binary_search(c).is_err())
+                .collect();
+            panic!(
+                "counts of {word:?}: {} of {n} missing ({:?} .. {:?})\n{context}",
+                missing.len(),
+                missing.first(),
+                missing.last()
+            );
+        }
         duplicates += lines - n;
     }
     duplicates
@@ -483,7 +502,12 @@ fn sink_drop_loses_nothing(how: Close) {
         torn += (whole.len() < text.len()) as u64;
         add_lines(&mut seen, whole);
     }
-    let duplicates = assert_none_lost(&seen, &expected);
+    // What each connection delivered, and what the engine said, for a failure to be read.
+    let context = format!(
+        "{how:?}: bytes per connection {:?}, torn lines {torn}; engine stderr:\n{stderr}",
+        received.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let duplicates = assert_none_lost_in(&seen, &expected, &context);
     let total: u64 = expected.values().sum();
     assert_eq!(summary_count(&stderr, "out"), total, "{stderr}");
     assert_eq!(summary_count(&stderr, "undelivered"), 0, "{stderr}");
