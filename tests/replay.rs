@@ -118,7 +118,7 @@ fn vwap_back_test_from_a_capture() {
     let mut windows = std::collections::HashSet::new();
     for frame in bytes.chunks(57) {
         let o = bettong_apps::vwap::decode(&frame[4..]).unwrap();
-        windows.insert((*o.order.symbol(), o.event_ns / 1_000_000_000));
+        windows.insert((*o.order().symbol(), o.event_ns() / 1_000_000_000));
     }
     for shards in [1usize, 2] {
         let out = dir.join(format!("vwap-{shards}.txt"));

@@ -807,12 +807,12 @@ pub fn vwap(args: &BenchArgs, windows: bettong_apps::vwap::Windows) -> Result<Be
         match windows {
             Windows::Range { range, slide, .. } => {
                 let (range, slide) = (range.as_nanos() as u64, slide.as_nanos() as u64);
-                let p = o.event_ns / slide;
+                let p = o.event_ns() / slide;
                 for k in p.saturating_sub(range / slide - 1)..=p {
-                    windows_seen.insert((*o.order.symbol(), k));
+                    windows_seen.insert((*o.order().symbol(), k));
                 }
             }
-            Windows::Count(_) => *counts.entry(*o.order.symbol()).or_default() += 1,
+            Windows::Count(_) => *counts.entry(*o.order().symbol()).or_default() += 1,
         }
     }
     let expected_out = match windows {
