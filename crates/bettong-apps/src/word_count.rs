@@ -5,6 +5,8 @@
 //! strip space and ASCII punctuation from both ends, split on single spaces, strip the same
 //! characters from each piece. Unlike the Python example, empty pieces are skipped.
 
+use std::num::NonZeroU64;
+
 use crate::pieces::{load16, whole};
 use bettong::codec::DecodeError;
 use bettong::{Application, Key, Pipeline, TcpSink, TcpSource};
@@ -80,27 +82,79 @@ const INLINE: usize = 22;
 #[derive(Clone)]
 pub struct Word(Repr);
 
+/// A `Word`: 24 bytes with no tag of its own, since an inline word's `hi` is never zero and a
+/// heap word is told by a zero there (the compiler puts the `Box<str>` in `lo`'s bytes).
 #[derive(Clone)]
 enum Repr {
-    /// Invariant: `bytes[..len]` is a whole UTF-8 string (copied from a `&str`); the bytes
-    /// after it are zero, so two inline words are equal exactly when their lengths and their
-    /// three 8-byte [`Word::chunks`] are.
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE],
-    },
+    Inline(Inline),
     Heap(Box<str>),
 }
+
+/// An inline word, in two pieces that are each written with one store: `lo` with one 16-byte
+/// store, `hi` with one 8-byte store. The engine moves a `Word` (inside a message, out of the
+/// state operator) in pieces of those sizes at those offsets, and a load that straddles two
+/// smaller stores cannot take its bytes from them: it waits until they reach the cache. With
+/// a length byte and 22 bytes written as three overlapping 8-byte pieces, the moves in
+/// `StateOp::data` had 40% of its samples (perf, cpu-clock, `bench word-count --shards 1`).
+///
+/// Invariant: in memory order the 24 bytes are the word's bytes, zeros up to byte 22, and the
+/// length plus one (1 to 23) in byte 23, so `hi` is never zero, the bytes `..len` are the text
+/// (copied whole from a `&str`, so valid UTF-8), and two inline words are equal exactly when
+/// their `lo` and `hi` are.
+#[derive(Clone, Copy, PartialEq, Eq, bytemuck::NoUninit)]
+#[repr(C)]
+struct Inline {
+    lo: [u8; 16],
+    hi: NonZeroU64,
+}
+
+impl Inline {
+    /// The word whose first 16 bytes are `lo` and whose bytes 16..22 are the low 6 bytes of
+    /// `hi` (little-endian values), already zero after its `len` (at most [`INLINE`]) bytes.
+    #[inline(always)]
+    fn new(lo: u128, hi: u64, len: usize) -> Inline {
+        let hi = hi | ((len as u64 + 1) << 56);
+        Inline {
+            lo: whole(lo),
+            // Stored in memory order (the little-endian bytes of `hi`). Never zero: its last
+            // byte is the length plus one, so the fallback is never taken.
+            hi: NonZeroU64::new(u64::from_ne_bytes(hi.to_le_bytes())).unwrap_or(NonZeroU64::MAX),
+        }
+    }
+
+    /// The 24 bytes in memory order (see the invariant).
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        bytemuck::bytes_of(self)
+    }
+
+    /// The word's length.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // Byte 23 in memory order: the last of `hi`'s bytes as stored.
+        usize::from(self.hi.get().to_ne_bytes()[7].saturating_sub(1))
+    }
+
+    /// The word's bytes 0..16 and 16..22 as little-endian values (zeros after the word).
+    #[inline(always)]
+    fn pieces(&self) -> (u128, u64) {
+        let hi = u64::from_le_bytes(self.hi.get().to_ne_bytes());
+        (u128::from_le_bytes(self.lo), hi & HI_WORD_BYTES)
+    }
+}
+
+/// The bits of `hi` (as a little-endian value) that hold word bytes 16..22.
+const HI_WORD_BYTES: u64 = (1 << 48) - 1;
 
 impl Word {
     /// The word as text.
     #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Inline { len, bytes } => {
-                let b = bytes.get(..usize::from(*len)).unwrap_or_default();
-                // SAFETY: the `Repr::Inline` invariant: `bytes[..len]` was copied whole from a
-                // `&str` (`Word::from` and `Word::cut` are the only constructors), so it is
+            Repr::Inline(w) => {
+                let b = w.bytes().get(..w.len()).unwrap_or_default();
+                // SAFETY: the `Inline` invariant: the bytes `..len` were copied whole from a
+                // `&str` (`Word::from` and `Word::cut` are the only constructors), so they are
                 // valid UTF-8.
                 unsafe { std::str::from_utf8_unchecked(b) }
             }
@@ -109,62 +163,45 @@ impl Word {
     }
 
     /// The word `text[start..end]` (a range on char boundaries). When `text` has
-    /// [`INLINE`] bytes from `start` on, they are copied as one fixed-size block (no call to
-    /// `memcpy`, no zeroing) and only the first `end - start` count.
+    /// [`INLINE`] bytes from `start` on, they are loaded as two fixed-size pieces (no call to
+    /// `memcpy`, no zeroing) and masked to the word's length.
     #[inline]
     fn cut(text: &str, start: usize, end: usize) -> Word {
         let len = end - start;
         match text.as_bytes().get(start..start + INLINE) {
             Some(block) if len <= INLINE => {
-                let mut bytes = [0u8; INLINE];
-                bytes.copy_from_slice(block);
-                // Zero what follows the word (the invariant): its three chunks masked by
-                // the table for its length. A loop that built the masks with shifts cost 46
-                // instructions per word (callgrind, `bench word-count`, 1 shard).
-                let [a, b, c] = Word::chunks(&bytes);
-                let [ma, mb, mc] = CHUNK_MASKS[len];
-                bytes[INLINE - 8..].copy_from_slice(&(c & mc).to_le_bytes());
-                bytes[8..16].copy_from_slice(&(b & mb).to_le_bytes());
-                bytes[..8].copy_from_slice(&(a & ma).to_le_bytes());
-                Word(Repr::Inline {
-                    len: len as u8,
-                    bytes,
-                })
+                let mut hi = [0u8; 8];
+                hi.copy_from_slice(&block[INLINE - 8..]);
+                // Bytes 14..22 shifted down to 16..22.
+                let hi = u64::from_le_bytes(hi) >> 16;
+                let (mlo, mhi) = MASKS[len];
+                Word(Repr::Inline(Inline::new(
+                    load16(&block[..16]) & mlo,
+                    hi & mhi,
+                    len,
+                )))
             }
             _ => Word::from(&text[start..end]),
         }
     }
-
-    /// An inline word's bytes as three little-endian `u64`s: bytes 0..8, 8..16 and 14..22.
-    #[inline(always)]
-    fn chunks(bytes: &[u8; INLINE]) -> [u64; 3] {
-        let at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        [at(0), at(8), at(INLINE - 8)]
-    }
 }
 
-/// For each word length up to [`INLINE`], the masks that keep the word's bytes of each of its
-/// three [`Word::chunks`] and clear the rest.
-static CHUNK_MASKS: [[u64; 3]; INLINE + 1] = {
-    let mut masks = [[0u64; 3]; INLINE + 1];
-    let starts = [0, 8, INLINE - 8];
+/// For each word length up to [`INLINE`], the masks that keep the word's bytes of `lo` and of
+/// `hi` (as little-endian values) and clear the rest.
+static MASKS: [(u128, u64); INLINE + 1] = {
+    let mut masks = [(0u128, 0u64); INLINE + 1];
     let mut len = 0;
     while len <= INLINE {
-        let mut c = 0;
-        while c < 3 {
-            let mut byte = 0;
-            while byte < 8 {
-                if starts[c] + byte < len {
-                    masks[len][c] |= 0xff << (8 * byte);
-                }
-                byte += 1;
-            }
-            c += 1;
-        }
+        masks[len].0 = if len >= 16 {
+            u128::MAX
+        } else {
+            (1u128 << (8 * len)) - 1
+        };
+        masks[len].1 = if len > 16 {
+            (1u64 << (8 * (len - 16))) - 1
+        } else {
+            0
+        };
         len += 1;
     }
     masks
@@ -174,12 +211,15 @@ impl From<&str> for Word {
     #[inline]
     fn from(s: &str) -> Word {
         if s.len() <= INLINE {
-            let mut bytes = [0u8; INLINE];
+            let mut bytes = [0u8; 24];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Word(Repr::Inline {
-                len: s.len() as u8,
-                bytes,
-            })
+            let mut hi = [0u8; 8];
+            hi.copy_from_slice(&bytes[16..]);
+            Word(Repr::Inline(Inline::new(
+                load16(&bytes[..16]),
+                u64::from_le_bytes(hi),
+                s.len(),
+            )))
         } else {
             Word(Repr::Heap(s.into()))
         }
@@ -199,8 +239,9 @@ impl std::ops::Deref for Word {
     }
 }
 
-/// Two inline words compare as their lengths and three `u64`s; a word's form follows from its
-/// length (inline up to 22 bytes, heap beyond), so an inline and a heap word always differ.
+/// Two inline words compare as their two pieces (the length is in `hi`); a word's form follows
+/// from its length (inline up to 22 bytes, heap beyond), so an inline and a heap word always
+/// differ.
 ///
 /// Why: `Word` is the state map's key (`key_by` hands the map the `Word` itself, not its
 /// `&str`). As `&str`, hashing the word's bytes and the `memcmp` call that compared it with the
@@ -210,9 +251,7 @@ impl PartialEq for Word {
     #[inline(always)]
     fn eq(&self, other: &Word) -> bool {
         match (&self.0, &other.0) {
-            (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
-                a == b && Word::chunks(x) == Word::chunks(y)
-            }
+            (Repr::Inline(x), Repr::Inline(y)) => x == y,
             (Repr::Heap(x), Repr::Heap(y)) => x == y,
             _ => false,
         }
@@ -221,17 +260,17 @@ impl PartialEq for Word {
 
 impl Eq for Word {}
 
-/// Consistent with `eq`: an inline word hashes its three `u64`s (the zero padding makes them
-/// a function of the text), a heap word its text.
+/// Consistent with `eq`: an inline word hashes its two pieces (the zero padding makes them a
+/// function of the text), a heap word its text.
 impl std::hash::Hash for Word {
     #[inline(always)]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         match &self.0 {
-            Repr::Inline { bytes, .. } => {
-                let [a, b, c] = Word::chunks(bytes);
-                state.write_u64(a);
-                state.write_u64(b);
-                state.write_u64(c);
+            Repr::Inline(w) => {
+                let (lo, hi) = w.pieces();
+                state.write_u64(lo as u64);
+                state.write_u64((lo >> 64) as u64);
+                state.write_u64(hi);
             }
             Repr::Heap(s) => s.hash(state),
         }
@@ -388,9 +427,7 @@ impl Iterator for Words {
 /// ```
 pub fn encode(wc: &WordCount, out: &mut Vec<u8>) {
     match &wc.word.0 {
-        Repr::Inline { len, bytes } if wc.count < TAIL_IN_REGISTER => {
-            encode_in_registers(usize::from(*len).min(INLINE), bytes, wc.count, out)
-        }
+        Repr::Inline(w) if wc.count < TAIL_IN_REGISTER => encode_in_registers(w, wc.count, out),
         _ => encode_in_memory(wc, out),
     }
 }
@@ -405,13 +442,12 @@ const TAIL_IN_REGISTER: u64 = 100_000_000_000;
 /// loads, which straddled them (failed store-to-load forwards: half of `encode`'s samples,
 /// perf, cpu-clock, `bench word-count --shards 1`).
 #[inline(always)]
-fn encode_in_registers(len: usize, bytes: &[u8; INLINE], count: u64, out: &mut Vec<u8>) {
+fn encode_in_registers(word: &Inline, count: u64, out: &mut Vec<u8>) {
     let (tail, tail_len) = tail_bits(count);
-    // The word's bytes 0..16 and 16..22 (zeros after the word: the `Repr::Inline` invariant).
-    let w0 = load16(&bytes[..16]);
-    let mut hi = [0u8; 8];
-    hi.copy_from_slice(&bytes[INLINE - 8..]);
-    let w1 = u128::from(u64::from_le_bytes(hi) >> (8 * (24 - INLINE)));
+    let len = word.len().min(INLINE);
+    // The word's bytes 0..16 and 16..22 (zeros after the word: the `Inline` invariant).
+    let (w0, hi) = word.pieces();
+    let w1 = u128::from(hi);
     let mut block = [0u8; 48];
     block[..16].copy_from_slice(&whole(w0));
     block[16..32].copy_from_slice(&whole(w1));
@@ -486,10 +522,10 @@ fn encode_in_memory(wc: &WordCount, out: &mut Vec<u8>) {
     i -= 4;
     tail[i..i + 4].copy_from_slice(b" => ");
     match &wc.word.0 {
-        Repr::Inline { len, bytes } => {
-            let len = usize::from(*len).min(INLINE);
+        Repr::Inline(w) => {
+            let len = w.len().min(INLINE);
             let mut line = [0u8; INLINE + END];
-            line[..INLINE].copy_from_slice(bytes);
+            line[..INLINE].copy_from_slice(&w.bytes()[..INLINE]);
             line[len..len + END].copy_from_slice(&tail[i..i + END]);
             let end = out.len() + len + END - i;
             out.extend_from_slice(&line);
