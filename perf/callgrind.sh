@@ -40,9 +40,18 @@
 # operators, and the sink's writer; the executor's own polling loop is outside). bench cannot
 # run 0 messages, so per message = (I(2M) - I(M)) / M with M = CG_TCP_MESSAGES.
 #
+# Across shards (a third table): `bettong-iter` on 1 and 2 shards, and `bettong-iter-local` on 2
+# (each shard fed only the keys it owns: nothing crosses), collected in the source tasks and the
+# exchange's drain tasks (`bettong::runtime::exchange::drain`, where messages from the other
+# shard run through the operators), with callgrind's branch simulation on: instructions and
+# mispredicted branches per message, (X(N) - X(0)) / N. The simulated predictor is simpler than
+# the CPU's, but the same for every run: what crossing costs shows up here, where instructions
+# alone hide it (the exchange's "is this key mine?" branch goes either way at random when keys
+# cross).
+#
 # Settings (environment): CG_MESSAGES [100000], CG_CHUNK [1024], CG_REPEAT [2] (each count is
 # taken this many times, to show that it repeats), CG_TCP_MESSAGES [200000] (0 skips the TCP
-# table).
+# table), CG_SHARDS_TABLE [1] (0 skips the table across shards).
 #
 # Output: the table on stdout and in perf/results/callgrind-latest.md, the annotated profile of
 # the bettong run (per function, inclusive and self) in perf/results/callgrind-latest-bettong.txt.
@@ -53,6 +62,7 @@ N=${CG_MESSAGES:-100000}
 CHUNK=${CG_CHUNK:-1024}
 REPEAT=${CG_REPEAT:-2}
 TCP_N=${CG_TCP_MESSAGES:-200000}
+SHARDS_TABLE=${CG_SHARDS_TABLE:-1}
 
 cargo build --release --manifest-path perf/peer/Cargo.toml
 cargo build --release --bin bettong
@@ -128,6 +138,42 @@ if [ "$TCP_N" -gt 0 ]; then
             "${runs[0]}" "$one" "$TCP_N")
         echo "| $app | $one | ${runs[0]} | $per | ${runs[*]} |" >>"$MD"
         printf 'tcp %-13s I(M)=%s I(2M)=%s  %s instructions/message  (repeats: %s)\n' "$app" "$one" "${runs[0]}" "$per" "${runs[*]}"
+    done
+fi
+# count_branches VARIANT WORKERS MESSAGES OUTFILE: prints the instructions and the mispredicted
+# branches (conditional and indirect) collected in the source and drain tasks.
+count_branches() {
+    PEER_POLL=spin timeout -s KILL 600 valgrind --tool=callgrind --fair-sched=yes --branch-sim=yes \
+        --callgrind-out-file="$4" '--toggle-collect=*SourceNode*build*closure*' \
+        '--toggle-collect=bettong::runtime::exchange::drain*' \
+        "$BIN" run "$1" --data "$WORK/data" --workers "$2" --messages "$3" >"$WORK/log" 2>&1 ||
+        { tail -20 "$WORK/log" >&2; return 1; }
+    # Collected : Ir Bc Bcm Bi Bim
+    sed -n 's/^==[0-9]*== Collected : \([0-9]*\) [0-9]* \([0-9]*\) [0-9]* \([0-9]*\)$/\1 \2 \3/p' "$WORK/log" |
+        awk '{print $1, $2 + $3}'
+}
+if [ "$SHARDS_TABLE" -gt 0 ]; then
+    {
+        echo
+        echo "Across shards: \`bettong-iter\` (IterSource) under callgrind with \`--branch-sim=yes\`, collected in"
+        echo "the source and exchange drain tasks; per message = (X(N) − X(0)) / N. \`-local\`: each shard is fed"
+        echo "only the keys it owns, so nothing crosses."
+        echo
+        echo "| variant | shards | instructions/message | mispredicted branches/message | repeats of X(N) |"
+        echo "|---|---|---|---|---|"
+    } >>"$MD"
+    for row in "bettong-iter 1" "bettong-iter 2" "bettong-iter-local 2"; do
+        read -r v w <<<"$row"
+        runs=()
+        for ((r = 0; r < REPEAT; r++)); do
+            runs+=("$(count_branches "$v" "$w" "$N" "$WORK/cgb.$v.$w.$r")")
+        done
+        zero=$(count_branches "$v" "$w" 0 "$WORK/cgb.$v.$w.zero")
+        per=$(python3 -c 'import sys; i, b, zi, zb, n = map(int, sys.argv[1:]); print(f"{(i - zi) / n:.1f} | {(b - zb) / n:.3f}")' \
+            ${runs[0]} $zero "$N")
+        reps=$(printf '%s, ' "${runs[@]/ / / }")
+        echo "| $v | $w | $per | ${reps%, } |" >>"$MD"
+        printf 'shards %-18s %s  %s instructions | mispredictions per message  (repeats: %s)\n' "$v" "$w" "$per" "${reps%, }"
     done
 fi
 # Per function, inclusive then self, without the libc/std start-up frames (which only wrap).
