@@ -2,7 +2,7 @@
 # Instructions per message of Market Spread, counted by callgrind: stable on a noisy machine
 # (instructions do not depend on what else runs), so engine changes can be compared exactly.
 #
-#   bash perf/callgrind.sh          # about 1 minute after the build
+#   bash perf/callgrind.sh          # about 7 minutes after the build (2 cores)
 #
 # Variants (perf/peer, one process each, run under `valgrind --tool=callgrind`):
 #   loop     the hand-written loop: decode, HashMap<symbol, SymbolData> (Fx), check
