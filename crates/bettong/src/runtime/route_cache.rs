@@ -67,7 +67,10 @@ impl RouteCache {
         // first way's hit for the `||` (cachegrind: 0.20 mispredictions per message, Market
         // Spread on 2 shards); a form with no branch but the hit itself (`min` of the two tag
         // differences, `select_unpredictable`) measured no better in perf samples of the
-        // exchange per sample of `StateOp::data` (1.04 -> 1.10, 4 runs each), so this stays.
+        // exchange per sample of `StateOp::data` (1.04 -> 1.10, 4 runs each, half the keys
+        // crossing), so this stays. Likely why: a correct guess here lets the exchange's own
+        // branch on the shard resolve without waiting for the second way's compare, and that
+        // branch is the one mispredicted half the time.
         let hit_a = a >> SHARD_BITS == tag;
         let entry = if hit_a { a } else { b };
         if hit_a || b >> SHARD_BITS == tag {
