@@ -107,7 +107,7 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             return;
         }
         match self.outboxes.get(dst) {
-            Some(Some(outbox)) => outbox.send(Event::Data(msg, stamp)),
+            Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
     }
