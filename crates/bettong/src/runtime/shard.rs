@@ -420,7 +420,8 @@ impl<T: Send> Spill<crate::runtime::lane::LaneSender<T>> {
     /// [`send`](Self::send) for a message into a lane (not published, backpressure wanted):
     /// the `Event` is built only when the message has to wait in the overflow. Through `send`,
     /// the message was copied into an `Event` on the stack ahead of the push, which reads it
-    /// from where it was (callgrind, perf/callgrind.sh's table across shards).
+    /// from where it was: Market Spread on 2 shards took 288.2 instructions per message, 284.1
+    /// this way (perf/callgrind.sh's table across shards).
     #[inline(always)]
     pub(crate) fn send_data(&self, msg: T, stamp: crate::event::Stamp) {
         let mut lanes = self.lanes.borrow_mut();
