@@ -26,6 +26,11 @@
 //!   worker's or shard's share is the messages whose symbol it owns (by its own engine's
 //!   routing), in stream order, so no message crosses to another core. They bound what the
 //!   crossing costs: W workers' CPU per message without the exchange's traffic.
+//! * `bettong-iter-runs` (2 or more workers): `bettong-iter` with each share reordered within
+//!   windows of [`RUN_WINDOW`] messages, stably by owning shard (a key's messages keep their
+//!   order, so the outputs are the same): as many messages cross as in `bettong-iter`, but the
+//!   exchange's "is this key mine?" branch sees runs instead of a coin toss. It bounds what a
+//!   batch path that partitions by destination could gain, on this CPU's real predictor.
 //! * `timely-tcp`: bettong-giles' sender blasts the framed files at two std listeners (Orders,
 //!   Nbbo); one reader thread per connection cuts frames and hands chunks to a timely worker
 //!   (Orders to worker 0, Nbbo to the last one), which decodes and feeds its input as above; each
@@ -154,13 +159,14 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("timely-local", None) => timely_inproc(&data, a.workers, true),
         ("bettong", None) => bettong_inproc(&data, a.workers, false),
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
-        ("bettong-iter", None) => bettong_iter(&data, a.workers, false),
-        ("bettong-iter-local", None) => bettong_iter(&data, a.workers, true),
+        ("bettong-iter", None) => bettong_iter(&data, a.workers, Feed::Share),
+        ("bettong-iter-local", None) => bettong_iter(&data, a.workers, Feed::Local),
+        ("bettong-iter-runs", None) => bettong_iter(&data, a.workers, Feed::Runs),
         ("bettong-iter-4096", None) => {
             // The same with rings of 4096 (`--ring-capacity 4096`, the default before
             // `auto_ring_capacity`): see `engine_config`.
             std::env::set_var("PEER_RING", "4096");
-            bettong_iter(&data, a.workers, false)
+            bettong_iter(&data, a.workers, Feed::Share)
         }
         ("timely", Some(rate)) => timely_latency(&data, rate),
         ("timely-busy", Some(rate)) => with_busy_core(|| timely_latency(&data, rate)),
@@ -880,14 +886,28 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
 ///
 /// `local`: each shard's share is the messages it owns (see `bettong-iter-local`), picked
 /// before the engine starts.
-fn bettong_iter(data: &Arc<Data>, shards: usize, local: bool) -> Result<Outcome, String> {
+/// What each shard of `bettong-iter` is fed.
+#[derive(Clone, Copy, PartialEq)]
+enum Feed {
+    /// Its contiguous share of the stream.
+    Share,
+    /// The messages whose symbol it owns (nothing crosses).
+    Local,
+    /// Its share, reordered within windows of `RUN_WINDOW` messages by owning shard.
+    Runs,
+}
+
+/// Messages per window of `Feed::Runs`.
+const RUN_WINDOW: usize = 64;
+
+fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, String> {
     let gate = Arc::new(Gate {
         arrived: AtomicU64::new(0),
         shards: shards as u64,
         span: std::sync::Mutex::new(None),
     });
     let (d, g) = (data.clone(), gate.clone());
-    let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, local));
+    let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, feed));
     let (app, outputs) = counted_spread_check(market);
     let engine =
         Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
@@ -930,7 +950,7 @@ impl ShardFeed {
         gate: &Arc<Gate>,
         shard: usize,
         shards: usize,
-        local: bool,
+        feed: Feed,
     ) -> ShardFeed {
         let prime: Vec<MarketMessage> = frames(&data.initial)
             .map(decoded)
@@ -939,12 +959,26 @@ impl ShardFeed {
                     || bettong::state::shard_for(symbol_key(m).stable_hash(), shards) == shard
             })
             .collect();
-        let (data, at, end) = if local {
-            let owner =
-                |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), shards);
+        let owner =
+            |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), shards);
+        let (data, at, end) = if feed == Feed::Local {
             let own = data.with_stream(data.owned(shard, owner));
             let end = own.stream.len();
             (Arc::new(own), 0, end)
+        } else if feed == Feed::Runs {
+            let mut runs = Vec::new();
+            let part: Vec<&[u8]> = frames(data.part(shard, shards)).collect();
+            for window in part.chunks(RUN_WINDOW) {
+                let mut window = window.to_vec();
+                // Stable: a symbol's messages keep their order.
+                window.sort_by_key(|f| owner(&decoded(f)));
+                for f in window {
+                    runs.extend_from_slice(f);
+                }
+            }
+            let runs = data.with_stream(runs);
+            let end = runs.stream.len();
+            (Arc::new(runs), 0, end)
         } else {
             let part = data.part(shard, shards);
             let at = part.as_ptr() as usize - data.stream.as_ptr() as usize;
