@@ -13,6 +13,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
+# The unsafe code that runs without threads or io_uring, under Miri (needs the nightly
+# toolchain's miri component: `rustup +nightly component add miri`).
+miri:
+    cargo +nightly miri test -p bettong --lib runtime::split
+
 # The main job: a Market Spread run on generated data, with throughput and latency.
 run *ARGS:
     cargo run --release -- bench market-spread {{ARGS}}

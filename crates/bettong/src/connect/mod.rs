@@ -289,6 +289,19 @@ impl<T: 'static> SourceContext<T> {
         self.inner.down.data(msg, stamp)
     }
 
+    /// Emits every message of `batch`, in order, with one stamp, and leaves it empty: for a
+    /// source whose downstream [takes batches](Self::takes_batches).
+    #[inline]
+    pub(crate) fn emit_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
+        self.inner.down.data_batch(batch, stamp)
+    }
+
+    /// True when the operator this source feeds does better with batches than with messages
+    /// one by one (a `key_by` exchange; see `ops::Input::batches`).
+    pub(crate) fn takes_batches(&self) -> bool {
+        self.inner.down.batches()
+    }
+
     /// Counts one message read (the summary's `in`).
     #[inline]
     pub fn count_in(&self) {

@@ -31,6 +31,22 @@ use target::Target;
 pub(crate) trait Input<T> {
     /// One data event (the hot path).
     fn data(&self, msg: T, stamp: Stamp);
+    /// Data events that share one stamp, in order; leaves `batch` empty. A source hands its
+    /// messages over this way only to an operator whose [`batches`](Self::batches) is true;
+    /// any other gets them one [`data`](Self::data) call at a time, as here.
+    fn data_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
+        for msg in batch.drain(..) {
+            self.data(msg, stamp);
+        }
+    }
+    /// True for an operator that does better with a batch than with its messages one by one
+    /// (an exchange: it sorts a batch by destination). For the others a source keeps calling
+    /// `data`: through a batch, Market Spread on 1 shard (no exchange) ran 20% slower
+    /// (perf/peer `bettong-iter`, medians of 8 alternating runs, 43.5 -> 34.1 M msgs/s), the
+    /// messages written into the batch and read back out, and each still a call.
+    fn batches(&self) -> bool {
+        false
+    }
     /// One control event, arriving on input `port`.
     fn control(&self, port: usize, event: Control);
     /// The operator's port alignment, if it aligns its inputs (an exchange's drain asks it
@@ -105,6 +121,23 @@ impl<T: 'static> Downstream<T> {
             return self.ctl.held_data(self.port, msg, stamp);
         }
         self.data.data(msg, stamp)
+    }
+
+    /// Hands `batch` on (see [`Input::data_batch`]); leaves it empty.
+    #[inline]
+    pub(crate) fn data_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
+        if self.held.get() {
+            for msg in batch.drain(..) {
+                self.ctl.held_data(self.port, msg, stamp);
+            }
+            return;
+        }
+        self.data.data_batch(batch, stamp)
+    }
+
+    /// True when the operator downstream takes batches (see [`Input::batches`]).
+    pub(crate) fn batches(&self) -> bool {
+        self.data.batches()
     }
 
     pub(crate) fn control(&self, event: Control) {

@@ -20,6 +20,7 @@ use crate::runtime::ring;
 use crate::runtime::shard::{
     yield_after_batch, Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList,
 };
+use crate::runtime::split;
 
 /// This shard's sending side of one exchange towards one other shard.
 pub(crate) struct Outbox<T: Send> {
@@ -110,6 +111,35 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
+    }
+
+    /// A batch is delivered by `runtime::split`: this shard's messages of each chunk to the
+    /// operator, then the others into their lanes, with no branch on the destination.
+    fn data_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
+        if !self.local_open() {
+            // The local port is held (a checkpoint barrier waits for the other ports): the
+            // rare case, one message at a time, in order behind what is held.
+            for msg in batch.drain(..) {
+                self.data(msg, stamp);
+            }
+            return;
+        }
+        // Nothing run below can hold the local port: that takes a control event, and control
+        // events come from tasks, never from the data calls of this one.
+        split::deliver(
+            batch,
+            self.me,
+            &self.route,
+            |msg| self.local.data(msg, stamp),
+            |dst, msg| match self.outboxes.get(dst) {
+                Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
+                _ => unreachable!("route() returned shard {dst} out of range"),
+            },
+        );
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     fn control(&self, _port: usize, event: Control) {
@@ -367,6 +397,48 @@ mod tests {
                 *target.seen.borrow(),
                 ["data 1", "forward Barrier(3)", "data 2", "forward End"],
             );
+        });
+    }
+
+    /// A batch takes the same way as the messages one by one: delivered in order while the
+    /// local port is open, and held behind the barrier, in order, while it is held.
+    #[test]
+    fn a_batch_is_held_after_the_barrier_like_single_messages() {
+        glommio::LocalExecutor::default().run(async {
+            let target = Rc::new(Log {
+                ports: Ports::new(2),
+                seen: RefCell::new(Vec::new()),
+            });
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let exchange = Rc::new(Exchange {
+                route: |_: &u64| 0,
+                me: 0,
+                outboxes: vec![None],
+                any_held: input.ports().map(Ports::any_held_flag),
+                local: Downstream::to(input, 0, Rc::from([])),
+                held: Default::default(),
+            });
+            assert!(exchange.batches());
+            let core = ShardCore::for_test(0, 1);
+            let releaser = glommio::spawn_local(exchange.clone().releaser(core));
+            let mut batch = vec![1, 2];
+            exchange.data_batch(&mut batch, Stamp::default());
+            assert!(batch.is_empty());
+            exchange.control(0, Control::Barrier(3));
+            batch.extend([3, 4]);
+            exchange.data_batch(&mut batch, Stamp::default());
+            assert!(batch.is_empty());
+            settle().await;
+            assert_eq!(*target.seen.borrow(), ["data 1", "data 2"]);
+            target.control(1, Control::Barrier(3));
+            settle().await;
+            assert_eq!(
+                *target.seen.borrow(),
+                ["data 1", "data 2", "forward Barrier(3)", "data 3", "data 4"],
+            );
+            exchange.control(0, Control::End);
+            target.control(1, Control::End);
+            releaser.await;
         });
     }
 

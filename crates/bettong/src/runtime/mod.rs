@@ -34,6 +34,7 @@ pub mod ring;
 pub(crate) mod route_cache;
 pub mod router;
 pub(crate) mod shard;
+pub(crate) mod split;
 
 use std::any::Any;
 use std::collections::HashMap;
