@@ -75,6 +75,11 @@ impl<T: Send + 'static> Publish for Outbox<T> {
 /// crossing and from 0.50 to 0.96 with none (3 and 4 runs each; the message is copied into
 /// the stage and out again, and every stage address waits for the route). Throughput moved
 /// within the noise (15 alternating rounds: medians 24.4 -> 25.0 M msgs/s).
+///
+/// A source that pulls batches (an `IterSource`) hands them to `data_batch` instead, which
+/// routes a whole chunk first and then delivers it in two runs, with no branch on the
+/// destination and no copy (`runtime::split`): the exchange's mispredictions 0.687 -> 0.226
+/// per message on 2 shards.
 pub(crate) struct Exchange<T: Send, R> {
     pub(crate) route: R,
     pub(crate) me: usize,

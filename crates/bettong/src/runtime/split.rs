@@ -12,9 +12,12 @@
 //!
 //! Market Spread, perf/peer `bettong-iter` (an `IterSource` hands the exchange batches of
 //! [`CHUNK`]), before and after:
-//! - callgrind (`perf/callgrind.sh`'s table across shards), instructions / mispredictions per
-//!   message: 2 shards 284.2 / 1.900 -> 298.3 / 1.413; 2 shards with nothing crossing
-//!   266.3 / 1.401 -> 270.1 / 1.353; 1 shard (no exchange, no batches) 196.6 -> 199.6;
+//! - callgrind with branch simulation, 2 shards: the exchange's own mispredictions 0.687 ->
+//!   0.226 per message, for 75.7 -> 85.0 of its instructions; in all, 284.2 -> 298.3
+//!   instructions and 1.900 -> 1.41-1.64 mispredictions per message (the rest of the
+//!   difference is the decoder's branch on the message type, which the simulated predictor
+//!   counts differently as the harness's code is laid out). 2 shards with nothing crossing
+//!   266.3 -> 270.1 instructions; 1 shard (no exchange, no batches) 196.6 -> 199.6;
 //! - 2 shards, 12 alternating runs: median 28.1 -> 31.8 M msgs/s, CPU per message (best 3)
 //!   60.7-62.8 -> 50.6-56.1 ns; 12 more in a noisier hour: 26.5 -> 28.5 M, 63.4-65.8 ->
 //!   53.1-62.8 ns; perf samples of the engine per sample of `StateOp::data` (4 runs each,
