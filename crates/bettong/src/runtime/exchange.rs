@@ -348,6 +348,27 @@ mod tests {
         }
     }
 
+    type LocalOnly = Exchange<u64, fn(&u64) -> usize>;
+
+    /// A 1-shard exchange (every key local) into a logging operator with two ports: the
+    /// local one and one that stands for a ring from another shard.
+    fn local_only() -> (Rc<Log>, Rc<LocalOnly>) {
+        let target = Rc::new(Log {
+            ports: Ports::new(2),
+            seen: RefCell::new(Vec::new()),
+        });
+        let input: Rc<dyn Input<u64>> = target.clone();
+        let exchange = Rc::new(Exchange {
+            route: (|_: &u64| 0) as fn(&u64) -> usize,
+            me: 0,
+            outboxes: vec![None],
+            any_held: input.ports().map(Ports::any_held_flag),
+            local: Downstream::to(input, 0, Rc::from([])),
+            held: Default::default(),
+        });
+        (target, exchange)
+    }
+
     /// Lets the drain task run until it has nothing left to do.
     async fn settle() {
         for _ in 0..20 {
@@ -361,19 +382,7 @@ mod tests {
     #[test]
     fn the_local_input_is_held_after_its_barrier() {
         glommio::LocalExecutor::default().run(async {
-            let target = Rc::new(Log {
-                ports: Ports::new(2),
-                seen: RefCell::new(Vec::new()),
-            });
-            let input: Rc<dyn Input<u64>> = target.clone();
-            let exchange = Rc::new(Exchange {
-                route: |_: &u64| 0,
-                me: 0,
-                outboxes: vec![None],
-                any_held: input.ports().map(Ports::any_held_flag),
-                local: Downstream::to(input, 0, Rc::from([])),
-                held: Default::default(),
-            });
+            let (target, exchange) = local_only();
             let core = ShardCore::for_test(0, 1);
             let releaser = glommio::spawn_local(exchange.clone().releaser(core));
             exchange.data(1, Stamp::default());
@@ -410,19 +419,7 @@ mod tests {
     #[test]
     fn a_batch_is_held_after_the_barrier_like_single_messages() {
         glommio::LocalExecutor::default().run(async {
-            let target = Rc::new(Log {
-                ports: Ports::new(2),
-                seen: RefCell::new(Vec::new()),
-            });
-            let input: Rc<dyn Input<u64>> = target.clone();
-            let exchange = Rc::new(Exchange {
-                route: |_: &u64| 0,
-                me: 0,
-                outboxes: vec![None],
-                any_held: input.ports().map(Ports::any_held_flag),
-                local: Downstream::to(input, 0, Rc::from([])),
-                held: Default::default(),
-            });
+            let (target, exchange) = local_only();
             assert!(exchange.batches());
             let core = ShardCore::for_test(0, 1);
             let releaser = glommio::spawn_local(exchange.clone().releaser(core));
