@@ -801,9 +801,15 @@ fn engine_config(shards: usize, poll: Poll) -> EngineConfig {
         .ok()
         .and_then(|p| p.parse::<Poll>().ok())
         .unwrap_or(poll);
+    // More shards than cores: unpinned, numbered 0.. (the engine takes each core once).
+    let pin = shards <= online.len();
     EngineConfig {
-        cores: online.iter().copied().cycle().take(shards).collect(),
-        pin: shards <= online.len(),
+        cores: if pin {
+            online[..shards].to_vec()
+        } else {
+            (0..shards).collect()
+        },
+        pin,
         poll,
         ring_capacity: std::env::var("PEER_RING").ok().and_then(|v| v.parse().ok()),
         ..EngineConfig::default()
