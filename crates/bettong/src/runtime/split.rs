@@ -3,8 +3,8 @@
 //!
 //! Why: routed one at a time, every message of a `key_by` exchange takes a branch on "is this
 //! key mine?", and with keys spread over the shards that branch goes either way at random:
-//! cachegrind's branch simulation counts 0.48 mispredictions per message in the exchange for
-//! Market Spread on 2 shards. Here every message's shard is computed first, and its index
+//! cachegrind's branch simulation counts 0.687 mispredictions per message in the exchange for
+//! Market Spread on 2 shards, 0.48 of them on that branch. Here every message's shard is computed first, and its index
 //! appended to both lists with only one list's length advanced, so nothing branches on the
 //! destination; then each list is delivered in order. The messages never move until they are
 //! delivered: staging each message for its shard instead (a copy into a buffer per
