@@ -134,10 +134,15 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
         split::deliver(
             batch,
             self.me,
+            self.outboxes.len(),
             &self.route,
             |msg| self.local.data(msg, stamp),
             |dst, msg| match self.outboxes.get(dst) {
                 Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
+                _ => unreachable!("route() returned shard {dst} out of range"),
+            },
+            |dst, run| match self.outboxes.get(dst) {
+                Some(Some(outbox)) => outbox.spill.send_run(run, stamp),
                 _ => unreachable!("route() returned shard {dst} out of range"),
             },
         );

@@ -100,6 +100,28 @@ impl<T: Send> LaneSender<T> {
         })
     }
 
+    /// Writes the messages of `run`, all stamped `stamp`, without publishing them: the stamp is
+    /// marked once. Stops at the first message that does not fit and gives it back (after
+    /// publishing what was pending), leaving the rest in `run`.
+    #[inline(always)]
+    pub(crate) fn push_run(
+        &mut self,
+        run: &mut impl Iterator<Item = T>,
+        stamp: Stamp,
+    ) -> Result<(), T> {
+        let Some(first) = run.next() else {
+            return Ok(());
+        };
+        self.push_data(first, stamp).map_err(|(msg, _)| msg)?;
+        for msg in run {
+            if let Err(msg) = self.data.try_push(msg) {
+                self.publish();
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a control event without publishing it; gives it back when the marks ring is full
     /// (after publishing what was pending, so that the receiver can make room).
     pub(crate) fn push_control(&mut self, control: Control) -> Result<(), Control> {

@@ -434,6 +434,26 @@ impl<T: Send> Spill<LaneSender<T>> {
             lanes.overflow.push_back(Event::Data(msg, stamp));
         }
     }
+
+    /// [`send_data`](Self::send_data) for a run of messages with one stamp: one borrow, one
+    /// look at the overflow and one stamp mark for the run. Why: on 2 shards each of those
+    /// was paid per message that crossed; per run, Market Spread takes 292.8 -> 284.4
+    /// instructions per message (perf/peer `bettong-iter` under callgrind, 2 shards).
+    #[inline(always)]
+    pub(crate) fn send_run(&self, mut run: impl Iterator<Item = T>, stamp: Stamp) {
+        let mut lanes = self.lanes.borrow_mut();
+        if lanes.overflow.is_empty() {
+            if let Err(msg) = lanes.ring.push_run(&mut run, stamp) {
+                drop(lanes);
+                self.spill(Event::Data(msg, stamp), true);
+                // Behind the one that did not fit, in order.
+                let mut lanes = self.lanes.borrow_mut();
+                lanes.overflow.extend(run.map(|m| Event::Data(m, stamp)));
+            }
+        } else {
+            lanes.overflow.extend(run.map(|m| Event::Data(m, stamp)));
+        }
+    }
 }
 
 impl<S: Sender> Spill<S> {
@@ -567,5 +587,40 @@ mod tests {
         }
         assert_eq!(got, [0, 1, 2, 3, 4, 5]);
         assert!(spill.take_overflow().is_empty());
+    }
+
+    /// A run that does not fit the lane waits in the overflow from the message that did not
+    /// fit on, in order and with its stamp; a later run queues behind it even when the ring has
+    /// room; nothing is lost or reordered once the overflow moves.
+    #[test]
+    fn a_run_that_does_not_fit_spills_in_order() {
+        use crate::runtime::lane;
+        let (tx, mut rx) = lane::channel::<u32>(2);
+        let spill = Spill::new(tx);
+        let stamp = |ns| Stamp {
+            ingest_ns: ns,
+            event_ns: ns,
+        };
+        spill.send_run(0..5u32, stamp(1));
+        assert!(spill.gauge.is_over(), "the run spilled");
+        let got = RefCell::new(Vec::new());
+        let take = |rx: &mut lane::LaneReceiver<u32>| {
+            rx.drain_until(|m, s| got.borrow_mut().push((m, s.ingest_ns)), |_| true);
+        };
+        take(&mut rx);
+        spill.send_run(5..7u32, stamp(2));
+        spill.send_run(std::iter::empty(), stamp(3));
+        let mut moved_all = false;
+        while !moved_all {
+            moved_all = spill.move_overflow();
+            take(&mut rx);
+        }
+        spill.send_run(7..9u32, stamp(4));
+        spill.publish_pending();
+        take(&mut rx);
+        let want: Vec<(u32, u64)> = (0..9u32)
+            .map(|m| (m, [1, 1, 1, 1, 1, 2, 2, 4, 4][m as usize]))
+            .collect();
+        assert_eq!(got.into_inner(), want);
     }
 }
