@@ -1112,15 +1112,17 @@ where
             .downcast::<Downstream<T>>()
             .unwrap_or_else(|_| unreachable!("forward() gives a Downstream of the input type"));
         let key = self.key.clone();
-        let cache = RouteCache::new(shards);
+        // Always a cache: a validated config has at most `MAX_CORE + 1` shards, which is what
+        // a cache entry can name. Looked up per message when it was an `Option` (2 of the
+        // instructions of every message's route).
+        let cache = RouteCache::new(shards)
+            .unwrap_or_else(|| unreachable!("{shards} shards: more than the cores allowed"));
         let exchange = Rc::new(Exchange {
             route: move |msg: &T| {
                 let k = key(msg);
-                match (&cache, k.small_bits()) {
-                    (Some(cache), Some(bits)) => {
-                        cache.shard(bits, || shard_for(k.stable_hash(), shards))
-                    }
-                    _ => shard_for(k.stable_hash(), shards),
+                match k.small_bits() {
+                    Some(bits) => cache.shard(bits, || shard_for(k.stable_hash(), shards)),
+                    None => shard_for(k.stable_hash(), shards),
                 }
             },
             me,

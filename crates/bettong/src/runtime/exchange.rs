@@ -129,14 +129,26 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             }
             return;
         }
-        // Nothing run below can hold the local port: that takes a control event, and control
-        // events come from tasks, never from the data calls of this one.
+        if self.local.held.get() {
+            // The operator is a merge holding this edge's input: one at a time, to the merge.
+            for msg in batch.drain(..) {
+                self.data(msg, stamp);
+            }
+            return;
+        }
+        // Nothing run below can hold the local port or this edge (that takes a control event,
+        // and control events come from tasks, never from the data calls of this one), so the
+        // operator is called directly, with no look at either per message. With that, the
+        // route cache out of its `Option` and the route pass's bound checked once: Market
+        // Spread on 2 shards 284.4 -> 277.0 instructions per message, 264.0 -> 256.1 with
+        // nothing crossing (perf/peer `bettong-iter` under callgrind).
+        let operator = &self.local.data;
         split::deliver(
             batch,
             self.me,
             self.outboxes.len(),
             &self.route,
-            |msg| self.local.data(msg, stamp),
+            |msg| operator.data(msg, stamp),
             |dst, msg| match self.outboxes.get(dst) {
                 Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
                 _ => unreachable!("route() returned shard {dst} out of range"),
@@ -343,6 +355,11 @@ mod tests {
         fn data(&self, msg: u64, _: Stamp) {
             self.seen.borrow_mut().push(format!("data {msg}"));
         }
+        fn held_data(&self, port: usize, msg: u64, _: Stamp) {
+            self.seen
+                .borrow_mut()
+                .push(format!("held data {msg} on {port}"));
+        }
         fn control(&self, port: usize, event: Control) {
             for e in self.ports.align(port, event) {
                 self.seen.borrow_mut().push(format!("forward {e:?}"));
@@ -447,6 +464,35 @@ mod tests {
             target.control(1, Control::End);
             releaser.await;
         });
+    }
+
+    /// An exchange into a merge whose input it is holds nothing back itself, but its data must
+    /// go to the merge's `held_data` while the edge's flag is up, in a batch as one by one: the
+    /// batch path reads the flag once per batch, so this fails if it skipped it.
+    #[test]
+    fn a_batch_into_a_held_merge_edge_goes_to_the_merge() {
+        let (target, exchange) = local_only();
+        let mut batch = vec![1, 2];
+        exchange.data_batch(&mut batch, Stamp::default());
+        exchange.local.held.set(true);
+        batch.extend([3, 4]);
+        exchange.data_batch(&mut batch, Stamp::default());
+        exchange.data(5, Stamp::default());
+        exchange.local.held.set(false);
+        batch.push(6);
+        exchange.data_batch(&mut batch, Stamp::default());
+        assert!(batch.is_empty());
+        assert_eq!(
+            *target.seen.borrow(),
+            [
+                "data 1",
+                "data 2",
+                "held data 3 on 0",
+                "held data 4 on 0",
+                "held data 5 on 0",
+                "data 6"
+            ]
+        );
     }
 
     /// What the releaser delivers after a barrier is published at once: an operator that

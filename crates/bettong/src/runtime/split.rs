@@ -62,7 +62,8 @@ impl Split {
     fn route<T>(&mut self, chunk: &[T], me: usize, route: &impl Fn(&T) -> usize) {
         debug_assert!(chunk.len() <= CHUNK);
         let mut nl = 0usize;
-        for (i, msg) in chunk.iter().enumerate().take(CHUNK) {
+        let chunk = &chunk[..chunk.len().min(CHUNK)];
+        for (i, msg) in chunk.iter().enumerate() {
             let shard = route(msg);
             debug_assert!(shard <= usize::from(u16::MAX));
             // `nl <= i < CHUNK` (256), so no index below truncates: the byte casts only
@@ -74,7 +75,7 @@ impl Split {
             nl += usize::from(shard == me);
         }
         self.nl = nl;
-        self.nr = chunk.len().min(CHUNK) - nl;
+        self.nr = chunk.len() - nl;
     }
 }
 
