@@ -166,6 +166,12 @@ pub(crate) fn deliver<T>(
         if shards == 2 {
             if let Some(&first) = remotes.first() {
                 let shard = usize::from(split.dst[usize::from(first)]);
+                debug_assert!(
+                    remotes
+                        .iter()
+                        .all(|&i| usize::from(split.dst[usize::from(i)]) == shard),
+                    "on 2 shards every remote message goes to the other one"
+                );
                 // The whole remote list: by the invariant, indices no local delivery read.
                 run(
                     shard,
