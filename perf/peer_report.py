@@ -16,6 +16,7 @@ import statistics
 
 NAMES = {
     "loop": "hand-written loop (1 thread, no engine)",
+    "loop-local": "hand-written loop, one pinned thread per worker, each over the messages it owns",
     "timely": "timely in-process",
     "timely-busy": "timely in-process, the other core busy (a spinning thread)",
     "bettong": "bettong in-process",
