@@ -63,7 +63,7 @@ def main():
             order.append(r["id"])
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
-    rank = {"loop": 0, "timely": 1, "timely-busy": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
+    rank = {"loop": 0, "loop-local": 0.5, "timely": 1, "timely-busy": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
             "bettong-batch": 5, "bettong-spin": 6, "timely-local": 6.1, "bettong-iter-local": 6.2,
             "timely-tcp": 7, "bettong-tcp": 8}
 
@@ -176,6 +176,30 @@ def main():
         out["crossing_cpu_ns_per_msg"] = [
             {"engine": n, "workers": w, "local": y, "split": x, "difference": d}
             for n, w, y, x, d in crossing]
+        with open(a.out_json, "w") as f:
+            json.dump(out, f, indent=1)
+    scaling = []
+    for name, one, many in [("hand-written loop (loop-local)", "loop", "loop-local"),
+                            ("timely", "timely", "timely"),
+                            ("timely, each worker its own keys", "timely", "timely-local"),
+                            ("bettong IterSource", "bettong-iter", "bettong-iter"),
+                            ("bettong IterSource, each shard its own keys", "bettong-iter",
+                             "bettong-iter-local")]:
+        base = results.get(f"{one}/1", {})
+        for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
+            r = results.get(f"{many}/{w}", {})
+            if w > 1 and "msgs_per_sec" in base and "msgs_per_sec" in r:
+                scaling.append((name, w, r["msgs_per_sec"]["median"] / base["msgs_per_sec"]["median"],
+                                r["cpu_ns_per_msg"]["median"] / base["cpu_ns_per_msg"]["median"]))
+    if scaling:
+        md.append("\n**Scaling** (W workers or shards ÷ 1 of the same engine on the same data, "
+                  "medians of this run; msgs/s above 1: W ran faster than 1):\n")
+        md.append("| what | workers | msgs/s ÷ 1 worker | CPU ns/msg ÷ 1 worker |")
+        md.append("|---|---|---|---|")
+        for name, w, rr, cr in scaling:
+            md.append(f"| {name} | {w} | {rr:.2f} | {cr:.2f} |")
+        out["scaling"] = [{"what": n, "workers": w, "msgs_per_sec": rr, "cpu_ns_per_msg": cr}
+                          for n, w, rr, cr in scaling]
         with open(a.out_json, "w") as f:
             json.dump(out, f, indent=1)
     lat = [results[i] for i in order if i.startswith("latency") and "latency_ns" in results[i]]
