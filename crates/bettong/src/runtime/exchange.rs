@@ -112,10 +112,7 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             }
             return;
         }
-        match self.outboxes.get(dst) {
-            Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
-            _ => unreachable!("route() returned shard {dst} out of range"),
-        }
+        self.outbox(dst).spill.send_data(msg, stamp);
     }
 
     /// A batch is delivered by `runtime::split`: this shard's messages of each chunk to the
@@ -149,14 +146,8 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             self.outboxes.len(),
             &self.route,
             |msg| operator.data(msg, stamp),
-            |dst, msg| match self.outboxes.get(dst) {
-                Some(Some(outbox)) => outbox.spill.send_data(msg, stamp),
-                _ => unreachable!("route() returned shard {dst} out of range"),
-            },
-            |dst, run| match self.outboxes.get(dst) {
-                Some(Some(outbox)) => outbox.spill.send_run(run, stamp),
-                _ => unreachable!("route() returned shard {dst} out of range"),
-            },
+            |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
+            |dst, run| self.outbox(dst).spill.send_run(run, stamp),
         );
     }
 
@@ -173,6 +164,15 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
 }
 
 impl<T: Send + 'static, R> Exchange<T, R> {
+    /// The outbox towards another shard `dst`.
+    #[inline(always)]
+    fn outbox(&self, dst: usize) -> &Outbox<T> {
+        match self.outboxes.get(dst) {
+            Some(Some(outbox)) => outbox,
+            _ => unreachable!("route() returned shard {dst} out of range"),
+        }
+    }
+
     /// True when a local message may go straight to the operator: no port of it is held and
     /// nothing held waits to go first.
     #[inline]
