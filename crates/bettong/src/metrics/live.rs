@@ -165,7 +165,7 @@ pub struct SinkCounters {
     pub connected: Counter,
 }
 
-/// One operator's time per message on one shard (one message in 16 timed).
+/// One operator's time per message on one shard (one message in 256 timed).
 #[derive(Debug, Default)]
 pub struct OperatorTimes {
     /// The operator's name.

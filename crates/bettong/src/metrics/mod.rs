@@ -163,18 +163,27 @@ pub struct ShardMetrics {
 
 /// Finished messages per clock read (see the module docs). The read (`rdtsc`) took 13 ns on
 /// this machine's vCPUs when 8 was chosen, a quarter of the 53 ns per message of Market
-/// Spread on 1 shard then (figures in the commit that chose it). It takes 18-19 ns now (a C
-/// loop of `__rdtsc`), while a passthrough message costs the shard about 25 ns: 16 halves the
-/// reads again. callgrind, the shard's tasks, per message: `bench passthrough --shards 1`
-/// 206.7 -> 201.2, `bench market-spread --shards 1` 229.7 -> 224.3 instructions (a read
-/// counts as one there). A figure is at most 15 messages' work high: about 0.3 µs of
-/// passthrough, 0.6 µs of Market Spread, where a blast's latencies are milliseconds; a paced
-/// message arrives alone and is timed exactly.
-pub const LATENCY_GROUP: usize = 16;
+/// Spread on 1 shard then (figures in the commit that chose it); 16 followed at 18-19 ns a
+/// read (a C loop of `__rdtsc`). 64 since: a read still costs 18-20 ns here while a Market
+/// Spread message now costs the shard about 20 ns, and each settle records into two
+/// histograms. perf/peer `bettong-iter`, 1 shard, 8 alternating rounds with the computation
+/// sample at 256 in both (`COMPUTATION_SAMPLE`): 44.3 -> 48.5 M msgs/s median, best-3 CPU per
+/// message 19.4-20.2 -> 16.9-17.9 ns; callgrind 196.2 -> 192.0 instructions per message (a
+/// read counts as one there). A figure is at most 63 messages' work high: about 1.3 µs of
+/// passthrough, 1.3-2 µs of Market Spread, where a blast's latencies are tens of µs to
+/// milliseconds; a paced message arrives alone and is timed exactly.
+pub const LATENCY_GROUP: usize = 64;
 
-/// One in this many messages has each computation timed: two clock reads per computation on
-/// every message would cost more than most computations themselves.
-const COMPUTATION_SAMPLE: u32 = 16;
+/// One in this many messages has each computation timed (the first message among them): two
+/// clock reads per computation on every message would cost more than most computations
+/// themselves. 16 until it was measured: the two reads (`rdtsc`, 18-20 ns each on this
+/// machine's vCPUs) cost 2.4 ns per message per computation spread over 16, more than a
+/// tenth of a Market Spread message's 20 ns on 1 shard. perf/peer `bettong-iter`, 1 shard,
+/// 8 alternating rounds: 39.8 -> 44.3 M msgs/s median, best-3 CPU per message 20.9-22.1 ->
+/// 19.4-20.2 ns; callgrind 204.6 -> 196.2 instructions per message (the timed path, with its
+/// two histogram records, out of the loop). At 256, a computation that sees 1 000 messages a
+/// second is still timed about 4 times a second on each shard.
+const COMPUTATION_SAMPLE: u32 = 256;
 
 /// Times one computation of the pipeline on a sample of its messages.
 pub(crate) struct ComputationTimer {
@@ -196,7 +205,8 @@ impl ComputationTimer {
             index,
             metrics,
             live,
-            count: Cell::new(0),
+            // The first message is timed, so that a computation that sees few has a figure.
+            count: Cell::new(COMPUTATION_SAMPLE - 1),
         }
     }
 
@@ -233,7 +243,7 @@ impl ShardMetrics {
             latency: LatencyCounts::new(MAX_TRACKED_NS),
             earlier: RefCell::new(new_histogram()),
             computations: RefCell::new(Vec::new()),
-            pending: Default::default(),
+            pending: std::array::from_fn(|_| Cell::new((0, 0))),
             runs: Cell::new(0),
             current: Cell::new((0, 0)),
             waiting: Cell::new(0),
@@ -589,7 +599,7 @@ pub struct Period {
     pub messages_in: u64,
     /// Outputs since the engine started.
     pub messages_out: u64,
-    /// Time per computation in the period (one message in 16 timed), in pipeline order.
+    /// Time per computation in the period (one message in 256 timed), in pipeline order.
     pub computations: Vec<(String, Histogram<u64>)>,
 }
 
@@ -678,6 +688,29 @@ mod tests {
         assert_eq!((s.messages_in, s.messages_out, s.filtered), (2, 1, 1));
         assert_eq!(s.errors(), 1);
         assert_eq!(s.latency.len(), 2);
+    }
+
+    /// A computation is timed on its first message and then on one message in
+    /// `COMPUTATION_SAMPLE`, and every call runs the computation exactly once.
+    #[test]
+    fn a_computation_is_timed_on_its_first_message_then_one_in_the_sample() {
+        let m = std::rc::Rc::new(ShardMetrics::default());
+        let timer = ComputationTimer::new(m.clone(), "check");
+        let timed = |m: &ShardMetrics| m.computations.borrow()[0].1.len();
+        let runs = Cell::new(0u32);
+        timer.time(|| runs.set(runs.get() + 1));
+        assert_eq!(timed(&m), 1, "the first message is timed");
+        for _ in 1..COMPUTATION_SAMPLE {
+            timer.time(|| runs.set(runs.get() + 1));
+        }
+        assert_eq!(timed(&m), 1, "none more until the sample comes round");
+        timer.time(|| runs.set(runs.get() + 1));
+        assert_eq!(timed(&m), 2);
+        for _ in 0..3 * COMPUTATION_SAMPLE {
+            timer.time(|| runs.set(runs.get() + 1));
+        }
+        assert_eq!(timed(&m), 5);
+        assert_eq!(runs.get(), 4 * COMPUTATION_SAMPLE + 1);
     }
 
     /// The clock is read once per group and at the end of a batch: every finished message gets

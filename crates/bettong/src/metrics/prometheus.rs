@@ -295,7 +295,7 @@ pub fn encode(app: &str, shards: &[Arc<LiveCounters>]) -> String {
         &mut out,
         "bettong_operator_latency_nanoseconds",
         "histogram",
-        "Time of one computation on one message, in ns (one message in 16 is timed); buckets le=2^k ns.",
+        "Time of one computation on one message, in ns (one message in 256 is timed); buckets le=2^k ns.",
     );
     for s in &shards {
         let labels = base(s);
