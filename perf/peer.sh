@@ -47,11 +47,14 @@ for w in $WORKERS; do
     CONFIGS+=("timely/$w|timely|$w|data|" "bettong-iter/$w|bettong-iter|$w|data|" "bettong/$w|bettong|$w|data|" "bettong-batch/$w|bettong-batch|$w|data|")
     # Across shards, the exchange's rings at 4096, the default before auto_ring_capacity; and
     # both engines with each worker fed only the messages it owns (nothing crosses), which
-    # shows what the crossing costs each of them; and the hand-written loop on as many pinned
-    # threads, each over its own keys: how far this machine scales the work with no engine.
+    # shows what the crossing costs each of them; W engines of one shard each, each over its
+    # own keys (what W shards would do with no exchange between them); and the hand-written
+    # loop on as many pinned threads, each over its own keys: how far this machine scales the
+    # work with no engine.
     if [ "$w" -gt 1 ]; then
         CONFIGS+=("bettong-iter-4096/$w|bettong-iter-4096|$w|data|"
             "timely-local/$w|timely-local|$w|data|" "bettong-iter-local/$w|bettong-iter-local|$w|data|"
+            "bettong-iter-engines/$w|bettong-iter-engines|$w|data|"
             "loop-local/$w|loop-local|$w|data|")
     fi
     CONFIGS+=("timely-tcp/$w|timely-tcp|$w|data|" "bettong-tcp/$w|bettong-tcp|$w|data|")

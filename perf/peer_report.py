@@ -25,6 +25,7 @@ NAMES = {
     "bettong-iter-4096": "the same, --ring-capacity 4096 (the default before)",
     "timely-local": "timely in-process, each worker fed only the messages it owns",
     "bettong-iter-local": "bettong IterSource, each shard fed only the messages it owns",
+    "bettong-iter-engines": "bettong IterSource, one 1-shard engine per core, each fed only its own keys",
     "bettong-spin": "bettong in-process, --poll spin",
     "timely-tcp": "timely over TCP",
     "bettong-tcp": "bettong over TCP",
@@ -64,7 +65,7 @@ def main():
             by_id[r["id"]] = []
         by_id[r["id"]].append(r)
     rank = {"loop": 0, "loop-local": 0.5, "timely": 1, "timely-busy": 1, "bettong-iter": 2, "bettong-iter-4096": 3, "bettong": 4,
-            "bettong-batch": 5, "bettong-spin": 6, "timely-local": 6.1, "bettong-iter-local": 6.2,
+            "bettong-batch": 5, "bettong-spin": 6, "timely-local": 6.1, "bettong-iter-local": 6.2, "bettong-iter-engines": 6.3,
             "timely-tcp": 7, "bettong-tcp": 8}
 
     def key(i):
@@ -184,7 +185,9 @@ def main():
                             ("timely, each worker its own keys", "timely", "timely-local"),
                             ("bettong IterSource", "bettong-iter", "bettong-iter"),
                             ("bettong IterSource, each shard its own keys", "bettong-iter",
-                             "bettong-iter-local")]:
+                             "bettong-iter-local"),
+                            ("bettong, one 1-shard engine per core, each its own keys",
+                             "bettong-iter", "bettong-iter-engines")]:
         base = results.get(f"{one}/1", {})
         for w in sorted({r["workers"] for r in results.values() if "workers" in r}):
             r = results.get(f"{many}/{w}", {})

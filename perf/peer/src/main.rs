@@ -29,6 +29,11 @@
 //!   worker's or shard's share is the messages whose symbol it owns (by its own engine's
 //!   routing), in stream order, so no message crosses to another core. They bound what the
 //!   crossing costs: W workers' CPU per message without the exchange's traffic.
+//! * `bettong-iter-engines` (2 or more workers): W engines of one shard each, each pinned to
+//!   its own core and fed the messages it owns as in `bettong-iter-local`: no exchange at all.
+//!   It separates what W shards cost from what the `key_by` exchange between them costs (in
+//!   6 alternating rounds, 2 engines ran 1.49× one shard's msgs/s, the loop on two threads
+//!   1.57× the loop's, one engine of 2 shards fed its own keys 1.17×).
 //! * `bettong-iter-runs` (2 or more workers): `bettong-iter` with each share reordered within
 //!   windows of [`RUN_WINDOW`] messages, stably by owning shard (a key's messages keep their
 //!   order, so the outputs are the same): as many messages cross as in `bettong-iter`, but the
@@ -165,6 +170,7 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("bettong-batch", None) => bettong_inproc(&data, a.workers, true),
         ("bettong-iter", None) => bettong_iter(&data, a.workers, Feed::Share),
         ("bettong-iter-local", None) => bettong_iter(&data, a.workers, Feed::Local),
+        ("bettong-iter-engines", None) => bettong_iter_engines(&data, a.workers),
         ("bettong-iter-runs", None) => bettong_iter(&data, a.workers, Feed::Runs),
         ("bettong-iter-4096", None) => {
             // The same with rings of 4096 (`--ring-capacity 4096`, the default before
@@ -996,6 +1002,52 @@ fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, 
         return Err(format!("{} messages in", summary.messages_in));
     }
     Ok(r)
+}
+
+/// `bettong-iter-engines`: W engines of one shard each, each pinned to its own core and fed
+/// only its own keys (as `bettong-iter-local` feeds W shards of one engine): what W shards
+/// would do with nothing shared between them.
+fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, String> {
+    let gate = Arc::new(Gate {
+        arrived: AtomicU64::new(0),
+        shards: engines as u64,
+        span: std::sync::Mutex::new(None),
+    });
+    let online = online_cores();
+    // Each engine starts and runs on a thread of its own: `Engine::start` returns once its
+    // shard is running, and the shard waits at the gate for the other engines' shards.
+    let running: Vec<_> = (0..engines)
+        .map(|e| {
+            let (d, g) = (data.clone(), gate.clone());
+            let core = online[e % online.len()];
+            std::thread::spawn(move || -> Result<(u64, u64), String> {
+                let market =
+                    IterSource::new(move |_, _| ShardFeed::new(&d, &g, e, engines, Feed::Local));
+                let (app, outputs) = counted_spread_check(market);
+                let mut config = engine_config(1, DEFAULT_POLL);
+                config.cores = vec![core];
+                let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
+                let messages_in = engine.join().map_err(|e| e.to_string())?.messages_in;
+                Ok((messages_in, outputs.load(Ordering::Relaxed)))
+            })
+        })
+        .collect();
+    let (mut messages_in, mut outputs) = (0, 0);
+    for t in running {
+        let (m, o) = t.join().map_err(|_| "an engine's thread panicked")??;
+        messages_in += m;
+        outputs += o;
+    }
+    let span = gate
+        .span
+        .lock()
+        .map_err(|_| "gate poisoned")?
+        .take()
+        .ok_or("no span")?;
+    if messages_in != data.symbols + data.messages() {
+        return Err(format!("{messages_in} messages in"));
+    }
+    Ok(span.end(data.messages(), outputs))
 }
 
 /// Where the shards' feeds wait for each other after priming.
