@@ -113,13 +113,16 @@ impl<T: Send> LaneSender<T> {
             return Ok(());
         };
         self.push_data(first, stamp).map_err(|(msg, _)| msg)?;
-        for msg in run {
-            if let Err(msg) = self.data.try_push(msg) {
+        if self.data.push_many(run) {
+            return Ok(());
+        }
+        match run.next() {
+            None => Ok(()),
+            Some(msg) => {
                 self.publish();
-                return Err(msg);
+                Err(msg)
             }
         }
-        Ok(())
     }
 
     /// Writes a control event without publishing it; gives it back when the marks ring is full
