@@ -185,9 +185,10 @@ pub struct LiveCounters {
     /// `finished` is).
     pub messages_out: Counter,
     /// Outputs encoded plus messages filtered, counted when their latency is settled: at
-    /// most 15 messages and one batch after they finish (`ShardMetrics::settle_latency`).
+    /// most 63 messages and one batch after they finish (`ShardMetrics::settle_latency`).
     pub finished: Counter,
-    /// Messages a step dropped without output.
+    /// Messages a step dropped without output, counted when their latency is settled (as
+    /// `finished` is).
     pub filtered: Counter,
     /// Payloads a decoder rejected.
     pub decode_errors: Counter,
