@@ -980,23 +980,14 @@ enum Feed {
 const RUN_WINDOW: usize = 64;
 
 fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, String> {
-    let gate = Arc::new(Gate {
-        arrived: AtomicU64::new(0),
-        shards: shards as u64,
-        span: std::sync::Mutex::new(None),
-    });
+    let gate = Gate::new(shards);
     let (d, g) = (data.clone(), gate.clone());
     let market = IterSource::new(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, feed));
     let (app, outputs) = counted_spread_check(market);
     let engine =
         Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
     let summary = engine.join().map_err(|e| e.to_string())?;
-    let span = gate
-        .span
-        .lock()
-        .map_err(|_| "gate poisoned")?
-        .take()
-        .ok_or("no span")?;
+    let span = gate.span()?;
     let r = span.end(data.messages(), outputs.load(Ordering::Relaxed));
     if summary.messages_in != data.symbols + data.messages() {
         return Err(format!("{} messages in", summary.messages_in));
@@ -1008,11 +999,7 @@ fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, 
 /// only its own keys (as `bettong-iter-local` feeds W shards of one engine): what W shards
 /// would do with nothing shared between them.
 fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, String> {
-    let gate = Arc::new(Gate {
-        arrived: AtomicU64::new(0),
-        shards: engines as u64,
-        span: std::sync::Mutex::new(None),
-    });
+    let gate = Gate::new(engines);
     let online = online_cores();
     // Each engine starts and runs on a thread of its own: `Engine::start` returns once its
     // shard is running, and the shard waits at the gate for the other engines' shards.
@@ -1038,12 +1025,7 @@ fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, Str
         messages_in += m;
         outputs += o;
     }
-    let span = gate
-        .span
-        .lock()
-        .map_err(|_| "gate poisoned")?
-        .take()
-        .ok_or("no span")?;
+    let span = gate.span()?;
     if messages_in != data.symbols + data.messages() {
         return Err(format!("{messages_in} messages in"));
     }
@@ -1055,6 +1037,23 @@ struct Gate {
     arrived: AtomicU64,
     shards: u64,
     span: std::sync::Mutex<Option<Span>>,
+}
+
+impl Gate {
+    /// A gate for `shards` feeds.
+    fn new(shards: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            arrived: AtomicU64::new(0),
+            shards: shards as u64,
+            span: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The span the last feed to arrive started.
+    fn span(&self) -> Result<Span, String> {
+        let span = self.span.lock().map_err(|_| "gate poisoned")?.take();
+        span.ok_or_else(|| "no span".to_string())
+    }
 }
 
 /// One shard's input in `bettong-iter`: its own symbols' initial NBBO, the gate, its share.
