@@ -163,10 +163,9 @@ pub struct ShardMetrics {
 
 /// Finished messages per clock read (see the module docs). The read (`rdtsc`) took 13 ns on
 /// this machine's vCPUs when 8 was chosen, a quarter of the 53 ns per message of Market
-/// Spread on 1 shard then (figures in the commit that chose it); 16 followed at 18-19 ns a
-/// read (a C loop of `__rdtsc`). 64 since: a read still costs 18-20 ns here while a Market
-/// Spread message now costs the shard about 20 ns, and each settle records into two
-/// histograms. perf/peer `bettong-iter`, 1 shard, 8 alternating rounds with the computation
+/// Spread on 1 shard then (figures in the commit that chose it), and 16 when it took 18-19 ns
+/// (a C loop of `__rdtsc`). 64 since a Market Spread message came to cost the shard about
+/// 20 ns, as much as one read, while each settle also records into two histograms. perf/peer `bettong-iter`, 1 shard, 8 alternating rounds with the computation
 /// sample at 256 in both (`COMPUTATION_SAMPLE`): 44.3 -> 48.5 M msgs/s median, best-3 CPU per
 /// message 19.4-20.2 -> 16.9-17.9 ns; callgrind 196.2 -> 192.0 instructions per message (a
 /// read counts as one there). A figure is at most 63 messages' work high: about 1.3 µs of
