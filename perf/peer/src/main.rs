@@ -34,6 +34,9 @@
 //!   It separates what W shards cost from what the `key_by` exchange between them costs (in
 //!   6 alternating rounds, 2 engines ran 1.49× one shard's msgs/s, the loop on two threads
 //!   1.57× the loop's, one engine of 2 shards fed its own keys 1.17×).
+//! * `bettong-beside-loop` (2 workers): a 1-shard engine over the keys of shard 0 on one core
+//!   beside the hand-written loop over the keys of shard 1 on the other: whether a shard slows
+//!   beside any busy neighbour or only beside another shard. Not in `peer.sh`.
 //! * `bettong-iter-runs` (2 or more workers): `bettong-iter` with each share reordered within
 //!   windows of [`RUN_WINDOW`] messages, stably by owning shard (a key's messages keep their
 //!   order, so the outputs are the same): as many messages cross as in `bettong-iter`, but the
@@ -171,6 +174,7 @@ fn run_cmd(args: &[String]) -> Result<(), String> {
         ("bettong-iter", None) => bettong_iter(&data, a.workers, Feed::Share),
         ("bettong-iter-local", None) => bettong_iter(&data, a.workers, Feed::Local),
         ("bettong-iter-engines", None) => bettong_iter_engines(&data, a.workers),
+        ("bettong-beside-loop", None) => bettong_beside_loop(&data),
         ("bettong-iter-runs", None) => bettong_iter(&data, a.workers, Feed::Runs),
         ("bettong-iter-4096", None) => {
             // The same with rings of 4096 (`--ring-capacity 4096`, the default before
@@ -1032,6 +1036,48 @@ fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, Str
     Ok(span.end(data.messages(), outputs))
 }
 
+/// `bettong-beside-loop` (2 workers): a 1-shard engine over the keys of shard 0 on one core and
+/// the hand-written loop over the keys of shard 1 on the other, started together: whether a
+/// shard slows beside any busy neighbour or only beside another shard (see
+/// `bettong-iter-engines`). The span ends when both have finished; the loop's half takes less
+/// time than the engine's, so the figure is the engine's pace.
+fn bettong_beside_loop(data: &Arc<Data>) -> Result<Outcome, String> {
+    let gate = Gate::new(2);
+    let online = online_cores();
+    let owner = |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), 2);
+    let share = data.owned(1, owner);
+    let (d, g) = (data.clone(), gate.clone());
+    let core = online[0];
+    let engine = std::thread::spawn(move || -> Result<(u64, u64), String> {
+        let market = IterSource::new(move |_, _| ShardFeed::new(&d, &g, 0, 2, Feed::Local));
+        let (app, outputs) = counted_spread_check(market);
+        let mut config = engine_config(1, DEFAULT_POLL);
+        config.cores = vec![core];
+        let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
+        let messages_in = engine.join().map_err(|e| e.to_string())?.messages_in;
+        Ok((messages_in, outputs.load(Ordering::Relaxed)))
+    });
+    let (initial, g) = (data.initial.clone(), gate.clone());
+    let core = online.get(1).copied();
+    let looped = std::thread::spawn(move || {
+        if let Some(core) = core {
+            pin_this_thread(core);
+        }
+        let mut map = SymbolMap::default();
+        run_loop(&initial, &mut map);
+        g.arrive();
+        run_loop(&share, &mut map)
+    });
+    let (messages_in, outputs) = engine.join().map_err(|_| "the engine's thread panicked")??;
+    let outputs = outputs + looped.join().map_err(|_| "the loop's thread panicked")?;
+    let span = gate.span()?;
+    // The engine counts its own share and its shard's priming NBBO.
+    if messages_in == 0 {
+        return Err("the engine took no messages".into());
+    }
+    Ok(span.end(data.messages(), outputs))
+}
+
 /// Where the shards' feeds wait for each other after priming.
 struct Gate {
     arrived: AtomicU64,
@@ -1047,6 +1093,18 @@ impl Gate {
             shards: shards as u64,
             span: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Arrives at the gate and waits there for the others; the last to arrive starts the span.
+    fn arrive(&self) {
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.shards {
+            if let Ok(mut s) = self.span.lock() {
+                *s = Some(Span::start());
+            }
+        }
+        while self.arrived.load(Ordering::Acquire) < self.shards {
+            std::hint::spin_loop();
+        }
     }
 
     /// The span the last feed to arrive started.
