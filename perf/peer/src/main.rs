@@ -1005,23 +1005,8 @@ fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, 
 fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, String> {
     let gate = Gate::new(engines);
     let online = online_cores();
-    // Each engine starts and runs on a thread of its own: `Engine::start` returns once its
-    // shard is running, and the shard waits at the gate for the other engines' shards.
     let running: Vec<_> = (0..engines)
-        .map(|e| {
-            let (d, g) = (data.clone(), gate.clone());
-            let core = online[e % online.len()];
-            std::thread::spawn(move || -> Result<(u64, u64), String> {
-                let market =
-                    IterSource::new(move |_, _| ShardFeed::new(&d, &g, e, engines, Feed::Local));
-                let (app, outputs) = counted_spread_check(market);
-                let mut config = engine_config(1, DEFAULT_POLL);
-                config.cores = vec![core];
-                let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
-                let messages_in = engine.join().map_err(|e| e.to_string())?.messages_in;
-                Ok((messages_in, outputs.load(Ordering::Relaxed)))
-            })
-        })
+        .map(|e| own_keys_engine(data, &gate, e, engines, online[e % online.len()]))
         .collect();
     let (mut messages_in, mut outputs) = (0, 0);
     for t in running {
@@ -1036,6 +1021,30 @@ fn bettong_iter_engines(data: &Arc<Data>, engines: usize) -> Result<Outcome, Str
     Ok(span.end(data.messages(), outputs))
 }
 
+/// A 1-shard engine on `core`, on a thread of its own, fed the messages whose keys shard
+/// `shard` of `shards` owns; the thread returns its messages in and outputs. It starts and runs
+/// on its own thread because `Engine::start` returns once its shard is running, and the shard
+/// waits at `gate` for the others.
+fn own_keys_engine(
+    data: &Arc<Data>,
+    gate: &Arc<Gate>,
+    shard: usize,
+    shards: usize,
+    core: usize,
+) -> std::thread::JoinHandle<Result<(u64, u64), String>> {
+    let (d, g) = (data.clone(), gate.clone());
+    std::thread::spawn(move || {
+        let market =
+            IterSource::new(move |_, _| ShardFeed::new(&d, &g, shard, shards, Feed::Local));
+        let (app, outputs) = counted_spread_check(market);
+        let mut config = engine_config(1, DEFAULT_POLL);
+        config.cores = vec![core];
+        let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
+        let messages_in = engine.join().map_err(|e| e.to_string())?.messages_in;
+        Ok((messages_in, outputs.load(Ordering::Relaxed)))
+    })
+}
+
 /// `bettong-beside-loop` (2 workers): a 1-shard engine over the keys of shard 0 on one core and
 /// the hand-written loop over the keys of shard 1 on the other, started together: whether a
 /// shard slows beside any busy neighbour or only beside another shard (see
@@ -1046,17 +1055,7 @@ fn bettong_beside_loop(data: &Arc<Data>) -> Result<Outcome, String> {
     let online = online_cores();
     let owner = |m: &MarketMessage| bettong::state::shard_for(symbol_key(m).stable_hash(), 2);
     let share = data.owned(1, owner);
-    let (d, g) = (data.clone(), gate.clone());
-    let core = online[0];
-    let engine = std::thread::spawn(move || -> Result<(u64, u64), String> {
-        let market = IterSource::new(move |_, _| ShardFeed::new(&d, &g, 0, 2, Feed::Local));
-        let (app, outputs) = counted_spread_check(market);
-        let mut config = engine_config(1, DEFAULT_POLL);
-        config.cores = vec![core];
-        let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
-        let messages_in = engine.join().map_err(|e| e.to_string())?.messages_in;
-        Ok((messages_in, outputs.load(Ordering::Relaxed)))
-    });
+    let engine = own_keys_engine(data, &gate, 0, 2, online[0]);
     let (initial, g) = (data.initial.clone(), gate.clone());
     let core = online.get(1).copied();
     let looped = std::thread::spawn(move || {
