@@ -1185,14 +1185,7 @@ impl Iterator for ShardFeed {
                 return Some(m);
             }
             // Primed (processed already: every priming message was local). Wait for the rest.
-            if gate.arrived.fetch_add(1, Ordering::AcqRel) + 1 == gate.shards {
-                if let Ok(mut s) = gate.span.lock() {
-                    *s = Some(Span::start());
-                }
-            }
-            while gate.arrived.load(Ordering::Acquire) < gate.shards {
-                std::hint::spin_loop();
-            }
+            gate.arrive();
             self.gate = None;
         }
         let rest = self.data.stream.get(self.at..self.end)?;
