@@ -18,8 +18,9 @@
 # data path, which never spins:
 #   loop:    bettong_peer::run_loop
 #   bettong: bettong_peer::push_chunk (decode, route, push, publish, doorbell) and the
-#            shard's ring drains (bettong::runtime::ring::Consumer::drain: every message
-#            through the operators into the sink). The source task's loop around the drain
+#            shard's takes from the rings (bettong::connect::in_process::take: the clock read
+#            and every message through the operators into the sink). The source task's loop
+#            around the take
 #            is left out: under --poll spin it looks at its rings between drains for as long
 #            as the host takes to push, so its count depends on timing; what it does once per
 #            drain (flush, backpressure check) came to under 1 instruction per message when
@@ -74,8 +75,8 @@ trap 'rm -rf "$WORK"' EXIT
 
 declare -A TOGGLES=(
     [loop]="--toggle-collect=bettong_peer::run_loop"
-    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
-    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=*Consumer*drain*"
+    [bettong]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=bettong::connect::in_process::take*"
+    [bettong-batch]="--toggle-collect=bettong_peer::push_chunk --toggle-collect=bettong::connect::in_process::take*"
     [bettong-iter]="--toggle-collect=*SourceNode*build*closure*"
 )
 

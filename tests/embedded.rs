@@ -503,3 +503,59 @@ fn spinning_shards_take_every_burst_and_stop() {
         assert_eq!(summary.messages_out, pushed);
     }
 }
+
+/// An in-process message's start-to-end latency starts when its shard takes it from the
+/// pusher's ring, as a TCP frame's starts when the shard reads it from the socket: time spent
+/// waiting in the ring is not in it (a host measures push to output itself). Every message is
+/// still timed once. The first message's computation holds its shard until 30 ms after the
+/// host has pushed 1000 more behind it, so had the clock started at the push, most of them
+/// would read 30 ms or more.
+#[test]
+fn in_process_latency_starts_when_the_shard_takes_the_message() {
+    const BEHIND: u64 = 1000;
+    const HELD: Duration = Duration::from_millis(30);
+    for shards in [1, 3] {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(Some((started_tx, go_rx)));
+        let source = InProcessSource::new(|_: &u64| "one key");
+        let (sink, mut outputs) = PolledSink::new(4096);
+        let app = Application::new(
+            "held",
+            Pipeline::source("N", source.clone())
+                .to(move |n: u64| {
+                    // The first message only: tell the host, then wait for it.
+                    if let Some((started, go)) = gate.lock().unwrap().take() {
+                        started.send(()).unwrap();
+                        go.recv().unwrap();
+                    }
+                    Some(n)
+                })
+                .to_sink("Out", sink),
+        );
+        let engine = Engine::start(app, config(shards)).unwrap();
+        let mut p = source.pusher().unwrap();
+        p.push(0).unwrap();
+        started_rx.recv().unwrap();
+        for n in 1..=BEHIND {
+            p.push(n).unwrap();
+        }
+        let pushed = Instant::now();
+        while pushed.elapsed() < HELD {
+            std::hint::spin_loop();
+        }
+        go_tx.send(()).unwrap();
+        drop(p);
+        wait_finished(&engine, BEHIND + 1);
+        let summary = engine.stop().unwrap();
+        let mut got = 0;
+        outputs.poll(|_| got += 1);
+        assert_eq!(got, BEHIND + 1, "{shards} shard(s)");
+        assert_eq!(summary.latency.len(), BEHIND + 1, "{shards} shard(s)");
+        let p50 = Duration::from_nanos(summary.latency.value_at_quantile(0.5));
+        assert!(p50 < HELD / 3, "{shards} shard(s): p50 {p50:?}");
+        // The held message itself waited in its computation: that is in its latency.
+        let max = Duration::from_nanos(summary.latency.max());
+        assert!(max >= HELD, "{shards} shard(s): max {max:?}");
+    }
+}

@@ -96,7 +96,7 @@ struct Hub<T> {
 }
 
 /// A pusher's ring into one shard, with the pusher's close handshake.
-type PushRing<T> = (Consumer<(T, u64)>, Arc<PushState>);
+type PushRing<T> = (Consumer<T>, Arc<PushState>);
 
 /// One shard's end of an in-process source.
 struct ShardSide<T> {
@@ -241,7 +241,7 @@ impl<T: Send + 'static> Source for InProcessSource<T> {
 /// A host thread's handle on an in-process source. `Send`, not `Clone`: each host thread makes
 /// its own with [`InProcessSource::pusher`], so every ring keeps a single producer.
 pub struct Pusher<T> {
-    rings: Vec<Producer<(T, u64)>>,
+    rings: Vec<Producer<T>>,
     route: Route<T>,
     state: Arc<PushState>,
 }
@@ -269,15 +269,14 @@ impl<T: Send + 'static> Pusher<T> {
         // as possible: `push` through `try_push` moved it through two `Result`s per call
         // (93 instructions per message in `push` itself, perf/callgrind.sh).
         let shard = (self.route)(&msg, self.rings.len());
-        let mut item = (msg, 0);
+        let mut msg = msg;
         loop {
             // The close handshake: see `PushState`.
             if !self.state.enter() {
-                return Err(PushError::Stopped(item.0));
+                return Err(PushError::Stopped(msg));
             }
-            item.1 = now_ns();
             let ring = &mut self.rings[shard];
-            match ring.push(item) {
+            match ring.push(msg) {
                 Ok(()) => {
                     ring.publish();
                     self.state.leave();
@@ -285,7 +284,7 @@ impl<T: Send + 'static> Pusher<T> {
                 }
                 Err(back) => {
                     self.state.leave();
-                    item = back;
+                    msg = back;
                     wait_for_space(ring);
                 }
             }
@@ -293,8 +292,8 @@ impl<T: Send + 'static> Pusher<T> {
     }
 
     /// Pushes a batch of messages, each to the shard that owns its key, waiting while a ring is
-    /// full: the close handshake, the clock read and each ring's publish happen once per batch
-    /// instead of once per message (all messages of a batch carry the batch's ingest time).
+    /// full: the close handshake and each ring's publish happen once per batch instead of once
+    /// per message.
     /// Returns the messages not pushed because the engine stopped.
     ///
     /// ```
@@ -321,12 +320,11 @@ impl<T: Send + 'static> Pusher<T> {
             if !self.state.enter() {
                 return Err(PushError::Stopped(carry.into_iter().chain(msgs).collect()));
             }
-            let ingest = now_ns();
             while let Some(msg) = carry.take().or_else(|| msgs.next()) {
                 let shard = (self.route)(&msg, self.rings.len());
-                match self.rings[shard].push((msg, ingest)) {
+                match self.rings[shard].push(msg) {
                     Ok(()) => dirty[shard] = true,
-                    Err((msg, _)) => {
+                    Err(msg) => {
                         // Full: publish what is pending, step out of the handshake while
                         // waiting (the shard may be stopping), then go on with this message.
                         self.publish(&mut dirty);
@@ -360,12 +358,12 @@ impl<T: Send + 'static> Pusher<T> {
         }
         let shard = (self.route)(&msg, self.rings.len());
         let ring = &mut self.rings[shard];
-        let result = match ring.push((msg, now_ns())) {
+        let result = match ring.push(msg) {
             Ok(()) => {
                 ring.publish();
                 Ok(())
             }
-            Err((msg, _)) => Err(PushError::Full(msg)),
+            Err(msg) => Err(PushError::Full(msg)),
         };
         self.state.leave();
         result
@@ -414,18 +412,11 @@ async fn serve<T: Send + 'static>(
         PollMode::SpinFor(d) => Some(d),
     };
     let mut last_data = Instant::now();
-    let emit = |(msg, ingest): (T, u64)| {
-        ctx.count_in();
-        ctx.emit(msg, Stamp::at(ingest))
-    };
     loop {
         if let Some(side) = lock(&hub.shards)[index].as_mut() {
             rings.append(&mut side.incoming);
         }
-        let mut n = 0;
-        for (ring, _) in rings.iter_mut() {
-            n += ring.drain(emit);
-        }
+        let n = take(rings.iter_mut().map(|(ring, _)| ring), &ctx);
         if n > 0 {
             ctx.flush();
             ctx.backpressure().await;
@@ -491,7 +482,7 @@ async fn serve<T: Send + 'static>(
     for (ring, state) in rings.iter_mut() {
         loop {
             let busy = state.is_pushing();
-            ring.drain(emit);
+            take([&mut *ring], &ctx);
             if !busy {
                 break;
             }
@@ -499,6 +490,42 @@ async fn serve<T: Send + 'static>(
         }
     }
     ctx.flush();
+}
+
+/// Takes everything `rings` hold into the graph; returns how many messages that was.
+///
+/// The messages of one call share one ingest stamp, read when the first ring with input is
+/// found: a message's start-to-end latency starts when its shard takes it from the pusher's
+/// ring, as a TCP source's starts when the shard reads the frame from the socket (time in the
+/// ring, like time in a socket buffer, is not in it; a host measures push to output itself,
+/// as `examples/embedded_spread_check.rs` does). Why not at the push: the clock read (`rdtsc`,
+/// 18-20 ns on this machine's vCPUs) was most of a push's cost, a stamp per message made each
+/// message a latency run of its own (two histogram records per message at the settle), and
+/// the stamp took 8 bytes of every 64-byte Market Spread slot. perf/peer `bettong` (a pusher
+/// per shard; `perf/callgrind.sh` counts the push and this), Market Spread: 349.3 -> 263.2
+/// instructions per message (`push_batch`: 242.2 -> 224.4); 6 alternating rounds, median
+/// 22.5 -> 29.6 M msgs/s on 1 shard, 15.6 -> 27.5 M on 2 (timely 27.6 / 32.9 M alongside).
+///
+/// Never inlined: one call per pass, and `perf/callgrind.sh` counts the shard's side of the
+/// pusher path in it.
+#[inline(never)]
+fn take<'a, T: Send + 'static>(
+    rings: impl IntoIterator<Item = &'a mut Consumer<T>>,
+    ctx: &SourceContext<T>,
+) -> usize {
+    let mut stamp = None;
+    let mut n = 0;
+    for ring in rings {
+        if ring.is_empty() {
+            continue;
+        }
+        let at = *stamp.get_or_insert_with(|| Stamp::at(now_ns()));
+        n += ring.drain(|msg| ctx.emit(msg, at));
+    }
+    if n > 0 {
+        ctx.count_in_n(n as u64);
+    }
+    n
 }
 
 /// Looks at the rings' tails for one slice of time (or until the stop); true once a ring has

@@ -3,6 +3,7 @@
 //! Start-to-end latency follows Wallaroo's definition: from the moment a frame has been fully
 //! read at a source to the moment its output is encoded into a sink buffer, or to the moment a
 //! step filtered it out (so every input message is counted, not only those that produce output).
+//! An in-process message is read when its shard takes it from the pusher's ring.
 //!
 //! The clock is read at the end of a message once per [`LATENCY_GROUP`] finished messages and
 //! at the end of every batch (`ShardCore::flush`), not once per message: each message's
