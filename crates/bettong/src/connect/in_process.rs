@@ -169,17 +169,13 @@ impl<T: Send + 'static> InProcessSource<T> {
     {
         InProcessSource {
             hub: Arc::new(Hub {
-                // One shard owns every key: no hash (37 of the 603 instructions per message
-                // of Market Spread on 1 shard, perf/callgrind.sh). On more, the key_by
+                // Called on more than one shard only (`Pusher::shard_of`). The key_by
                 // exchange's way (a `RouteCache` hit is a multiply and a load, where the stable
                 // hash is about 35 cycles of dependent multiplies). perf/peer `bettong`, Market
                 // Spread on 2 shards under callgrind: the route 40.0 -> 22.4 instructions per
                 // push, the whole path 364.3 -> 353.1 per message (the push itself +7: one
                 // more argument and register).
                 route: Arc::new(move |msg, shards, cache| {
-                    if shards == 1 {
-                        return 0;
-                    }
                     let k = key(msg);
                     match k.small_bits() {
                         Some(bits) => cache.shard(bits, || shard_for(k.stable_hash(), shards)),
@@ -270,6 +266,18 @@ pub enum PushError<T> {
 }
 
 impl<T: Send + 'static> Pusher<T> {
+    /// The shard that owns `msg`'s key. One shard owns every key: no hash (37 of the 603
+    /// instructions per message of Market Spread on 1 shard once, perf/callgrind.sh), and no
+    /// call either (through the route, with its cache as an argument, the 1-shard push took
+    /// 7 more instructions per message and `push_batch` 11).
+    #[inline(always)]
+    fn shard_of(&self, msg: &T) -> usize {
+        match self.rings.len() {
+            1 => 0,
+            shards => (self.route)(msg, shards, &self.cache),
+        }
+    }
+
     /// Pushes `msg` to the shard that owns its key, waiting while that shard's ring is full.
     /// Returns the message if the engine has stopped.
     // Always inlined: out of line it returned its `Result` (the message rides in the error)
@@ -282,7 +290,7 @@ impl<T: Send + 'static> Pusher<T> {
         // The body of `try_push`, with the route taken once and the message moved as little
         // as possible: `push` through `try_push` moved it through two `Result`s per call
         // (93 instructions per message in `push` itself, perf/callgrind.sh).
-        let shard = (self.route)(&msg, self.rings.len(), &self.cache);
+        let shard = self.shard_of(&msg);
         let mut msg = msg;
         loop {
             // The close handshake: see `PushState`.
@@ -335,7 +343,7 @@ impl<T: Send + 'static> Pusher<T> {
                 return Err(PushError::Stopped(carry.into_iter().chain(msgs).collect()));
             }
             while let Some(msg) = carry.take().or_else(|| msgs.next()) {
-                let shard = (self.route)(&msg, self.rings.len(), &self.cache);
+                let shard = self.shard_of(&msg);
                 match self.rings[shard].push(msg) {
                     Ok(()) => dirty[shard] = true,
                     Err(msg) => {
@@ -370,7 +378,7 @@ impl<T: Send + 'static> Pusher<T> {
         if !self.state.enter() {
             return Err(PushError::Stopped(msg));
         }
-        let shard = (self.route)(&msg, self.rings.len(), &self.cache);
+        let shard = self.shard_of(&msg);
         let ring = &mut self.rings[shard];
         let result = match ring.push(msg) {
             Ok(()) => {
