@@ -33,3 +33,9 @@ bench:
 # relay baseline; results in perf/results/ (see perf/run.sh for the settings).
 perf:
     bash perf/run.sh
+
+# The peer comparison against timely dataflow and the hand-written loop, then 10 alternating
+# rounds of it (per-round ratios; see perf/README.md).
+peer:
+    PEER_RUNS=3 PEER_MESSAGES=16000000 bash perf/peer.sh
+    bash perf/rounds.sh
