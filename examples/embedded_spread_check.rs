@@ -219,6 +219,9 @@ fn main() -> Result<(), String> {
         format_ns(h.value_at_quantile(0.999)),
         format_ns(h.max())
     );
+    // The engine's own figure starts later than the host's: when the shard takes a message
+    // from the pusher's ring (as a TCP frame's starts when the shard reads it), not at `push`.
+    eprintln!("engine summary (start-to-end from the shard's take of each message):");
     eprintln!("{summary}");
     if results.load(Ordering::Relaxed) != data.expected_out {
         return Err("OrderResult count does not match the data".to_string());
