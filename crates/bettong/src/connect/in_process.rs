@@ -409,8 +409,8 @@ impl<T> Drop for Pusher<T> {
 /// with room, and it keeps a core busy that the shard may need: with 50 µs, perf/peer `bettong`
 /// (a pusher per shard) ran 21.6 M msgs/s on 2 shards and 32.8 M on 1, against 27.9 M and 38.9 M
 /// with 5 µs (10 alternating rounds, medians; CPU per message 90.2 -> 70.6 and 50.6 -> 45.9
-/// ns). Blocking at once measured the same as 5 µs (28.2 M and 39.1 M); the short spin spares
-/// the shard a wake-up when its pass is about to end.
+/// ns). Blocking at once measured the same as 5 µs (28.2 M and 39.1 M); the short spin stays
+/// for a pass that is about to end, which then costs the shard no wake-up.
 fn wait_for_space<T: Send>(ring: &mut Producer<T>) {
     let spin_until = Instant::now() + std::time::Duration::from_micros(5);
     while Instant::now() < spin_until {
