@@ -253,19 +253,7 @@ mod tests {
                 glommio::spawn_local(bell.serve()).detach();
                 for i in 0..2000u64 {
                     // Wait for the other thread to move the turn to odd, then hand it back.
-                    std::future::poll_fn(|cx| {
-                        if t.load(Ordering::Acquire) == 2 * i + 1 {
-                            return std::task::Poll::Ready(());
-                        }
-                        w.park(cx);
-                        if t.load(Ordering::Acquire) == 2 * i + 1 {
-                            w.unpark();
-                            std::task::Poll::Ready(())
-                        } else {
-                            std::task::Poll::Pending
-                        }
-                    })
-                    .await;
+                    wait_for_turn(&w, &t, 2 * i + 1, None).await;
                     t.store(2 * i + 2, Ordering::Release);
                 }
             })
@@ -278,6 +266,31 @@ mod tests {
             waiter.wake_if_parked();
         }
         shard.join().unwrap();
+    }
+
+    /// Parks on `waiter` until `turn` reads `want`, raising `asleep` (when given) each time
+    /// the task goes to sleep, after its last look at the turn.
+    async fn wait_for_turn(
+        waiter: &Waiter,
+        turn: &AtomicU64,
+        want: u64,
+        asleep: Option<&AtomicBool>,
+    ) {
+        std::future::poll_fn(|cx| {
+            if turn.load(Ordering::Acquire) == want {
+                return std::task::Poll::Ready(());
+            }
+            waiter.park(cx);
+            if turn.load(Ordering::Acquire) == want {
+                waiter.unpark();
+                return std::task::Poll::Ready(());
+            }
+            if let Some(asleep) = asleep {
+                asleep.store(true, Ordering::Release);
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The bytes waiting in `socket`, left there (a peek).
@@ -314,19 +327,7 @@ mod tests {
                 glommio::spawn_local(b.serve()).detach();
                 let mut unread_at_wake = 0;
                 for i in 0..200u64 {
-                    std::future::poll_fn(|cx| {
-                        if t.load(Ordering::Acquire) == 2 * i + 1 {
-                            return std::task::Poll::Ready(());
-                        }
-                        w.park(cx);
-                        if t.load(Ordering::Acquire) == 2 * i + 1 {
-                            w.unpark();
-                            return std::task::Poll::Ready(());
-                        }
-                        a.store(true, Ordering::Release);
-                        std::task::Poll::Pending
-                    })
-                    .await;
+                    wait_for_turn(&w, &t, 2 * i + 1, Some(&a)).await;
                     if unread(&b.peek_end) > 0 {
                         unread_at_wake += 1;
                     }
