@@ -395,47 +395,51 @@ fn pusher_before_start_is_an_error() {
 /// keeps per-key order; after the stop the whole batch comes back.
 #[test]
 fn push_batch_waits_on_full_rings_and_hands_back_after_a_stop() {
-    let source = InProcessSource::new(|m: &(u64, u64)| &m.0);
-    let (sink, mut outputs) = PolledSink::new(64);
-    let app = Application::new(
-        "batches",
-        Pipeline::source("Pairs", source.clone())
-            .key_by(|m: &(u64, u64)| &m.0)
-            .to_state(|m: (u64, u64), last: &mut u64| {
-                assert!(m.1 > *last || *last == 0, "per-key order");
-                *last = m.1;
-                Some(m)
-            })
-            .to_sink("Out", sink),
-    );
-    let engine = Engine::start(app, config(2)).unwrap();
-    let mut pusher = source.pusher().unwrap();
-    let total = 20_000u64;
-    let batch: Vec<(u64, u64)> = (1..=total).map(|i| (i % 7, i)).collect();
-    let host = std::thread::spawn(move || {
-        pusher.push_batch(batch).unwrap();
-        pusher
-    });
-    let mut got = Vec::new();
-    while (got.len() as u64) < total {
-        outputs.poll(|o| got.push(o));
-        std::thread::yield_now();
-    }
-    let mut pusher = host.join().unwrap();
-    let summary = engine.stop().unwrap();
-    assert_eq!(summary.messages_in, total);
-    got.sort_unstable();
-    let mut want: Vec<(u64, u64)> = (1..=total).map(|i| (i % 7, i)).collect();
-    want.sort_unstable();
-    assert!(
-        got == want,
-        "{} outputs, {} expected",
-        got.len(),
-        want.len()
-    );
-    match pusher.push_batch(vec![(1, 1), (2, 2)]) {
-        Err(PushError::Stopped(back)) => assert_eq!(back, vec![(1, 1), (2, 2)]),
-        other => panic!("{other:?}"),
+    // 4 shards on this 2-core machine: pushers that block on full rings while the shards
+    // share cores with them and with each other.
+    for shards in [2, 4] {
+        let source = InProcessSource::new(|m: &(u64, u64)| &m.0);
+        let (sink, mut outputs) = PolledSink::new(64);
+        let app = Application::new(
+            "batches",
+            Pipeline::source("Pairs", source.clone())
+                .key_by(|m: &(u64, u64)| &m.0)
+                .to_state(|m: (u64, u64), last: &mut u64| {
+                    assert!(m.1 > *last || *last == 0, "per-key order");
+                    *last = m.1;
+                    Some(m)
+                })
+                .to_sink("Out", sink),
+        );
+        let engine = Engine::start(app, config(shards)).unwrap();
+        let mut pusher = source.pusher().unwrap();
+        let total = 20_000u64;
+        let batch: Vec<(u64, u64)> = (1..=total).map(|i| (i % 7, i)).collect();
+        let host = std::thread::spawn(move || {
+            pusher.push_batch(batch).unwrap();
+            pusher
+        });
+        let mut got = Vec::new();
+        while (got.len() as u64) < total {
+            outputs.poll(|o| got.push(o));
+            std::thread::yield_now();
+        }
+        let mut pusher = host.join().unwrap();
+        let summary = engine.stop().unwrap();
+        assert_eq!(summary.messages_in, total);
+        got.sort_unstable();
+        let mut want: Vec<(u64, u64)> = (1..=total).map(|i| (i % 7, i)).collect();
+        want.sort_unstable();
+        assert!(
+            got == want,
+            "{shards} shards: {} outputs, {} expected",
+            got.len(),
+            want.len()
+        );
+        match pusher.push_batch(vec![(1, 1), (2, 2)]) {
+            Err(PushError::Stopped(back)) => assert_eq!(back, vec![(1, 1), (2, 2)]),
+            other => panic!("{other:?}"),
+        }
     }
 }
 
