@@ -19,6 +19,7 @@ lint:
 # is left out: its 200 000 values take Miri too long).
 miri:
     cargo +nightly miri test -p bettong --lib runtime::split
+    cargo +nightly miri test -p bettong --lib runtime::run
     cargo +nightly miri test -p bettong --lib runtime::ring -- --skip cross_thread_with_parking
 
 # The main job: a Market Spread run on generated data, with throughput and latency.

@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::event::{Control, Stamp};
+use crate::runtime::run::Run;
 use crate::runtime::shard::{Gauge, WaitList};
 use target::Target;
 
@@ -36,6 +37,17 @@ pub(crate) trait Input<T> {
     /// any other gets them one [`data`](Self::data) call at a time, as here.
     fn data_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
         for msg in batch.drain(..) {
+            self.data(msg, stamp);
+        }
+    }
+    /// Data events that share one stamp, in order, handed over where they lie: this shard's
+    /// messages of a chunk that a `key_by` exchange split (`runtime::split`), or a stretch of
+    /// a lane from another shard (`runtime::lane`). The default is a loop over
+    /// [`data`](Self::data), which each operator's copy of this method calls statically,
+    /// where the exchange would call `data` through the vtable per message; an operator that
+    /// passes each message on by value does better taking it in place (`runtime::run`).
+    fn data_run(&self, run: Run<'_, T>, stamp: Stamp) {
+        for msg in run {
             self.data(msg, stamp);
         }
     }

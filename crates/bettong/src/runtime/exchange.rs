@@ -145,7 +145,7 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             self.me,
             self.outboxes.len(),
             &self.route,
-            |msg| operator.data(msg, stamp),
+            |run| operator.data_run(run, stamp),
             |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
             |dst, run| self.outbox(dst).spill.send_run(run, stamp),
         );
@@ -279,7 +279,7 @@ pub(crate) async fn drain<T: Send + 'static>(
                 continue;
             }
             drained += ring.drain_until(
-                |msg, stamp| target.data(msg, stamp),
+                |run, stamp| target.data_run(run, stamp),
                 |c| {
                     target.control(port, c);
                     // Stop at a barrier the other ports have not delivered yet.
@@ -541,7 +541,7 @@ mod tests {
             settle().await;
             let mut seen = Vec::new();
             let mut take = |rx: &mut LaneReceiver<u64>| {
-                rx.drain_until(|m, _| seen.push(m), |_| true);
+                rx.drain_until(|run, _| seen.extend(run), |_| true);
             };
             take(&mut rx);
             target.control(1, Control::Barrier(1));

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use crate::event::{Control, Event, Stamp};
 use crate::runtime::doorbell::{Doorbell, Waiter};
 use crate::runtime::ring::{self, Consumer, Park, Producer};
+use crate::runtime::run::Run;
 use crate::runtime::shard::Sender;
 
 /// What changes at a data position.
@@ -186,12 +187,12 @@ pub(crate) struct LaneReceiver<T> {
 }
 
 impl<T: Send> LaneReceiver<T> {
-    /// Hands every published message to `data` and every control event to `control`, in the
-    /// order they were sent; stops after a control event for which `control` returns false
+    /// Hands every published message to `data` (in runs of messages that share a stamp, where
+    /// they lie in the ring) and every control event to `control`, in the order they were sent; stops after a control event for which `control` returns false
     /// (what follows stays for the next call). Returns how many it handed over.
     pub(crate) fn drain_until(
         &mut self,
-        mut data: impl FnMut(T, Stamp),
+        mut data: impl FnMut(Run<'_, T>, Stamp),
         mut control: impl FnMut(Control) -> bool,
     ) -> usize {
         // The invariant: every mark at or before `end` is visible once `end` is read.
@@ -201,10 +202,7 @@ impl<T: Send> LaneReceiver<T> {
             let mark = self.marks.peek().copied().filter(|m| m.at <= end);
             let upto = mark.map_or(end, |m| m.at);
             let stamp = self.stamp;
-            handed += self.data.drain_before(upto, |msg| {
-                data(msg, stamp);
-                true
-            });
+            handed += self.data.drain_runs_before(upto, |run| data(run, stamp));
             let Some(mark) = mark else {
                 return handed;
             };
@@ -261,7 +259,11 @@ mod tests {
     fn take<T: Send + std::fmt::Debug>(rx: &mut LaneReceiver<T>, out: &mut Vec<String>) {
         let out = std::cell::RefCell::new(out);
         rx.drain_until(
-            |m, s| out.borrow_mut().push(format!("{m:?}@{}", s.ingest_ns)),
+            |run, s| {
+                for m in run {
+                    out.borrow_mut().push(format!("{m:?}@{}", s.ingest_ns));
+                }
+            },
             |c| {
                 out.borrow_mut().push(format!("{c:?}"));
                 true
@@ -322,9 +324,12 @@ mod tests {
         }
         tx.publish();
         let mut got = Vec::new();
-        let n = rx.drain_until(|m, _| got.push(m), |c| c != Control::Barrier(3));
+        let n = rx.drain_until(|run, _| got.extend(run), |c| c != Control::Barrier(3));
         assert_eq!((n, got.as_slice()), (2, [1].as_slice()));
-        let n = rx.drain_until(|m, s| got.push(m * 10 + s.ingest_ns as u32), |_| true);
+        let n = rx.drain_until(
+            |run, s| got.extend(run.map(|m| m * 10 + s.ingest_ns as u32)),
+            |_| true,
+        );
         assert_eq!((n, got.as_slice()), (1, [1, 22].as_slice()));
     }
 
@@ -436,10 +441,12 @@ mod tests {
                 })
                 .await;
                 rx.drain_until(
-                    |m, s| {
-                        let e = expect.get();
-                        assert_eq!((m, s), (e, stamp(u64::from(e / 4))));
-                        expect.set(e + 1);
+                    |run, s| {
+                        for m in run {
+                            let e = expect.get();
+                            assert_eq!((m, s), (e, stamp(u64::from(e / 4))));
+                            expect.set(e + 1);
+                        }
                     },
                     |c| {
                         let e = expect.get();

@@ -33,6 +33,7 @@ mod reporter;
 pub mod ring;
 pub(crate) mod route_cache;
 pub mod router;
+pub(crate) mod run;
 pub(crate) mod shard;
 pub(crate) mod split;
 

@@ -35,6 +35,7 @@ use std::task::{Context, Poll};
 
 use super::doorbell::{Doorbell, Waiter};
 use super::membarrier;
+use super::run::{self, Run};
 
 /// Keeps a hot atomic on its own cache line pair so that the producer's and the consumer's
 /// positions do not false-share (128 bytes covers adjacent-line prefetching on x86).
@@ -380,6 +381,16 @@ pub struct Consumer<T> {
     read: usize,
 }
 
+/// Stores a consumer's new `head` when dropped: after a run is handed over, and also when the
+/// code it was handed to panics.
+struct FreeUpTo<'a>(&'a AtomicUsize, usize);
+
+impl Drop for FreeUpTo<'_> {
+    fn drop(&mut self) {
+        self.0.store(self.1, Ordering::Release);
+    }
+}
+
 impl<T: Send> Consumer<T> {
     /// Hands every published item to `f`, in order, and frees their slots with one store.
     /// Returns how many items it drained.
@@ -456,6 +467,50 @@ impl<T: Send> Consumer<T> {
         drop(release);
         shared.producer.wake_if_parked();
         n
+    }
+
+    /// Like [`drain_before`](Self::drain_before), but hands the items over in [`Run`]s of
+    /// consecutive slots, where they lie (at most [`run::MAX`] a run; the ring's wrap ends a
+    /// run too): a lane's drain hands its operator one run per stretch instead of one call per
+    /// message (see `runtime::run`). What a run leaves is dropped with it, so every run frees
+    /// all of its slots.
+    #[inline]
+    pub(crate) fn drain_runs_before(&mut self, end: usize, mut f: impl FnMut(Run<'_, T>)) -> usize {
+        let shared = &*self.shared;
+        // Positions only grow, so the smaller of the two is the nearer.
+        let tail = shared.tail.0.load(Ordering::Acquire).min(end);
+        if tail <= self.read {
+            return 0;
+        }
+        let start = self.read;
+        while self.read != tail {
+            let first = self.read;
+            let len = (tail - first)
+                .min(shared.mask + 1 - (first & shared.mask))
+                .min(run::MAX);
+            // Past the run before it is handed over: the run reads out or drops every one of
+            // its items, also when `f` panics (the run is dropped as the panic unwinds), so
+            // `head` below never frees an item that is still in its slot.
+            self.read += len;
+            // SAFETY: slots in [first, first + len) were written and published by the
+            // producer (the acquire load above pairs with its release store; `tail` is at most
+            // the tail loaded), they are consecutive in memory (the run stops at the wrap),
+            // `MaybeUninit<T>` in an `UnsafeCell` is laid out as `T`, and they stay ours, put,
+            // until `head` moves past them below, after the run is gone: the run's invariant.
+            // (The pointer is taken from the whole slice, not from one slot: a run reads past
+            // its first slot.)
+            let run = unsafe {
+                let slots = shared.slots.as_ptr().cast::<T>();
+                Run::consecutive(slots.add(first & shared.mask), len)
+            };
+            // Frees the run's slots also when `f` panics, so that `Shared::drop` never drops
+            // a value that was already moved out.
+            let free = FreeUpTo(&shared.head.0, self.read);
+            f(run);
+            drop(free);
+        }
+        shared.producer.wake_if_parked();
+        tail - start
     }
 
     /// The position of the next item to drain: how many items were ever drained.
@@ -693,6 +748,93 @@ mod tests {
         );
         assert_eq!(rx.peek(), None);
         assert_eq!(rx.pop(), None);
+    }
+
+    /// `drain_runs_before` hands the items over in order, in runs that end at the ring's wrap
+    /// and after `run::MAX` items, stops at the position it is given, and frees every slot of
+    /// a run: what a run's taker leaves is dropped, and the ring has room for all of it again.
+    #[test]
+    fn drain_runs_before_ends_runs_at_the_wrap_and_at_the_most_a_run_holds() {
+        let (mut tx, mut rx) = channel::<u32>(512);
+        let mut next = 0u32;
+        let mut push = |tx: &mut Producer<u32>, n: u32| {
+            for _ in 0..n {
+                assert!(tx.push(next).is_ok());
+                next += 1;
+            }
+            tx.publish();
+        };
+        push(&mut tx, 300);
+        let (mut got, mut lens) = (Vec::new(), Vec::new());
+        let n = rx.drain_runs_before(usize::MAX, |run| {
+            lens.push(run.len());
+            got.extend(run);
+        });
+        assert_eq!((n, lens.as_slice()), (300, [run::MAX, 44].as_slice()));
+        // 400 more: slots 300..512, then the wrap to 0..188.
+        push(&mut tx, 400);
+        lens.clear();
+        let n = rx.drain_runs_before(600, |run| {
+            lens.push(run.len());
+            got.extend(run);
+        });
+        assert_eq!((n, lens.as_slice()), (300, [212, 88].as_slice()));
+        assert_eq!(rx.position(), 600);
+        // Half of each run taken: the rest is dropped with the run, and its slots freed.
+        lens.clear();
+        let n = rx.drain_runs_before(usize::MAX, |mut run| {
+            lens.push(run.len());
+            let half = run.len() / 2;
+            got.extend(run.by_ref().take(half));
+        });
+        assert_eq!((n, lens.as_slice()), (100, [100].as_slice()));
+        let want: Vec<u32> = (0..650).collect();
+        assert_eq!(got, want);
+        push(&mut tx, 512);
+        assert!(
+            tx.push(0).is_err(),
+            "every slot was freed, and is full again"
+        );
+    }
+
+    /// A panic in the code a run is handed to drops the rest of that run once, frees its
+    /// slots, and leaves the runs after it in the ring; nothing is dropped twice.
+    #[test]
+    fn a_panic_in_a_run_frees_its_slots_and_drops_nothing_twice() {
+        let drops = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct D(u32, std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+        impl Drop for D {
+            fn drop(&mut self) {
+                self.1.lock().unwrap().push(self.0);
+            }
+        }
+        let (mut tx, mut rx) = channel::<D>(512);
+        for i in 0..300 {
+            assert!(tx.push(D(i, drops.clone())).is_ok());
+        }
+        tx.publish();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rx.drain_runs_before(usize::MAX, |run| {
+                for d in run {
+                    assert!(d.0 < 10, "boom at {}", d.0);
+                }
+            })
+        }));
+        assert!(r.is_err());
+        // 0..=10 taken and dropped, 11..256 dropped with the run.
+        let mut dropped = drops.lock().unwrap().clone();
+        dropped.sort_unstable();
+        assert_eq!(dropped, (0..run::MAX as u32).collect::<Vec<_>>());
+        assert_eq!(rx.position(), run::MAX);
+        let mut rest = Vec::new();
+        rx.drain(|d| rest.push(d.0));
+        assert_eq!(rest, (run::MAX as u32..300).collect::<Vec<_>>());
+        drop((tx, rx));
+        let mut dropped = drops.lock().unwrap().clone();
+        let all = dropped.len();
+        dropped.sort_unstable();
+        dropped.dedup();
+        assert_eq!((all, dropped.len()), (300, 300), "each dropped once");
     }
 
     /// Every value is dropped exactly once, whether consumed, left published in the ring, or

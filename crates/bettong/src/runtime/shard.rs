@@ -607,7 +607,10 @@ mod tests {
         assert!(spill.gauge.is_over(), "the run spilled");
         let got = RefCell::new(Vec::new());
         let take = |rx: &mut lane::LaneReceiver<u32>| {
-            rx.drain_until(|m, s| got.borrow_mut().push((m, s.ingest_ns)), |_| true);
+            rx.drain_until(
+                |run, s| got.borrow_mut().extend(run.map(|m| (m, s.ingest_ns))),
+                |_| true,
+            );
         };
         take(&mut rx);
         spill.send_run(5..7u32, stamp(2));
