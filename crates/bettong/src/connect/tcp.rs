@@ -5,6 +5,7 @@
 //! the encoder's bytes to it in batches. The socket work is in `crate::net`; this module fits
 //! it to the [`Source`] and [`Sink`] traits like any other connector.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -23,6 +24,7 @@ use crate::net::sink::SinkBuffer;
 use crate::net::source::{accept_loop, each_frame, fd_reserve, Connections, FrameBatch};
 use crate::runtime::config::{Address, ConnectorAddress};
 use crate::runtime::shard::{FrameHandler, Frames, SourceRuntime};
+use crate::runtime::split::CHUNK;
 
 /// A TCP source: a listener (one per shard, same port) taking `[u32 BE len][payload]` frames,
 /// each decoded into one message by the decoder. Its address comes from `--in NAME@HOST:PORT`.
@@ -49,6 +51,28 @@ struct DecodeEmit<D: Decoder> {
     decoder: Arc<D>,
     event_time: Option<EventTime<D::Out>>,
     emit: SourceContext<D::Out>,
+    /// The messages of a read decoded and not yet handed on, when the operator downstream
+    /// takes batches (a `key_by` exchange, which splits a batch by destination where it lies,
+    /// `runtime::split`) and the messages of a read share its stamp (no event-time function).
+    /// Handed on every [`CHUNK`] messages and at the end of each read.
+    held: Option<RefCell<Vec<D::Out>>>,
+}
+
+impl<D: Decoder> DecodeEmit<D> {
+    fn new(
+        decoder: Arc<D>,
+        event_time: Option<EventTime<D::Out>>,
+        emit: SourceContext<D::Out>,
+    ) -> Self {
+        let held = (event_time.is_none() && emit.takes_batches())
+            .then(|| RefCell::new(Vec::with_capacity(CHUNK)));
+        DecodeEmit {
+            decoder,
+            event_time,
+            emit,
+            held,
+        }
+    }
 }
 
 impl<D: Decoder> FrameHandler for DecodeEmit<D> {
@@ -89,7 +113,31 @@ impl<D: Decoder> FrameHandler for DecodeEmit<D> {
         reader: &mut FrameReader,
         batch: &mut FrameBatch<'_>,
     ) -> Result<Frames, FrameTooLarge> {
-        each_frame(reader, batch, |payload, stamp| self.frame(payload, stamp))
+        let Some(held) = &self.held else {
+            return each_frame(reader, batch, |payload, stamp| self.frame(payload, stamp));
+        };
+        // Every message of the read is handed on before this returns (also when a gauge
+        // pauses it): nothing is held across a wait, where a barrier or a watermark could
+        // pass it. The gauges, looked at every 16 frames, then lag by at most a chunk.
+        let end = each_frame(reader, batch, |payload, stamp| {
+            // A `match`, not `?`, as in `frame`.
+            match self.decoder.decode(payload) {
+                Ok(msg) => {
+                    let mut held = held.borrow_mut();
+                    held.push(msg);
+                    if held.len() >= CHUNK {
+                        self.emit.emit_batch(&mut held, stamp);
+                    }
+                    Ok(stamp.event_ns)
+                }
+                Err(e) => Err(e),
+            }
+        });
+        let mut held = held.borrow_mut();
+        if !held.is_empty() {
+            self.emit.emit_batch(&mut held, batch.stamp);
+        }
+        end
     }
 }
 
@@ -231,11 +279,7 @@ impl<D: Decoder> Source for TcpSource<D> {
             let core = ctx.core().clone();
             let source = Rc::new(SourceRuntime {
                 name: ctx.name().to_string(),
-                on_frame: Box::new(DecodeEmit {
-                    decoder,
-                    event_time,
-                    emit: ctx.clone(),
-                }),
+                on_frame: Box::new(DecodeEmit::new(decoder, event_time, ctx.clone())),
                 gauges: ctx.gauges().clone(),
                 counters: core.metrics.source(ctx.name()),
                 watermarks: Default::default(),
