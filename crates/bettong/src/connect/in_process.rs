@@ -550,7 +550,7 @@ fn take<'a, T: Send + 'static>(
             continue;
         }
         let at = *stamp.get_or_insert_with(|| Stamp::at(now_ns()));
-        n += ring.drain(|msg| ctx.emit(msg, at));
+        n += ring.drain_runs_before(usize::MAX, |run| ctx.emit_run(run, at));
     }
     if n > 0 {
         ctx.count_in_n(n as u64);

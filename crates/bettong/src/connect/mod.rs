@@ -64,6 +64,7 @@ use std::rc::Rc;
 use crate::error::Error;
 use crate::event::{Control, Stamp};
 use crate::ops::Downstream;
+use crate::runtime::run::Run;
 use crate::runtime::shard::{Gauge, Latch, LocalFuture, ShardCore};
 
 /// What [`Source::open`] or [`Sink::open`] prepared: one part per shard, and a description of
@@ -294,6 +295,13 @@ impl<T: 'static> SourceContext<T> {
     #[inline]
     pub(crate) fn emit_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
         self.inner.down.data_batch(batch, stamp)
+    }
+
+    /// Emits every message of `run`, in order, with one stamp, where they lie (a pusher's
+    /// ring drained in place; see `runtime::run`).
+    #[inline]
+    pub(crate) fn emit_run(&self, run: Run<'_, T>, stamp: Stamp) {
+        self.inner.down.data_run(run, stamp)
     }
 
     /// True when the operator this source feeds does better with batches than with messages

@@ -147,6 +147,18 @@ impl<T: 'static> Downstream<T> {
         self.data.data_batch(batch, stamp)
     }
 
+    /// Hands `run` on (see [`Input::data_run`]).
+    #[inline]
+    pub(crate) fn data_run(&self, run: Run<'_, T>, stamp: Stamp) {
+        if self.held.get() {
+            for msg in run {
+                self.ctl.held_data(self.port, msg, stamp);
+            }
+            return;
+        }
+        self.data.data_run(run, stamp)
+    }
+
     /// True when the operator downstream takes batches (see [`Input::batches`]).
     pub(crate) fn batches(&self) -> bool {
         self.data.batches()

@@ -17,6 +17,7 @@ use crate::event::{Control, Event, Stamp};
 use crate::ops::{Downstream, Input};
 use crate::runtime::lane::{LaneReceiver, LaneSender};
 use crate::runtime::ring;
+use crate::runtime::run::Run;
 use crate::runtime::shard::{
     yield_after_batch, Gauge, LocalFuture, Notify, Publish, ShardCore, Spill, WaitList,
 };
@@ -118,30 +119,35 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
     /// A batch is delivered by `runtime::split`: this shard's messages of each chunk to the
     /// operator, then the others into their lanes, with no branch on the destination.
     fn data_batch(&self, batch: &mut Vec<T>, stamp: Stamp) {
-        if !self.local_open() {
-            // The local port is held (a checkpoint barrier waits for the other ports): the
-            // rare case, one message at a time, in order behind what is held.
+        if !self.splits() {
             for msg in batch.drain(..) {
                 self.data(msg, stamp);
             }
             return;
         }
-        if self.local.held.get() {
-            // The operator is a merge holding this edge's input: one at a time, to the merge.
-            for msg in batch.drain(..) {
-                self.data(msg, stamp);
-            }
-            return;
-        }
-        // Nothing run below can hold the local port or this edge (that takes a control event,
-        // and control events come from tasks, never from the data calls of this one), so the
-        // operator is called directly, with no look at either per message. With that, the
-        // route cache out of its `Option` and the route pass's bound checked once: Market
-        // Spread on 2 shards 284.4 -> 277.0 instructions per message, 264.0 -> 256.1 with
-        // nothing crossing (perf/peer `bettong-iter` under callgrind).
         let operator = &self.local.data;
         split::deliver(
             batch,
+            self.me,
+            self.outboxes.len(),
+            &self.route,
+            |run| operator.data_run(run, stamp),
+            |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
+            |dst, run| self.outbox(dst).spill.send_run(run, stamp),
+        );
+    }
+
+    /// A run (a pusher's ring, drained where it lies) is split as a batch is, in place.
+    fn data_run(&self, run: Run<'_, T>, stamp: Stamp) {
+        if !self.splits() {
+            for msg in run {
+                self.data(msg, stamp);
+            }
+            return;
+        }
+        let operator = &self.local.data;
+        split::deliver_run(
+            run,
             self.me,
             self.outboxes.len(),
             &self.route,
@@ -171,6 +177,23 @@ impl<T: Send + 'static, R> Exchange<T, R> {
             Some(Some(outbox)) => outbox,
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
+    }
+
+    /// True when a batch or a run may be split (`runtime::split`), its local messages going
+    /// straight to the operator's `data_run`; false in the rare cases where they go one at a
+    /// time through `data`, in order behind what is held: the local port is held (a
+    /// checkpoint barrier waits for the other ports), or the operator is a merge holding
+    /// this edge's input.
+    ///
+    /// Nothing run during a split can hold the local port or this edge (that takes a control
+    /// event, and control events come from tasks, never from the data calls of this one), so
+    /// the operator is then called directly, with no look at either per message. With that,
+    /// the route cache out of its `Option` and the route pass's bound checked once: Market
+    /// Spread on 2 shards 284.4 -> 277.0 instructions per message, 264.0 -> 256.1 with
+    /// nothing crossing (perf/peer `bettong-iter` under callgrind).
+    #[inline]
+    fn splits(&self) -> bool {
+        self.local_open() && !self.local.held.get()
     }
 
     /// True when a local message may go straight to the operator: no port of it is held and

@@ -66,6 +66,15 @@ impl<'a, T> Run<'a, T> {
         unsafe { Run::new(base, &CONSECUTIVE[..len.min(MAX)]) }
     }
 
+    /// Where the messages' indices count from, and the indices of those not yet taken: the
+    /// run taken apart, its messages left where they lie, for whoever reads them out (or
+    /// leaks them) instead.
+    #[inline(always)]
+    pub(crate) fn into_raw(self) -> (*const T, &'a [u8]) {
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.base, this.indices.as_slice())
+    }
+
     /// The next message where it lies, to be looked at and then taken: an operator that
     /// passes the message on by value reads it out once this way, where
     /// [`next`](Iterator::next) reads it out into a value that the operator's call copies

@@ -23,9 +23,10 @@
 //!   53.1-62.8 ns; perf samples of the engine per sample of `StateOp::data` (4 runs each,
 //!   which cancels most of this machine's swings), median 2.84 -> 2.75.
 //!
-//! **Invariant:** once [`Split::route`] has run over a chunk of `n` messages, `local[..nl]`
-//! and `remote[..nr]` together hold every index below `n` exactly once, each list in
-//! ascending order, and `dst[i]` is the shard of message `i`.
+//! **Invariant:** once [`Split::route`] has run over a chunk (the messages of a batch's
+//! stretch, indices `0..n`, or those a run names), `local[..nl]` and `remote[..nr]` together
+//! hold every index of the chunk exactly once, each list in the chunk's order, and `dst[i]`
+//! is the shard of message `i`.
 
 use crate::runtime::run::{self, Run};
 
@@ -53,7 +54,8 @@ impl Split {
         }
     }
 
-    /// Routes `chunk` (at most [`CHUNK`] messages), setting up the invariant for it.
+    /// Routes `messages`, each with its index in the chunk (at most [`CHUNK`] of them),
+    /// setting up the invariant for them.
     ///
     /// The list lengths are counted in locals and stored once: counted in the struct's
     /// fields, they went to memory and back for every message (LLVM cannot tell the byte
@@ -61,23 +63,72 @@ impl Split {
     /// under callgrind: 298.4 -> 292.8 instructions per message, 270.1 -> 264.0 with nothing
     /// crossing.
     #[inline]
-    fn route<T>(&mut self, chunk: &[T], me: usize, route: &impl Fn(&T) -> usize) {
-        debug_assert!(chunk.len() <= CHUNK);
+    fn route<'m, T: 'm>(
+        &mut self,
+        messages: impl ExactSizeIterator<Item = (u8, &'m T)>,
+        me: usize,
+        route: &impl Fn(&T) -> usize,
+    ) {
+        debug_assert!(messages.len() <= CHUNK);
+        let n = messages.len();
         let mut nl = 0usize;
-        let chunk = &chunk[..chunk.len().min(CHUNK)];
-        for (i, msg) in chunk.iter().enumerate() {
+        for (k, (i, msg)) in messages.enumerate() {
             let shard = route(msg);
             debug_assert!(shard <= usize::from(u16::MAX));
-            // `nl <= i < CHUNK` (256), so no index below truncates: the byte casts only
-            // spare the bounds checks.
-            self.dst[usize::from(i as u8)] = shard as u16;
-            // Written to both lists; only one of them grows (the remote one holds `i - nl`).
-            self.local[usize::from(nl as u8)] = i as u8;
-            self.remote[usize::from((i - nl) as u8)] = i as u8;
+            self.dst[usize::from(i)] = shard as u16;
+            // Written to both lists; only one of them grows (the remote one holds `k - nl`).
+            // `nl <= k < CHUNK` (256), so no index below truncates: the byte casts only spare
+            // the bounds checks.
+            self.local[usize::from(nl as u8)] = i;
+            self.remote[usize::from((k - nl) as u8)] = i;
             nl += usize::from(shard == me);
         }
         self.nl = nl;
-        self.nr = chunk.len() - nl;
+        self.nr = n - nl;
+    }
+
+    /// Delivers the chunk at `base` that [`route`](Self::route) has just routed: see
+    /// [`deliver`].
+    ///
+    /// # Safety
+    /// `route` ran over this chunk, and none of its messages has been read out since; they
+    /// stay put until this returns.
+    #[inline(always)]
+    unsafe fn deliver<T>(
+        &self,
+        base: *const T,
+        shards: usize,
+        local: &mut impl FnMut(Run<'_, T>),
+        remote: &mut impl FnMut(usize, T),
+        run: &mut impl FnMut(usize, Run<'_, T>),
+    ) {
+        if self.nl > 0 {
+            // SAFETY: the local list's indices are messages of this chunk that no other
+            // list names (the invariant), which stay put (the caller).
+            local(unsafe { Run::new(base, &self.local[..self.nl]) });
+        }
+        let remotes = &self.remote[..self.nr];
+        if shards == 2 {
+            if let Some(&first) = remotes.first() {
+                let shard = usize::from(self.dst[usize::from(first)]);
+                debug_assert!(
+                    remotes
+                        .iter()
+                        .all(|&i| usize::from(self.dst[usize::from(i)]) == shard),
+                    "on 2 shards every remote message goes to the other one"
+                );
+                // SAFETY: the whole remote list: by the invariant, messages of this chunk
+                // that the local run did not name, which stay put.
+                run(shard, unsafe { Run::new(base, remotes) });
+            }
+        } else {
+            for &i in remotes {
+                let shard = usize::from(self.dst[usize::from(i)]);
+                // SAFETY: by the invariant no other index of either list is `i`, so this
+                // message is read out once.
+                remote(shard, unsafe { base.add(usize::from(i)).read() });
+            }
+        }
     }
 }
 
@@ -122,40 +173,43 @@ pub(crate) fn deliver<T>(
         // SAFETY: messages `start..start + n` are initialised and none of them has been read
         // out yet (chunks are read out in turn, after they are routed); the slice is gone
         // before the first is.
-        let chunk = unsafe { std::slice::from_raw_parts(base.add(start), n) };
-        split.route(chunk, me, &route);
-        // SAFETY: the chunk's messages start at `start < len`.
-        let chunk = unsafe { base.add(start) };
-        if split.nl > 0 {
-            // The whole local list: by the invariant, indices no remote delivery reads.
-            // SAFETY: the local list's indices are messages of this chunk that no other
-            // list names (the invariant), in the batch, which stays put until `deliver`
-            // returns.
-            local(unsafe { Run::new(chunk, &split.local[..split.nl]) });
-        }
-        let remotes = &split.remote[..split.nr];
-        if shards == 2 {
-            if let Some(&first) = remotes.first() {
-                let shard = usize::from(split.dst[usize::from(first)]);
-                debug_assert!(
-                    remotes
-                        .iter()
-                        .all(|&i| usize::from(split.dst[usize::from(i)]) == shard),
-                    "on 2 shards every remote message goes to the other one"
-                );
-                // SAFETY: the whole remote list: by the invariant, messages of this chunk
-                // that the local run did not name, in the batch, which stays put.
-                run(shard, unsafe { Run::new(chunk, remotes) });
-            }
-        } else {
-            for &i in remotes {
-                let shard = usize::from(split.dst[usize::from(i)]);
-                // SAFETY: `i < n`, and by the invariant no other index of either list is `i`,
-                // so this message is read out once.
-                remote(shard, unsafe { chunk.add(usize::from(i)).read() });
-            }
-        }
+        let messages = unsafe { std::slice::from_raw_parts(base.add(start), n) };
+        // `n <= CHUNK` (256): the byte casts do not truncate.
+        split.route(
+            messages.iter().enumerate().map(|(i, m)| (i as u8, m)),
+            me,
+            &route,
+        );
+        // SAFETY: routed just now, and none read out since; the batch's buffer stays put
+        // while it is borrowed here.
+        unsafe { split.deliver(base.add(start), shards, &mut local, &mut remote, &mut run) };
         start += n;
+    }
+}
+
+/// [`deliver`] for the messages of a run: the run's own messages to `local` in a run of
+/// them, the others as `deliver` hands them on, where they lie.
+pub(crate) fn deliver_run<T>(
+    messages: Run<'_, T>,
+    me: usize,
+    shards: usize,
+    route: impl Fn(&T) -> usize,
+    mut local: impl FnMut(Run<'_, T>),
+    mut remote: impl FnMut(usize, T),
+    mut run: impl FnMut(usize, Run<'_, T>),
+) {
+    let (base, indices) = messages.into_raw();
+    let mut split = Split::new();
+    // SAFETY: by the run's invariant its indices name initialised messages that only it
+    // reads out, which stay put while it lives (`'_`, past this call); the run is taken
+    // apart, so only the split's runs and reads below read them out.
+    unsafe {
+        split.route(
+            indices.iter().map(|&i| (i, &*base.add(usize::from(i)))),
+            me,
+            &route,
+        );
+        split.deliver(base, shards, &mut local, &mut remote, &mut run);
     }
 }
 
@@ -241,6 +295,61 @@ mod tests {
                 let mut dropped = drops.borrow().clone();
                 dropped.sort_unstable();
                 assert_eq!(dropped, (0..len).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// A run is split as a batch is, where it lies: each of its messages delivered once, to
+    /// its shard, in the run's order; this shard's own in one run, the others in one run on
+    /// 2 shards and one at a time on more. Messages outside the run are not touched.
+    #[test]
+    fn a_run_is_split_in_place() {
+        for shards in 1..=4 {
+            let drops = RefCell::new(Vec::new());
+            let all: Vec<std::mem::ManuallyDrop<Msg>> = (0..CHUNK)
+                .map(|id| std::mem::ManuallyDrop::new(Msg { id, drops: &drops }))
+                .collect();
+            // Every third message, from the end backwards: indices in no particular order.
+            let picks: Vec<u8> = (0..CHUNK).rev().step_by(3).map(|i| i as u8).collect();
+            // SAFETY: distinct initialised messages of `all`, which outlives the run and
+            // drops none of them (`ManuallyDrop`).
+            let run = unsafe { Run::new(all.as_ptr().cast::<Msg>(), &picks) };
+            let me = shards - 1;
+            let got = RefCell::new(Vec::new());
+            deliver_run(
+                run,
+                me,
+                shards,
+                |m| shard_of(m.id, shards),
+                |run| got.borrow_mut().extend(run.map(|m| (me, m.id))),
+                |s, m| {
+                    assert_ne!(shards, 2);
+                    got.borrow_mut().push((s, m.id));
+                },
+                |s, run| {
+                    assert_eq!(shards, 2);
+                    got.borrow_mut().extend(run.map(|m| (s, m.id)));
+                },
+            );
+            let got = got.into_inner();
+            for s in 0..shards {
+                let order: Vec<usize> = got.iter().filter(|g| g.0 == s).map(|g| g.1).collect();
+                let want: Vec<usize> = picks
+                    .iter()
+                    .map(|&i| usize::from(i))
+                    .filter(|&id| shard_of(id, shards) == s)
+                    .collect();
+                assert_eq!(order, want, "{shards} shards, shard {s}");
+            }
+            let mut dropped = drops.borrow().clone();
+            dropped.sort_unstable();
+            let mut want: Vec<usize> = picks.iter().map(|&i| usize::from(i)).collect();
+            want.sort_unstable();
+            assert_eq!(dropped, want, "{shards} shards: the run's, each once");
+            for (id, m) in all.into_iter().enumerate() {
+                if !picks.contains(&(id as u8)) {
+                    drop(std::mem::ManuallyDrop::into_inner(m));
+                }
             }
         }
     }
