@@ -79,7 +79,9 @@ pairs = [("bettong-iter/1", "timely/1"), ("bettong-iter/2", "timely/2"),
          ("bettong/1", "timely/1"), ("bettong/2", "timely/2"),
          ("bettong-iter/2", "bettong-iter/1"), ("timely/2", "timely/1"),
          ("loop-local/2", "loop/1"), ("bettong-iter-engines/2", "bettong-iter/1"),
-         ("bettong-iter-local/2", "bettong-iter/1")]
+         ("bettong-iter-local/2", "bettong-iter/1"),
+         ("bettong-tcp/1", "timely-tcp/1"), ("bettong-tcp/2", "timely-tcp/2"),
+         ("bettong-tcp/2", "bettong-tcp/1"), ("timely-tcp/2", "timely-tcp/1")]
 print("  per-round ratios (msgs/s), median (rounds above 1):")
 for a, b in pairs:
     rs = [r[a][0] / r[b][0] for r in by_round.values() if a in r and b in r]
