@@ -125,16 +125,8 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             }
             return;
         }
-        let operator = &self.local.data;
-        split::deliver(
-            batch,
-            self.me,
-            self.outboxes.len(),
-            &self.route,
-            |run| operator.data_run(run, stamp),
-            |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
-            |dst, run| self.outbox(dst).spill.send_run(run, stamp),
-        );
+        let shards = self.outboxes.len();
+        split::deliver(batch, self.me, shards, &self.route, self.to(stamp));
     }
 
     /// A run (a pusher's ring, drained where it lies) is split as a batch is, in place.
@@ -145,16 +137,8 @@ impl<T: Send + 'static, R: Fn(&T) -> usize> Input<T> for Exchange<T, R> {
             }
             return;
         }
-        let operator = &self.local.data;
-        split::deliver_run(
-            run,
-            self.me,
-            self.outboxes.len(),
-            &self.route,
-            |run| operator.data_run(run, stamp),
-            |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
-            |dst, run| self.outbox(dst).spill.send_run(run, stamp),
-        );
+        let shards = self.outboxes.len();
+        split::deliver_run(run, self.me, shards, &self.route, self.to(stamp));
     }
 
     fn batches(&self) -> bool {
@@ -177,6 +161,18 @@ impl<T: Send + 'static, R> Exchange<T, R> {
             Some(Some(outbox)) => outbox,
             _ => unreachable!("route() returned shard {dst} out of range"),
         }
+    }
+
+    /// Where a split of messages stamped `stamp` hands them on: this shard's own straight to
+    /// the operator, the others into their lanes.
+    #[inline(always)]
+    fn to(&self, stamp: Stamp) -> impl split::Deliver<T> + '_ {
+        let operator = &self.local.data;
+        (
+            move |run: Run<'_, T>| operator.data_run(run, stamp),
+            move |dst, msg| self.outbox(dst).spill.send_data(msg, stamp),
+            move |dst, run: Run<'_, T>| self.outbox(dst).spill.send_run(run, stamp),
+        )
     }
 
     /// True when a batch or a run may be split (`runtime::split`), its local messages going

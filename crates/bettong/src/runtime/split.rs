@@ -34,6 +34,39 @@ use crate::runtime::run::{self, Run};
 /// messages (16 KiB) stays in the L1 cache between the route and the delivery.
 pub(crate) const CHUNK: usize = run::MAX;
 
+/// Where a split hands its messages on.
+pub(crate) trait Deliver<T> {
+    /// This shard's own messages of a chunk, in order, in one run.
+    fn local(&mut self, run: Run<'_, T>);
+    /// One message for another shard (on more than 2 shards).
+    fn remote(&mut self, shard: usize, msg: T);
+    /// A chunk's messages for the other shard, in order, in one run (on 2 shards).
+    fn run(&mut self, shard: usize, run: Run<'_, T>);
+}
+
+/// Three closures, for `local`, `remote` and `run` in that order.
+impl<T, L, R, U> Deliver<T> for (L, R, U)
+where
+    L: FnMut(Run<'_, T>),
+    R: FnMut(usize, T),
+    U: FnMut(usize, Run<'_, T>),
+{
+    #[inline(always)]
+    fn local(&mut self, run: Run<'_, T>) {
+        (self.0)(run)
+    }
+
+    #[inline(always)]
+    fn remote(&mut self, shard: usize, msg: T) {
+        (self.1)(shard, msg)
+    }
+
+    #[inline(always)]
+    fn run(&mut self, shard: usize, run: Run<'_, T>) {
+        (self.2)(shard, run)
+    }
+}
+
 /// The routes of one chunk of messages.
 struct Split {
     dst: [u16; CHUNK],
@@ -94,18 +127,11 @@ impl Split {
     /// `route` ran over this chunk, and none of its messages has been read out since; they
     /// stay put until this returns.
     #[inline(always)]
-    unsafe fn deliver<T>(
-        &self,
-        base: *const T,
-        shards: usize,
-        local: &mut impl FnMut(Run<'_, T>),
-        remote: &mut impl FnMut(usize, T),
-        run: &mut impl FnMut(usize, Run<'_, T>),
-    ) {
+    unsafe fn deliver<T>(&self, base: *const T, shards: usize, to: &mut impl Deliver<T>) {
         if self.nl > 0 {
             // SAFETY: the local list's indices are messages of this chunk that no other
             // list names (the invariant), which stay put (the caller).
-            local(unsafe { Run::new(base, &self.local[..self.nl]) });
+            to.local(unsafe { Run::new(base, &self.local[..self.nl]) });
         }
         let remotes = &self.remote[..self.nr];
         if shards == 2 {
@@ -119,22 +145,23 @@ impl Split {
                 );
                 // SAFETY: the whole remote list: by the invariant, messages of this chunk
                 // that the local run did not name, which stay put.
-                run(shard, unsafe { Run::new(base, remotes) });
+                to.run(shard, unsafe { Run::new(base, remotes) });
             }
         } else {
             for &i in remotes {
                 let shard = usize::from(self.dst[usize::from(i)]);
                 // SAFETY: by the invariant no other index of either list is `i`, so this
                 // message is read out once.
-                remote(shard, unsafe { base.add(usize::from(i)).read() });
+                to.remote(shard, unsafe { base.add(usize::from(i)).read() });
             }
         }
     }
 }
 
 /// Empties `batch`, a chunk of [`CHUNK`] at a time. For each chunk: every message whose
-/// `route` is `me` in one [`Run`] to `local`, in order, then every other one with its shard,
-/// in order: on 2 shards all of them in one run to `run`, on more one at a time to `remote`.
+/// `route` is `me` in one [`Run`] to `to`'s `local`, in order, then every other one with its
+/// shard, in order: on 2 shards all of them in one run to `run`, on more one at a time to
+/// `remote`.
 /// Messages for the same shard keep their order. `route` gives shards below `shards`.
 ///
 /// Why a run for this shard's own: the operator takes each where it lies (`runtime::run`).
@@ -156,9 +183,7 @@ pub(crate) fn deliver<T>(
     me: usize,
     shards: usize,
     route: impl Fn(&T) -> usize,
-    mut local: impl FnMut(Run<'_, T>),
-    mut remote: impl FnMut(usize, T),
-    mut run: impl FnMut(usize, Run<'_, T>),
+    mut to: impl Deliver<T>,
 ) {
     let len = batch.len();
     let base = batch.as_ptr();
@@ -182,7 +207,7 @@ pub(crate) fn deliver<T>(
         );
         // SAFETY: routed just now, and none read out since; the batch's buffer stays put
         // while it is borrowed here.
-        unsafe { split.deliver(base.add(start), shards, &mut local, &mut remote, &mut run) };
+        unsafe { split.deliver(base.add(start), shards, &mut to) };
         start += n;
     }
 }
@@ -194,9 +219,7 @@ pub(crate) fn deliver_run<T>(
     me: usize,
     shards: usize,
     route: impl Fn(&T) -> usize,
-    mut local: impl FnMut(Run<'_, T>),
-    mut remote: impl FnMut(usize, T),
-    mut run: impl FnMut(usize, Run<'_, T>),
+    mut to: impl Deliver<T>,
 ) {
     let (base, indices) = messages.into_raw();
     let mut split = Split::new();
@@ -209,7 +232,7 @@ pub(crate) fn deliver_run<T>(
             me,
             &route,
         );
-        split.deliver(base, shards, &mut local, &mut remote, &mut run);
+        split.deliver(base, shards, &mut to);
     }
 }
 
@@ -218,19 +241,19 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
+    use crate::runtime::run::test_message::Msg;
 
-    /// A message that logs its drop. (It borrows the log rather than sharing it through an
-    /// `Rc`, so that a message leaked by the panic test leaks no allocation: Miri runs these
-    /// tests, `just miri`, and reports leaks.)
-    struct Msg<'a> {
-        id: usize,
-        drops: &'a RefCell<Vec<usize>>,
-    }
-
-    impl Drop for Msg<'_> {
-        fn drop(&mut self) {
-            self.drops.borrow_mut().push(self.id);
-        }
+    /// [`deliver`] with its three deliveries as closures.
+    fn deliver_with<T>(
+        batch: &mut Vec<T>,
+        me: usize,
+        shards: usize,
+        route: impl Fn(&T) -> usize,
+        local: impl FnMut(Run<'_, T>),
+        remote: impl FnMut(usize, T),
+        run: impl FnMut(usize, Run<'_, T>),
+    ) {
+        deliver(batch, me, shards, route, (local, remote, run))
     }
 
     fn shard_of(id: usize, shards: usize) -> usize {
@@ -249,7 +272,7 @@ mod tests {
                 let drops = RefCell::new(Vec::new());
                 let mut batch: Vec<Msg> = (0..len).map(|id| Msg { id, drops: &drops }).collect();
                 let got = RefCell::new(Vec::new());
-                deliver(
+                deliver_with(
                     &mut batch,
                     me,
                     shards,
@@ -321,15 +344,17 @@ mod tests {
                 me,
                 shards,
                 |m| shard_of(m.id, shards),
-                |run| got.borrow_mut().extend(run.map(|m| (me, m.id))),
-                |s, m| {
-                    assert_ne!(shards, 2);
-                    got.borrow_mut().push((s, m.id));
-                },
-                |s, run| {
-                    assert_eq!(shards, 2);
-                    got.borrow_mut().extend(run.map(|m| (s, m.id)));
-                },
+                (
+                    |run: Run<'_, Msg>| got.borrow_mut().extend(run.map(|m| (me, m.id))),
+                    |s, m: Msg| {
+                        assert_ne!(shards, 2);
+                        got.borrow_mut().push((s, m.id));
+                    },
+                    |s, run: Run<'_, Msg>| {
+                        assert_eq!(shards, 2);
+                        got.borrow_mut().extend(run.map(|m| (s, m.id)));
+                    },
+                ),
             );
             let got = got.into_inner();
             for s in 0..shards {
@@ -363,7 +388,7 @@ mod tests {
         let mut batch: Vec<Msg> = (0..600).map(|id| Msg { id, drops: &drops }).collect();
         let delivered = RefCell::new(0);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            deliver(
+            deliver_with(
                 &mut batch,
                 0,
                 2,
@@ -404,7 +429,7 @@ mod tests {
         let mut batch: Vec<Msg> = (0..300).map(|id| Msg { id, drops: &drops }).collect();
         let taken = RefCell::new(Vec::new());
         let mut runs = 0;
-        deliver(
+        deliver_with(
             &mut batch,
             1,
             2,
