@@ -250,6 +250,74 @@ fn two_host_threads_keep_per_key_order_and_lose_nothing() {
     }
 }
 
+/// Pushers routed by one key into a `key_by` on another: every pusher's messages reach one
+/// shard (the source's key is the pushing thread) and the exchange there splits each run it
+/// takes from the ring, sending most messages on to the shards that own their keys. On 2, 3
+/// and 4 unpinned shards: per (thread, key) the sequence arrives in order, and every message
+/// comes out once.
+#[test]
+fn pushed_runs_split_by_another_key_keep_order_and_lose_nothing() {
+    const PER_THREAD: u64 = 20_000;
+    const KEYS: u64 = 37;
+    const THREADS: usize = 3;
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Last([u64; THREADS]);
+    for shards in [2, 3, 4] {
+        let source = InProcessSource::new(|m: &(usize, u64, u64)| &m.0);
+        let (sink, mut outputs) = PolledSink::new(64);
+        let app = Application::new(
+            "order across a second key",
+            Pipeline::source("Seq", source.clone())
+                .key_by(|m: &(usize, u64, u64)| &m.1)
+                .to_state(|(t, k, seq): (usize, u64, u64), last: &mut Last| {
+                    let in_order = seq == last.0[t] + 1;
+                    last.0[t] = seq;
+                    Some((t, k, seq, in_order))
+                })
+                .to_sink("Out", sink),
+        );
+        let engine = Engine::start(app, config(shards)).unwrap();
+        let mut seen = vec![vec![0u64; KEYS as usize]; THREADS];
+        let mut count = 0u64;
+        let mut check = |(t, k, seq, in_order): (usize, u64, u64, bool)| {
+            assert!(
+                in_order,
+                "{shards} shards: thread {t} key {k}: {seq} out of order"
+            );
+            seen[t][k as usize] += 1;
+        };
+        std::thread::scope(|s| {
+            let pushers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let mut p = source.pusher().unwrap();
+                    s.spawn(move || {
+                        let mut next = [0u64; KEYS as usize];
+                        for i in 0..PER_THREAD {
+                            let k = (i * 7 + t as u64) % KEYS;
+                            next[k as usize] += 1;
+                            p.push((t, k, next[k as usize])).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            while pushers.iter().any(|p| !p.is_finished()) {
+                count += outputs.poll(&mut check) as u64;
+            }
+        });
+        let summary = engine.stop().unwrap();
+        count += outputs.poll(&mut check) as u64;
+        assert_eq!(count, THREADS as u64 * PER_THREAD, "{shards} shards");
+        assert_eq!(summary.messages_out, THREADS as u64 * PER_THREAD);
+        for (t, per_key) in seen.iter().enumerate() {
+            assert_eq!(
+                per_key.iter().sum::<u64>(),
+                PER_THREAD,
+                "{shards} shards, thread {t}"
+            );
+        }
+    }
+}
+
 /// A stop that lands while host threads push as fast as they can (with `push`, `try_push`
 /// and `push_batch`) loses nothing that was accepted: every message a push took is counted
 /// in and reaches the sink, and every other one comes back as stopped. This is the close
