@@ -195,59 +195,7 @@ fn embedded_market_spread_matches_tcp() {
 /// sequence per key arrives in order; every message comes out once, across a stop.
 #[test]
 fn two_host_threads_keep_per_key_order_and_lose_nothing() {
-    const PER_THREAD: u64 = 50_000;
-    const KEYS: u64 = 37;
-    #[derive(Default, serde::Serialize, serde::Deserialize)]
-    struct Last([u64; 2]);
-    let source = InProcessSource::new(|m: &(usize, u64, u64)| &m.1);
-    let (sink, mut outputs) = PolledSink::new(64);
-    let app = Application::new(
-        "order check",
-        Pipeline::source("Seq", source.clone())
-            .key_by(|m: &(usize, u64, u64)| &m.1)
-            .to_state(|(t, k, seq): (usize, u64, u64), last: &mut Last| {
-                let in_order = seq == last.0[t] + 1;
-                last.0[t] = seq;
-                Some((t, k, seq, in_order))
-            })
-            .to_sink("Out", sink),
-    );
-    let engine = Engine::start(app, config(2)).unwrap();
-    let mut seen = vec![vec![0u64; KEYS as usize]; 2];
-    let mut count = 0u64;
-    std::thread::scope(|s| {
-        let pushers: Vec<_> = (0..2usize)
-            .map(|t| {
-                let mut p = source.pusher().unwrap();
-                s.spawn(move || {
-                    let mut next = [0u64; KEYS as usize];
-                    for i in 0..PER_THREAD {
-                        let k = (i * 7 + t as u64) % KEYS;
-                        next[k as usize] += 1;
-                        p.push((t, k, next[k as usize])).unwrap();
-                    }
-                })
-            })
-            .collect();
-        // The host drains while pushing: its small rings would otherwise hold the engine,
-        // and so the pushers, back (backpressure, never loss).
-        while pushers.iter().any(|p| !p.is_finished()) {
-            count += outputs.poll(|(t, k, seq, in_order): (usize, u64, u64, bool)| {
-                assert!(in_order, "thread {t} key {k}: {seq} out of order");
-                seen[t][k as usize] += 1;
-            }) as u64;
-        }
-    });
-    let summary = engine.stop().unwrap();
-    count += outputs.poll(|(t, k, _, in_order): (usize, u64, u64, bool)| {
-        assert!(in_order);
-        seen[t][k as usize] += 1;
-    }) as u64;
-    assert_eq!(count, 2 * PER_THREAD);
-    assert_eq!(summary.messages_out, 2 * PER_THREAD);
-    for per_key in &seen {
-        assert_eq!(per_key.iter().sum::<u64>(), PER_THREAD);
-    }
+    pushed_sequences_keep_order_and_lose_nothing(2, 2, 50_000, |m: &(usize, u64, u64)| &m.1);
 }
 
 /// Pushers routed by one key into a `key_by` on another: every pusher's messages reach one
@@ -257,64 +205,85 @@ fn two_host_threads_keep_per_key_order_and_lose_nothing() {
 /// comes out once.
 #[test]
 fn pushed_runs_split_by_another_key_keep_order_and_lose_nothing() {
-    const PER_THREAD: u64 = 20_000;
-    const KEYS: u64 = 37;
-    const THREADS: usize = 3;
-    #[derive(Default, serde::Serialize, serde::Deserialize)]
-    struct Last([u64; THREADS]);
     for shards in [2, 3, 4] {
-        let source = InProcessSource::new(|m: &(usize, u64, u64)| &m.0);
-        let (sink, mut outputs) = PolledSink::new(64);
-        let app = Application::new(
-            "order across a second key",
-            Pipeline::source("Seq", source.clone())
-                .key_by(|m: &(usize, u64, u64)| &m.1)
-                .to_state(|(t, k, seq): (usize, u64, u64), last: &mut Last| {
-                    let in_order = seq == last.0[t] + 1;
-                    last.0[t] = seq;
-                    Some((t, k, seq, in_order))
-                })
-                .to_sink("Out", sink),
-        );
-        let engine = Engine::start(app, config(shards)).unwrap();
-        let mut seen = vec![vec![0u64; KEYS as usize]; THREADS];
-        let mut count = 0u64;
-        let mut check = |(t, k, seq, in_order): (usize, u64, u64, bool)| {
-            assert!(
-                in_order,
-                "{shards} shards: thread {t} key {k}: {seq} out of order"
-            );
-            seen[t][k as usize] += 1;
-        };
-        std::thread::scope(|s| {
-            let pushers: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let mut p = source.pusher().unwrap();
-                    s.spawn(move || {
-                        let mut next = [0u64; KEYS as usize];
-                        for i in 0..PER_THREAD {
-                            let k = (i * 7 + t as u64) % KEYS;
-                            next[k as usize] += 1;
-                            p.push((t, k, next[k as usize])).unwrap();
-                        }
-                    })
-                })
-                .collect();
-            while pushers.iter().any(|p| !p.is_finished()) {
-                count += outputs.poll(&mut check) as u64;
-            }
+        pushed_sequences_keep_order_and_lose_nothing(shards, 3, 20_000, |m: &(usize, u64, u64)| {
+            &m.0
         });
-        let summary = engine.stop().unwrap();
-        count += outputs.poll(&mut check) as u64;
-        assert_eq!(count, THREADS as u64 * PER_THREAD, "{shards} shards");
-        assert_eq!(summary.messages_out, THREADS as u64 * PER_THREAD);
-        for (t, per_key) in seen.iter().enumerate() {
-            assert_eq!(
-                per_key.iter().sum::<u64>(),
-                PER_THREAD,
-                "{shards} shards, thread {t}"
-            );
+    }
+}
+
+/// `threads` host threads each push `per_thread` messages `(thread, key, seq)` over 37 keys
+/// into an `InProcessSource` keyed by `source_key`, then a `key_by` on the key into a state
+/// that checks each (thread, key) sequence; the host drains the outputs while it pushes (its
+/// small rings would otherwise hold the engine, and so the pushers, back: backpressure, never
+/// loss). Every sequence arrives in order, and every message comes out once, across a stop.
+fn pushed_sequences_keep_order_and_lose_nothing<K>(
+    shards: usize,
+    threads: usize,
+    per_thread: u64,
+    source_key: impl Fn(&(usize, u64, u64)) -> &K + Send + Sync + 'static,
+) where
+    K: bettong::Key + ?Sized + 'static,
+{
+    const KEYS: u64 = 37;
+    /// The last sequence number seen per thread.
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Last(Vec<u64>);
+    let source = InProcessSource::new(source_key);
+    let (sink, mut outputs) = PolledSink::new(64);
+    let app = Application::new(
+        "order check",
+        Pipeline::source("Seq", source.clone())
+            .key_by(|m: &(usize, u64, u64)| &m.1)
+            .to_state(|(t, k, seq): (usize, u64, u64), last: &mut Last| {
+                if last.0.len() <= t {
+                    last.0.resize(t + 1, 0);
+                }
+                let in_order = seq == last.0[t] + 1;
+                last.0[t] = seq;
+                Some((t, k, seq, in_order))
+            })
+            .to_sink("Out", sink),
+    );
+    let engine = Engine::start(app, config(shards)).unwrap();
+    let mut seen = vec![vec![0u64; KEYS as usize]; threads];
+    let mut count = 0u64;
+    let mut check = |(t, k, seq, in_order): (usize, u64, u64, bool)| {
+        assert!(
+            in_order,
+            "{shards} shards: thread {t} key {k}: {seq} out of order"
+        );
+        seen[t][k as usize] += 1;
+    };
+    std::thread::scope(|s| {
+        let pushers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut p = source.pusher().unwrap();
+                s.spawn(move || {
+                    let mut next = [0u64; KEYS as usize];
+                    for i in 0..per_thread {
+                        let k = (i * 7 + t as u64) % KEYS;
+                        next[k as usize] += 1;
+                        p.push((t, k, next[k as usize])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        while pushers.iter().any(|p| !p.is_finished()) {
+            count += outputs.poll(&mut check) as u64;
         }
+    });
+    let summary = engine.stop().unwrap();
+    count += outputs.poll(&mut check) as u64;
+    let all = threads as u64 * per_thread;
+    assert_eq!(count, all, "{shards} shards");
+    assert_eq!(summary.messages_out, all, "{shards} shards");
+    for (t, per_key) in seen.iter().enumerate() {
+        assert_eq!(
+            per_key.iter().sum::<u64>(),
+            per_thread,
+            "{shards} shards, thread {t}"
+        );
     }
 }
 
