@@ -381,13 +381,17 @@ pub struct Consumer<T> {
     read: usize,
 }
 
-/// Stores a consumer's new `head` when dropped: after a run is handed over, and also when the
-/// code it was handed to panics.
-struct FreeUpTo<'a>(&'a AtomicUsize, usize);
+/// A drain's guard: frees the drained slots with one release store of the consumer's
+/// position when dropped, also when the code items are handed to panics, so that
+/// `Shared::drop` never drops a value that was already moved out.
+struct Release<'a> {
+    head: &'a AtomicUsize,
+    read: &'a mut usize,
+}
 
-impl Drop for FreeUpTo<'_> {
+impl Drop for Release<'_> {
     fn drop(&mut self) {
-        self.0.store(self.1, Ordering::Release);
+        self.head.store(*self.read, Ordering::Release);
     }
 }
 
@@ -429,17 +433,66 @@ impl<T: Send> Consumer<T> {
     /// next mark this way, with no count kept per message.
     #[inline]
     pub(crate) fn drain_before(&mut self, end: usize, mut f: impl FnMut(T) -> bool) -> usize {
-        /// Frees the drained slots with one release store, also when `f` panics, so that
-        /// `Shared::drop` never drops a value that was already moved out.
-        struct Release<'a> {
-            head: &'a AtomicUsize,
-            read: &'a mut usize,
-        }
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.head.store(*self.read, Ordering::Release);
+        self.drain_frame(end, |shared, read, tail| {
+            while *read != tail {
+                let slot = shared.slot(*read);
+                // SAFETY: slots in [read, tail) were written and published by the producer
+                // and stay ours until head moves (`drain_frame`); reading moves the value out
+                // exactly once, and `read` advances before `f` runs.
+                let value = unsafe { (*slot.get()).assume_init_read() };
+                *read += 1;
+                if !f(value) {
+                    break;
+                }
             }
-        }
+        })
+    }
+
+    /// Like [`drain_before`](Self::drain_before), but hands the items over in [`Run`]s of
+    /// consecutive slots, where they lie (at most [`run::MAX`] a run; the ring's wrap ends a
+    /// run too): a lane's drain hands its operator one run per stretch instead of one call per
+    /// message (see `runtime::run`). What a run leaves is dropped with it, so every run frees
+    /// all of its slots.
+    #[inline]
+    pub(crate) fn drain_runs_before(&mut self, end: usize, mut f: impl FnMut(Run<'_, T>)) -> usize {
+        self.drain_frame(end, |shared, read, tail| {
+            while *read != tail {
+                let first = *read;
+                let len = (tail - first)
+                    .min(shared.mask + 1 - (first & shared.mask))
+                    .min(run::MAX);
+                // Past the run before it is handed over: the run reads out or drops every one
+                // of its items, also when `f` panics (the run is dropped as the panic
+                // unwinds), so head never moves past an item that is still in its slot.
+                *read += len;
+                // SAFETY: slots in [first, first + len) were written and published by the
+                // producer and stay ours, put, until head moves past them after the run is
+                // gone (`drain_frame`): the run's invariant. They are consecutive in memory
+                // (the run stops at the wrap), and `MaybeUninit<T>` in an `UnsafeCell` is laid
+                // out as `T`. (The pointer is taken from the whole slice, not from one slot: a
+                // run reads past its first slot.)
+                let run = unsafe {
+                    let slots = shared.slots.as_ptr().cast::<T>();
+                    Run::consecutive(slots.add(first & shared.mask), len)
+                };
+                f(run);
+            }
+        })
+    }
+
+    /// What every drain does around the moving out of items: `take` gets the ring, the
+    /// consumer's position and the drain's end (`end` or the published tail, the nearer), and
+    /// moves items out of the slots from the position on, advancing the position past each
+    /// before handing it on, up to that end or short of it. The slots in between were written
+    /// and published by the producer (the acquire load of the tail here pairs with its
+    /// release store) and stay the consumer's until head moves, once, after `take` returns or
+    /// panics ([`Release`]). Returns how many items were taken.
+    #[inline(always)]
+    fn drain_frame(
+        &mut self,
+        end: usize,
+        take: impl FnOnce(&Shared<T>, &mut usize, usize),
+    ) -> usize {
         let shared = &*self.shared;
         // Positions only grow, so the smaller of the two is the nearer.
         let tail = shared.tail.0.load(Ordering::Acquire).min(end);
@@ -451,66 +504,11 @@ impl<T: Send> Consumer<T> {
             head: &shared.head.0,
             read: &mut self.read,
         };
-        while *release.read != tail {
-            let slot = shared.slot(*release.read);
-            // SAFETY: slots in [read, tail) were written and published by the producer (the
-            // acquire load above pairs with its release store; `tail` is at most the tail
-            // loaded) and stay ours until head moves;
-            // reading moves the value out exactly once, and `read` advances before `f` runs.
-            let value = unsafe { (*slot.get()).assume_init_read() };
-            *release.read += 1;
-            if !f(value) {
-                break;
-            }
-        }
+        take(shared, release.read, tail);
         let n = *release.read - start;
         drop(release);
         shared.producer.wake_if_parked();
         n
-    }
-
-    /// Like [`drain_before`](Self::drain_before), but hands the items over in [`Run`]s of
-    /// consecutive slots, where they lie (at most [`run::MAX`] a run; the ring's wrap ends a
-    /// run too): a lane's drain hands its operator one run per stretch instead of one call per
-    /// message (see `runtime::run`). What a run leaves is dropped with it, so every run frees
-    /// all of its slots.
-    #[inline]
-    pub(crate) fn drain_runs_before(&mut self, end: usize, mut f: impl FnMut(Run<'_, T>)) -> usize {
-        let shared = &*self.shared;
-        // Positions only grow, so the smaller of the two is the nearer.
-        let tail = shared.tail.0.load(Ordering::Acquire).min(end);
-        if tail <= self.read {
-            return 0;
-        }
-        let start = self.read;
-        while self.read != tail {
-            let first = self.read;
-            let len = (tail - first)
-                .min(shared.mask + 1 - (first & shared.mask))
-                .min(run::MAX);
-            // Past the run before it is handed over: the run reads out or drops every one of
-            // its items, also when `f` panics (the run is dropped as the panic unwinds), so
-            // `head` below never frees an item that is still in its slot.
-            self.read += len;
-            // SAFETY: slots in [first, first + len) were written and published by the
-            // producer (the acquire load above pairs with its release store; `tail` is at most
-            // the tail loaded), they are consecutive in memory (the run stops at the wrap),
-            // `MaybeUninit<T>` in an `UnsafeCell` is laid out as `T`, and they stay ours, put,
-            // until `head` moves past them below, after the run is gone: the run's invariant.
-            // (The pointer is taken from the whole slice, not from one slot: a run reads past
-            // its first slot.)
-            let run = unsafe {
-                let slots = shared.slots.as_ptr().cast::<T>();
-                Run::consecutive(slots.add(first & shared.mask), len)
-            };
-            // Frees the run's slots also when `f` panics, so that `Shared::drop` never drops
-            // a value that was already moved out.
-            let free = FreeUpTo(&shared.head.0, self.read);
-            f(run);
-            drop(free);
-        }
-        shared.producer.wake_if_parked();
-        tail - start
     }
 
     /// The position of the next item to drain: how many items were ever drained.
