@@ -55,36 +55,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
             echo "round $r: $v/$w failed or timed out" >&2
             continue
         }
-        python3 -c 'import json, sys
-d = json.loads(sys.argv[1])
-print(sys.argv[2], sys.argv[3], round(d["msgs_per_sec"] / 1e6, 2), d["cpu_ns_per_msg"])' "$line" "$r" "$v/$w" |
-            tee -a "$OUT"
+        python3 perf/rounds_report.py line "$line" "$r" "$v/$w" | tee -a "$OUT"
     done
 done
 
-python3 - "$OUT" <<'EOF'
-import collections, statistics, sys
-
-rows = [l.split() for l in open(sys.argv[1]) if l[:1].isdigit()]
-by_round = collections.defaultdict(dict)
-for r, v, m, c in rows:
-    by_round[int(r)][v] = (float(m), float(c))
-print(f"\n{sys.argv[1]}")
-for v in sorted({v for r in by_round.values() for v in r}):
-    ms = [r[v][0] for r in by_round.values() if v in r]
-    cs = [r[v][1] for r in by_round.values() if v in r]
-    print(f"  {v:24s} median {statistics.median(ms):6.2f} M msgs/s ({min(ms):.1f}-{max(ms):.1f}), "
-          f"CPU {statistics.median(cs):5.1f} ns/msg")
-pairs = [("bettong-iter/1", "timely/1"), ("bettong-iter/2", "timely/2"),
-         ("bettong/1", "timely/1"), ("bettong/2", "timely/2"),
-         ("bettong-iter/2", "bettong-iter/1"), ("timely/2", "timely/1"),
-         ("loop-local/2", "loop/1"), ("bettong-iter-engines/2", "bettong-iter/1"),
-         ("bettong-iter-local/2", "bettong-iter/1"),
-         ("bettong-tcp/1", "timely-tcp/1"), ("bettong-tcp/2", "timely-tcp/2"),
-         ("bettong-tcp/2", "bettong-tcp/1"), ("timely-tcp/2", "timely-tcp/1")]
-print("  per-round ratios (msgs/s), median (rounds above 1):")
-for a, b in pairs:
-    rs = [r[a][0] / r[b][0] for r in by_round.values() if a in r and b in r]
-    if rs:
-        print(f"  {a} / {b}: {statistics.median(rs):.2f}x ({sum(x > 1 for x in rs)} of {len(rs)})")
-EOF
+python3 perf/rounds_report.py summary "$OUT" \
+    bettong-iter/1,timely/1 bettong-iter/2,timely/2 bettong/1,timely/1 bettong/2,timely/2 \
+    bettong-iter/2,bettong-iter/1 timely/2,timely/1 loop-local/2,loop/1 \
+    bettong-iter-engines/2,bettong-iter/1 bettong-iter-local/2,bettong-iter/1 \
+    bettong-tcp/1,timely-tcp/1 bettong-tcp/2,timely-tcp/2 bettong-tcp/2,bettong-tcp/1 \
+    timely-tcp/2,timely-tcp/1
