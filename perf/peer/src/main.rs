@@ -1011,14 +1011,8 @@ const RUN_WINDOW: usize = 64;
 fn bettong_iter(data: &Arc<Data>, shards: usize, feed: Feed) -> Result<Outcome, String> {
     let gate = Gate::new(shards);
     let (d, g) = (data.clone(), gate.clone());
-    let (app, outputs) = match window() {
-        None => counted_spread_check(IterSource::new(move |shard, shards| {
-            ShardFeed::new(&d, &g, shard, shards, feed)
-        })),
-        Some(bytes) => counted_spread_check(IterSource::new(move |shard, shards| {
-            WindowFeed::new(ShardFeed::new(&d, &g, shard, shards, feed), bytes)
-        })),
-    };
+    let (app, outputs) =
+        spread_check_over(move |shard, shards| ShardFeed::new(&d, &g, shard, shards, feed));
     let engine =
         Engine::start(app, engine_config(shards, DEFAULT_POLL)).map_err(|e| e.to_string())?;
     let summary = engine.join().map_err(|e| e.to_string())?;
@@ -1067,13 +1061,8 @@ fn own_keys_engine(
 ) -> std::thread::JoinHandle<Result<(u64, u64), String>> {
     let (d, g) = (data.clone(), gate.clone());
     std::thread::spawn(move || {
-        let feed = move || ShardFeed::new(&d, &g, shard, shards, Feed::Local);
-        let (app, outputs) = match window() {
-            None => counted_spread_check(IterSource::new(move |_, _| feed())),
-            Some(bytes) => {
-                counted_spread_check(IterSource::new(move |_, _| WindowFeed::new(feed(), bytes)))
-            }
-        };
+        let (app, outputs) =
+            spread_check_over(move |_, _| ShardFeed::new(&d, &g, shard, shards, Feed::Local));
         let mut config = engine_config(1, DEFAULT_POLL);
         config.cores = vec![core];
         let engine = Engine::start(app, config).map_err(|e| e.to_string())?;
@@ -1190,9 +1179,17 @@ impl FeedOptions {
 
 static FEED_OPTIONS: std::sync::OnceLock<FeedOptions> = std::sync::OnceLock::new();
 
-/// `--window BYTES`, if given.
-fn window() -> Option<usize> {
-    FEED_OPTIONS.get().and_then(|o| o.window)
+/// The spread check over an `IterSource` whose shard `s` of `n` reads `make(s, n)`, through a
+/// [`WindowFeed`] under `--window`.
+fn spread_check_over(
+    make: impl Fn(usize, usize) -> ShardFeed + Send + Sync + 'static,
+) -> (Application, Arc<AtomicU64>) {
+    match FEED_OPTIONS.get().and_then(|o| o.window) {
+        None => counted_spread_check(IterSource::new(make)),
+        Some(bytes) => counted_spread_check(IterSource::new(move |shard, shards| {
+            WindowFeed::new(make(shard, shards), bytes)
+        })),
+    }
 }
 
 /// Messages the `bettong-iter*` feeds of this run send after priming (all of them add theirs
@@ -1284,7 +1281,7 @@ impl WindowFeed {
         }
         // Whole laps: as many messages as the share holds, or just under.
         let laps = share.checked_div(in_window).unwrap_or(0).max(1);
-        FED.fetch_sub(share - (laps * in_window).min(share), Ordering::Relaxed);
+        FED.fetch_sub(share - laps * in_window, Ordering::Relaxed);
         feed.end = end;
         WindowFeed {
             feed,
