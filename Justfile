@@ -14,11 +14,12 @@ lint:
     cargo clippy --all-targets -- -D warnings
 
 # The unsafe code that runs without io_uring, under Miri (needs the nightly toolchain's miri
-# component: `rustup +nightly component add miri`): the exchange's split, and the ring (with
-# full fences in place of `membarrier`, which Miri cannot call; the threaded test that parks
-# is left out: its 200 000 values take Miri too long).
+# component: `rustup +nightly component add miri`): the exchange's split, the frames'
+# read-ahead, and the ring (with full fences in place of `membarrier`, which Miri cannot call;
+# the threaded test that parks is left out: its 200 000 values take Miri too long).
 miri:
     cargo +nightly miri test -p bettong --lib runtime::split
+    cargo +nightly miri test -p bettong --lib codec::frames
     cargo +nightly miri test -p bettong --lib runtime::run
     cargo +nightly miri test -p bettong --lib runtime::ring -- --skip cross_thread_with_parking
 

@@ -70,6 +70,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bettong::codec::Frames;
 use bettong::metrics::now_ns;
 use bettong::runtime::config::{online_cores, EngineConfig, Poll, DEFAULT_POLL};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, IterSource, Key, Pipeline};
@@ -365,6 +366,8 @@ struct Data {
     expected_out: u64,
 }
 
+/// Whole frames (header and payload) of `bytes`, for setting runs up. What a run times reads
+/// payloads through `bettong::codec::Frames`, the same for every variant (it reads ahead).
 fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = bytes;
     std::iter::from_fn(move || {
@@ -485,7 +488,11 @@ fn frame_owner(frame: &[u8], owner: &impl Fn(&MarketMessage) -> usize) -> usize 
 }
 
 fn decoded(frame: &[u8]) -> MarketMessage {
-    decode(&frame[4..]).expect("the data was checked at load")
+    decoded_payload(&frame[4..])
+}
+
+fn decoded_payload(payload: &[u8]) -> MarketMessage {
+    decode(payload).expect("the data was checked at load")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,8 +501,8 @@ fn decoded(frame: &[u8]) -> MarketMessage {
 #[inline(never)]
 fn run_loop(bytes: &[u8], map: &mut SymbolMap) -> u64 {
     let mut outputs = 0;
-    for f in frames(bytes) {
-        let msg = decoded(f);
+    for p in Frames::new(bytes) {
+        let msg = decoded_payload(p);
         let state = map.entry(*msg.symbol()).or_default();
         if let Some(r) = check_now(msg, state) {
             std::hint::black_box(&r);
@@ -648,8 +655,8 @@ impl Feeder {
         probe: &TimelyProbe,
         bytes: &[u8],
     ) {
-        for f in frames(bytes) {
-            input.send(Msg(decoded(f)));
+        for p in Frames::new(bytes) {
+            input.send(Msg(decoded_payload(p)));
             self.in_epoch += 1;
             if self.in_epoch == EPOCH {
                 self.advance(worker, input, probe);
@@ -963,16 +970,18 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
                     // Chunks taken from the frame iterator as they go: collecting every
                     // frame of the share into a `Vec` first (8 M slices, inside the timed
                     // span) had the host thread's page faults and copies in the figure.
-                    let mut all = frames(part).peekable();
+                    let mut all = Frames::new(part).peekable();
                     while all.peek().is_some() {
-                        if p.push_batch(all.by_ref().take(1024).map(decoded)).is_err() {
+                        if p.push_batch(all.by_ref().take(1024).map(decoded_payload))
+                            .is_err()
+                        {
                             return;
                         }
                     }
                     return;
                 }
-                for f in frames(part) {
-                    if p.push(decoded(f)).is_err() {
+                for f in Frames::new(part) {
+                    if p.push(decoded_payload(f)).is_err() {
                         return;
                     }
                 }
@@ -1321,10 +1330,9 @@ impl Iterator for ShardFeed {
             gate.arrive();
             self.gate = None;
         }
-        let rest = self.data.stream.get(self.at..self.end)?;
-        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let m = decode(rest.get(4..4 + len)?).ok()?;
-        self.at += 4 + len;
+        let mut frames = Frames::new(self.data.stream.get(self.at..self.end)?);
+        let m = decode(frames.next()?).ok()?;
+        self.at = self.end - frames.rest().len();
         Some(m)
     }
 }

@@ -2,11 +2,12 @@
 //! made for it, on the shard's own thread.
 //!
 //! This is the in-process way to replay a stream that is already in memory or on disk (a
-//! back-test, a benchmark), and the in-process counterpart of a TCP source with one listener
-//! per shard: no host thread and no ring stands between the data and the shard that reads
-//! it. A message whose key another shard owns still crosses over the `key_by` exchange, as it
-//! would from a TCP connection. For a host that produces messages as they happen, on threads
-//! of its own, use [`InProcessSource`](crate::InProcessSource).
+//! back-test, a benchmark; a capture of frames reads best through
+//! [`Frames`](crate::codec::Frames), which reads ahead), and the in-process counterpart of a
+//! TCP source with one listener per shard: no host thread and no ring stands between the data
+//! and the shard that reads it. A message whose key another shard owns still crosses over the
+//! `key_by` exchange, as it would from a TCP connection. For a host that produces messages as
+//! they happen, on threads of its own, use [`InProcessSource`](crate::InProcessSource).
 //!
 //! Why it exists: Market Spread fed through an [`InProcessSource`](crate::InProcessSource)
 //! costs a host thread per shard, and on a machine with as many cores as shards the pushers

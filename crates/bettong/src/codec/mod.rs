@@ -4,10 +4,15 @@
 //! format of Wallaroo's TCP sources and of the giles sender. A [`Decoder`] turns one frame's
 //! payload into a message, borrowing the bytes (fixed layouts are read in place with
 //! `bytemuck`); an [`Encoder`] appends an output message to the sink's outgoing buffer, so
-//! encoding never allocates per message.
+//! encoding never allocates per message. [`Frames`] reads the payloads of a buffer of frames
+//! already in memory (a capture replayed through an [`IterSource`](crate::IterSource)).
 
 use std::borrow::Cow;
 use std::fmt;
+
+mod frames;
+
+pub use frames::Frames;
 
 /// Why a payload could not be decoded. The engine logs it, counts it, and goes on with the
 /// connection's next frame.
