@@ -63,18 +63,21 @@ impl RouteCache {
         let set =
             &self.sets[(bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SETS.ilog2())) as usize];
         let (a, b) = (set[0].get(), set[1].get());
-        // Both ways are compared and one is picked with a select. LLVM still branches on the
-        // first way's hit for the `||` (cachegrind: 0.20 mispredictions per message, Market
-        // Spread on 2 shards); a form with no branch but the hit itself (`min` of the two tag
-        // differences, `select_unpredictable`) measured no better in perf samples of the
-        // exchange per sample of `StateOp::data` (1.04 -> 1.10, 4 runs each, half the keys
-        // crossing), so this stays. Likely why: a correct guess here lets the exchange's own
-        // branch on the shard resolve without waiting for the second way's compare, and that
-        // branch is the one mispredicted half the time.
-        let hit_a = a >> SHARD_BITS == tag;
-        let entry = if hit_a { a } else { b };
-        if hit_a || b >> SHARD_BITS == tag {
-            return (entry & (MAX_SHARDS as u64 - 1)) as usize;
+        // No branch on which way holds the key: an entry xor the key's would-be tag is the
+        // entry's shard exactly when its tag is the key's (the invariant: the tag fills the
+        // bits above the shard's), and something of `MAX_SHARDS` or more when it is not. So
+        // the smaller of the two is the shard on a hit in either way, and the one branch,
+        // "hit?", goes the same way for every hot key.
+        //
+        // Why: a branch on the first way's hit, as this had, went either way at random for
+        // the keys that share a set (about 0.2 mispredictions per message on Market Spread),
+        // and each one was resolved only once the entry's load had come back; in perf samples
+        // 45% of the exchange's route pass sat on those two loads. perf/peer `bettong-iter`,
+        // 2 shards, 24 M messages, 12 rounds alternating: 1.09× (10 of 12 rounds above 1).
+        let want = tag << SHARD_BITS;
+        let nearest = (a ^ want).min(b ^ want);
+        if nearest < MAX_SHARDS as u64 {
+            return nearest as usize;
         }
         let shard = slow();
         debug_assert!(shard < MAX_SHARDS);
@@ -131,6 +134,44 @@ mod tests {
             });
         }
         assert!(misses.get() <= 10, "{} of 350 missed", misses.get());
+    }
+
+    /// Keys that share a set: two are both found, in either way, with their own shards; a
+    /// third evicts the older of them; and an empty entry (0) never matches, not even key 0
+    /// going to shard 0.
+    #[test]
+    fn both_ways_hit_and_a_third_key_evicts() {
+        let set_of = |bits: u64| bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SETS.ilog2());
+        let mut same: Vec<u64> = (1..).filter(|&b| set_of(b) == set_of(0)).take(3).collect();
+        same.insert(0, 0);
+        let cache = RouteCache::new(MAX_SHARDS).expect("fits");
+        let shards = [0, MAX_SHARDS - 1, 5, 6];
+        for (&bits, &shard) in same.iter().zip(&shards).take(2) {
+            assert_eq!(cache.shard(bits, || shard), shard, "first sight of {bits}");
+        }
+        for _ in 0..2 {
+            for (&bits, &shard) in same.iter().zip(&shards).take(2) {
+                assert_eq!(
+                    cache.shard(bits, || unreachable!("{bits} is cached")),
+                    shard
+                );
+            }
+        }
+        // Key 0 now sits in the second way: a third key takes the first and pushes it out.
+        assert_eq!(cache.shard(same[2], || shards[2]), shards[2]);
+        assert_eq!(
+            cache.shard(same[1], || unreachable!("still cached")),
+            shards[1]
+        );
+        let asked = Cell::new(false);
+        assert_eq!(
+            cache.shard(same[0], || {
+                asked.set(true);
+                shards[0]
+            }),
+            shards[0]
+        );
+        assert!(asked.get(), "key 0 was evicted, so it is asked for again");
     }
 
     /// The largest bits and the largest shard share an entry without overflowing into each
