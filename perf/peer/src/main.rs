@@ -980,8 +980,8 @@ fn bettong_inproc(data: &Data, shards: usize, batch: bool) -> Result<Outcome, St
                     }
                     return;
                 }
-                for f in Frames::new(part) {
-                    if p.push(decoded_payload(f)).is_err() {
+                for payload in Frames::new(part) {
+                    if p.push(decoded_payload(payload)).is_err() {
                         return;
                     }
                 }

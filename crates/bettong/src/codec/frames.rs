@@ -50,7 +50,8 @@ const AHEAD: usize = 2048;
 /// assert_eq!(frames.by_ref().count(), 10);
 /// assert_eq!(frames.rest(), [0, 0, 0, 4, 9]);
 ///
-/// // A replay on every shard: shard s of n decodes every n-th frame from the s-th.
+/// // A replay on every shard: shard s of n decodes every n-th frame from the s-th (each
+/// // shard walks the whole capture; for a large one, cut it into shares at frame starts).
 /// let capture: &'static [u8] = capture.leak();
 /// let numbers = IterSource::new(move |s, n| {
 ///     Frames::new(capture)
