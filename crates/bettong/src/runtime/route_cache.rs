@@ -32,6 +32,13 @@ pub(crate) const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// The largest `small_bits` a key may have (one below 2^53).
 pub(crate) const MAX_BITS: u64 = (1 << 53) - 1;
 
+/// The set of the key whose `small_bits` is `bits`, below [`SETS`]. Fibonacci hashing: the
+/// multiply's top bits depend on every bit of the key.
+#[inline(always)]
+fn set_of(bits: u64) -> usize {
+    (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SETS.ilog2())) as usize
+}
+
 /// A two-way set-associative cache from small keys to their shard, for one shard's thread
 /// (it is not `Sync`).
 pub(crate) struct RouteCache {
@@ -59,9 +66,7 @@ impl RouteCache {
             return slow();
         }
         let tag = bits + 1;
-        // Fibonacci hashing: the multiply's top bits depend on every bit of the key.
-        let set =
-            &self.sets[(bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SETS.ilog2())) as usize];
+        let set = &self.sets[set_of(bits)];
         let (a, b) = (set[0].get(), set[1].get());
         // No branch on which way holds the key: an entry xor the key's would-be tag is the
         // entry's shard exactly when its tag is the key's (the invariant: the tag fills the
@@ -141,7 +146,6 @@ mod tests {
     /// going to shard 0.
     #[test]
     fn both_ways_hit_and_a_third_key_evicts() {
-        let set_of = |bits: u64| bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SETS.ilog2());
         let mut same: Vec<u64> = (1..).filter(|&b| set_of(b) == set_of(0)).take(3).collect();
         same.insert(0, 0);
         let cache = RouteCache::new(MAX_SHARDS).expect("fits");
