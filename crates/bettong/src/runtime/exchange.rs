@@ -14,7 +14,9 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use crate::event::{Control, Event, Stamp};
+use crate::metrics::now_ns;
 use crate::ops::{Downstream, Input};
+use crate::runtime::idle::{Idle, Wait};
 use crate::runtime::lane::{LaneReceiver, LaneSender};
 use crate::runtime::ring;
 use crate::runtime::run::Run;
@@ -280,7 +282,8 @@ pub(crate) struct ExchangeRuntime {
 }
 
 /// Runs events that other shards routed here into the operator, until every other shard has
-/// closed its lane to us. Each lane arrives on the port paired with it.
+/// closed its lane to us. Each lane arrives on the port paired with it. When the lanes are
+/// empty it passes again, polls them on a timer or parks, as [`Idle`] says.
 pub(crate) async fn drain<T: Send + 'static>(
     mut rings: Vec<(LaneReceiver<T>, usize)>,
     target: Rc<dyn Input<T>>,
@@ -290,6 +293,7 @@ pub(crate) async fn drain<T: Send + 'static>(
     // The operator as a plain `&dyn`, taken once: a call through the `Rc` worked out where
     // the value sits in the `Rc`'s allocation (from the vtable's alignment) on every event.
     let target: &dyn Input<T> = &*target;
+    let mut idle = Idle::new(core.config.poll, now_ns());
     loop {
         let mut drained = 0;
         for (ring, port) in rings.iter_mut() {
@@ -317,6 +321,36 @@ pub(crate) async fn drain<T: Send + 'static>(
             if rings.is_empty() {
                 return;
             }
+            match idle.next(now_ns) {
+                Wait::Pass => {
+                    yield_after_batch().await;
+                    continue;
+                }
+                Wait::Poll(every) => {
+                    // Whichever comes first: the timer (this shard has nothing else to run)
+                    // or this shard's next flush (it has: a busy source, whose turns keep the
+                    // timer from firing). Not parked, so the producers ring nothing.
+                    let mut asked = None;
+                    let flushed = std::future::poll_fn(|cx| {
+                        if asked.is_some() {
+                            return Poll::Ready(());
+                        }
+                        core.at_flush.register(cx.waker());
+                        asked = Some(cx.waker().clone());
+                        Poll::Pending
+                    });
+                    futures_lite::future::or(glommio::timer::sleep(every), flushed).await;
+                    // After the timer, no stale wake at the next flush (the drain may have
+                    // parked by then, and would wake and park again).
+                    if let Some(waker) = asked {
+                        core.at_flush.forget(&waker);
+                    }
+                    continue;
+                }
+                Wait::Park => {}
+            }
+            #[cfg(test)]
+            tests::PARKS.with(|p| p.set(p.get() + 1));
             // Park until a producer publishes. With `--poll spin` the executor itself keeps
             // polling its io_uring instead of sleeping, so the doorbell's wake-up is picked up
             // at once. (Spinning here, in the task, would keep glommio from polling I/O at all
@@ -343,6 +377,7 @@ pub(crate) async fn drain<T: Send + 'static>(
             .await;
             continue;
         }
+        idle.delivered(now_ns);
         core.flush();
         core.backpressure(&gauges).await;
         // After every pass: with data coming in on some ring all the time (many shards), this
@@ -408,6 +443,11 @@ mod tests {
             held: Default::default(),
         });
         (target, exchange)
+    }
+
+    thread_local! {
+        /// How many times `drain` has parked on this thread.
+        pub(super) static PARKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     /// Lets the drain task run until it has nothing left to do.
@@ -570,6 +610,132 @@ mod tests {
             exchange.control(0, Control::End);
             target.control(1, Control::End);
             releaser.await;
+        });
+    }
+
+    /// Shard 0 of 2 that polls as `poll` says.
+    fn core_polling(poll: crate::runtime::config::Poll) -> Rc<ShardCore> {
+        let config = crate::runtime::config::EngineConfig {
+            poll,
+            ..Default::default()
+        };
+        let bell = crate::runtime::doorbell::Doorbell::new().expect("a doorbell");
+        Rc::new(ShardCore::new(0, 2, config, bell))
+    }
+
+    /// A drain whose lane gets something at every second pass of the shard's tasks never
+    /// parks (a park costs a `membarrier` here and a doorbell write on the other shard); once
+    /// its lane stays empty it parks (`--poll park`: at once after its passes), and a publish
+    /// wakes it. Nothing is lost or reordered either way.
+    #[test]
+    fn a_drain_parks_only_once_its_lanes_stay_empty() {
+        glommio::LocalExecutor::default().run(async {
+            let core = core_polling(crate::runtime::config::Poll::Park);
+            let target = Rc::new(Log {
+                ports: Ports::new(2),
+                seen: RefCell::new(Vec::new()),
+            });
+            let (mut tx, rx) = lane::channel::<u64>(8);
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let task = glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core));
+            let parks = || PARKS.with(|p| p.get());
+            for i in 0..100 {
+                assert!(tx.push(Event::Data(i, Stamp::default())).is_ok());
+                tx.publish();
+                // Two turns of this task: the drain takes `i` in the first and finds the lane
+                // empty in the second.
+                glommio::executor().yield_now().await;
+                glommio::executor().yield_now().await;
+            }
+            assert_eq!(target.seen.borrow().len(), 100);
+            assert_eq!(parks(), 0, "parked while the lane was busy");
+            settle().await;
+            assert_eq!(parks(), 1, "a quiet lane parks its drain");
+            assert!(tx.push(Event::Data(100, Stamp::default())).is_ok());
+            tx.publish();
+            settle().await;
+            assert_eq!(
+                target.seen.borrow().len(),
+                101,
+                "the publish woke the drain"
+            );
+            tx.close();
+            task.await;
+            let want: Vec<String> = (0..=100).map(|i| format!("data {i}")).collect();
+            assert_eq!(*target.seen.borrow(), want);
+        });
+    }
+
+    /// On a spinning shard (`spin:1000` here), a drain whose lane gets something every few
+    /// microseconds, with nothing else to run in between (this shard's own source has ended,
+    /// the other shard's has not), polls its lane on a timer instead of parking after each
+    /// delivery; once the lane has been quiet for the spin time it parks. Without the timer
+    /// every delivery here was followed by a park.
+    #[test]
+    fn a_drain_on_a_spinning_shard_polls_instead_of_parking() {
+        let spin = std::time::Duration::from_millis(1);
+        glommio::LocalExecutor::default().run(async move {
+            let core = core_polling(crate::runtime::config::Poll::SpinFor(spin));
+            let target = Rc::new(Log {
+                ports: Ports::new(2),
+                seen: RefCell::new(Vec::new()),
+            });
+            let (mut tx, rx) = lane::channel::<u64>(8);
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let task = glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core));
+            let parks = || PARKS.with(|p| p.get());
+            let before = parks();
+            for i in 0..100 {
+                assert!(tx.push(Event::Data(i, Stamp::default())).is_ok());
+                tx.publish();
+                // Not a yield: this task is off the run queue, so the drain runs dry.
+                glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+            }
+            let during = parks() - before;
+            // A thread held off its core for longer than the spin time (a loaded machine)
+            // parks the drain once for each time; 100 parks is what always parking gives.
+            assert!(during <= 10, "{during} parks in 100 deliveries");
+            glommio::timer::sleep(spin * 4).await;
+            assert_eq!(parks() - before, during + 1, "a quiet lane parks its drain");
+            assert!(tx.push(Event::Data(100, Stamp::default())).is_ok());
+            tx.publish();
+            tx.close();
+            task.await;
+            let want: Vec<String> = (0..=100).map(|i| format!("data {i}")).collect();
+            assert_eq!(*target.seen.borrow(), want);
+        });
+    }
+
+    /// A hot drain on a shard whose other task never lets the run queue run dry (a busy
+    /// source: glommio fires no timer then) takes what comes in at that task's next flush.
+    /// Without the wake at flush each message here would wait for glommio's preemption timer
+    /// (100 ms); the test would fail at its first look.
+    #[test]
+    fn a_hot_drain_is_woken_by_its_shards_flush() {
+        glommio::LocalExecutor::default().run(async {
+            let core = core_polling(crate::runtime::config::Poll::Spin);
+            let target = Rc::new(Log {
+                ports: Ports::new(2),
+                seen: RefCell::new(Vec::new()),
+            });
+            let (mut tx, rx) = lane::channel::<u64>(8);
+            let input: Rc<dyn Input<u64>> = target.clone();
+            let task =
+                glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core.clone()));
+            for i in 0..50 {
+                assert!(tx.push(Event::Data(i, Stamp::default())).is_ok());
+                tx.publish();
+                core.flush();
+                // Enough turns for the drain to take it and run out of passes (it is then
+                // waiting on its timer and on the next flush).
+                for _ in 0..2 * crate::runtime::idle::PASSES {
+                    glommio::executor().yield_now().await;
+                }
+                assert_eq!(target.seen.borrow().len(), i as usize + 1, "message {i}");
+            }
+            tx.close();
+            core.flush();
+            task.await;
         });
     }
 

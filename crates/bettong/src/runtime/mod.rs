@@ -26,6 +26,7 @@ pub mod doorbell;
 pub(crate) mod exchange;
 mod executors;
 mod failure;
+pub(crate) mod idle;
 pub(crate) mod lane;
 pub(crate) mod membarrier;
 mod reporter;

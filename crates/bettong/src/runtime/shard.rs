@@ -75,6 +75,17 @@ impl WaitList {
         }
     }
 
+    /// Takes a task off the list (it stopped waiting some other way).
+    pub(crate) fn forget(&self, waker: &Waker) {
+        self.0.borrow_mut().retain(|w| !w.will_wake(waker));
+    }
+
+    /// True when no task waits here.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
     pub(crate) fn wake_all(&self) {
         let wakers = std::mem::take(&mut *self.0.borrow_mut());
         for w in wakers {
@@ -224,14 +235,24 @@ pub(crate) struct ShardCore {
     /// Checkpoints: the one in flight on this shard, and what was restored at start.
     pub(crate) checkpoints: crate::runtime::checkpoints::ShardCheckpoints,
     publishers: RefCell<Vec<Rc<dyn Publish>>>,
+    /// Exchange drains polling their lanes on a timer (`runtime::idle`), woken at the next
+    /// flush too: a busy task keeps glommio's run queue from running dry, and timers fire
+    /// only once it has (or after the 100 ms preemption timer).
+    pub(crate) at_flush: WaitList,
 }
 
 impl ShardCore {
-    /// Shard `index` of `shards` with the default configuration, for unit tests.
+    /// Shard `index` of `shards` for unit tests: the default configuration but `--poll park`,
+    /// as the tests' executors never spin (a drain then parks once its passes find nothing,
+    /// rather than polling on a timer that a test's yields would never let fire).
     #[cfg(test)]
     pub(crate) fn for_test(index: usize, shards: usize) -> Rc<ShardCore> {
         let bell = Doorbell::new().unwrap_or_else(|e| panic!("a doorbell: {e}"));
-        Rc::new(ShardCore::new(index, shards, EngineConfig::default(), bell))
+        let config = EngineConfig {
+            poll: crate::runtime::config::Poll::Park,
+            ..EngineConfig::default()
+        };
+        Rc::new(ShardCore::new(index, shards, config, bell))
     }
 
     pub(crate) fn new(
@@ -251,6 +272,7 @@ impl ShardCore {
             stop: Latch::default(),
             deadline: Latch::default(),
             publishers: RefCell::new(Vec::new()),
+            at_flush: WaitList::default(),
         }
     }
 
@@ -268,6 +290,9 @@ impl ShardCore {
         // The end of a batch: the messages it finished get their latency now.
         self.metrics.settle_latency();
         self.bell.answer();
+        if !self.at_flush.is_empty() {
+            self.at_flush.wake_all();
+        }
     }
 
     /// Waits until `gauges` are all clear (after publishing, so consumers can make room).
