@@ -475,6 +475,9 @@ async fn serve<T: Send + 'static>(
                 // push within a few hundred ns. Between slices the task yields, so the shard's
                 // other tasks and its I/O still run.
                 if !spin_for_input(&rings, stop) {
+                    // This task keeps the run queue busy and flushes nothing while it spins:
+                    // the shard's exchange drains and rung waiters get their turn here.
+                    core.wake_pollers();
                     glommio::executor().yield_now().await;
                 }
                 continue;

@@ -235,9 +235,9 @@ pub(crate) struct ShardCore {
     /// Checkpoints: the one in flight on this shard, and what was restored at start.
     pub(crate) checkpoints: crate::runtime::checkpoints::ShardCheckpoints,
     publishers: RefCell<Vec<Rc<dyn Publish>>>,
-    /// Exchange drains polling their lanes on a timer (`runtime::idle`), woken at the next
-    /// flush too: a busy task keeps glommio's run queue from running dry, and timers fire
-    /// only once it has (or after the 100 ms preemption timer).
+    /// Exchange drains polling their lanes on a timer (`runtime::idle`), woken by
+    /// [`wake_pollers`](Self::wake_pollers) too: a busy task keeps glommio's run queue from
+    /// running dry, and timers fire only once it has (or after the 100 ms preemption timer).
     pub(crate) at_flush: WaitList,
 }
 
@@ -289,6 +289,16 @@ impl ShardCore {
         }
         // The end of a batch: the messages it finished get their latency now.
         self.metrics.settle_latency();
+        self.wake_pollers();
+    }
+
+    /// Wakes the tasks that wait on this shard's busy tasks rather than on its reactor: the
+    /// doorbell's rung waiters and the exchange drains polling on a timer (neither a socket
+    /// completion nor a timer is looked at while the run queue stays busy). Called at every
+    /// flush, and by a task that spins without flushing (an in-process source waiting for
+    /// input).
+    #[inline]
+    pub(crate) fn wake_pollers(&self) {
         self.bell.answer();
         if !self.at_flush.is_empty() {
             self.at_flush.wake_all();
