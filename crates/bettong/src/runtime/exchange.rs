@@ -623,6 +623,28 @@ mod tests {
         Rc::new(ShardCore::new(0, 2, config, bell))
     }
 
+    /// A drain of one lane into a logging operator, on shard 0 of 2 polling as `poll` says:
+    /// the shard, the operator, the lane's sending end and the drain task.
+    fn one_lane_drain(
+        poll: crate::runtime::config::Poll,
+    ) -> (Rc<ShardCore>, Rc<Log>, LaneSender<u64>, glommio::Task<()>) {
+        let core = core_polling(poll);
+        let target = Rc::new(Log {
+            ports: Ports::new(2),
+            seen: RefCell::new(Vec::new()),
+        });
+        let (tx, rx) = lane::channel::<u64>(8);
+        let input: Rc<dyn Input<u64>> = target.clone();
+        let task = glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core.clone()));
+        (core, target, tx, task)
+    }
+
+    /// Every message `0..n` reached the operator, in order.
+    fn assert_all_in_order(target: &Log, n: u64) {
+        let want: Vec<String> = (0..n).map(|i| format!("data {i}")).collect();
+        assert_eq!(*target.seen.borrow(), want);
+    }
+
     /// A drain whose lane gets something at every second pass of the shard's tasks never
     /// parks (a park costs a `membarrier` here and a doorbell write on the other shard); once
     /// its lane stays empty it parks (`--poll park`: at once after its passes), and a publish
@@ -630,14 +652,7 @@ mod tests {
     #[test]
     fn a_drain_parks_only_once_its_lanes_stay_empty() {
         glommio::LocalExecutor::default().run(async {
-            let core = core_polling(crate::runtime::config::Poll::Park);
-            let target = Rc::new(Log {
-                ports: Ports::new(2),
-                seen: RefCell::new(Vec::new()),
-            });
-            let (mut tx, rx) = lane::channel::<u64>(8);
-            let input: Rc<dyn Input<u64>> = target.clone();
-            let task = glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core));
+            let (_, target, mut tx, task) = one_lane_drain(crate::runtime::config::Poll::Park);
             let parks = || PARKS.with(|p| p.get());
             for i in 0..100 {
                 assert!(tx.push(Event::Data(i, Stamp::default())).is_ok());
@@ -661,8 +676,7 @@ mod tests {
             );
             tx.close();
             task.await;
-            let want: Vec<String> = (0..=100).map(|i| format!("data {i}")).collect();
-            assert_eq!(*target.seen.borrow(), want);
+            assert_all_in_order(&target, 101);
         });
     }
 
@@ -675,14 +689,8 @@ mod tests {
     fn a_drain_on_a_spinning_shard_polls_instead_of_parking() {
         let spin = std::time::Duration::from_millis(1);
         glommio::LocalExecutor::default().run(async move {
-            let core = core_polling(crate::runtime::config::Poll::SpinFor(spin));
-            let target = Rc::new(Log {
-                ports: Ports::new(2),
-                seen: RefCell::new(Vec::new()),
-            });
-            let (mut tx, rx) = lane::channel::<u64>(8);
-            let input: Rc<dyn Input<u64>> = target.clone();
-            let task = glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core));
+            let (_, target, mut tx, task) =
+                one_lane_drain(crate::runtime::config::Poll::SpinFor(spin));
             let parks = || PARKS.with(|p| p.get());
             let before = parks();
             for i in 0..100 {
@@ -701,8 +709,7 @@ mod tests {
             tx.publish();
             tx.close();
             task.await;
-            let want: Vec<String> = (0..=100).map(|i| format!("data {i}")).collect();
-            assert_eq!(*target.seen.borrow(), want);
+            assert_all_in_order(&target, 101);
         });
     }
 
@@ -713,15 +720,7 @@ mod tests {
     #[test]
     fn a_hot_drain_is_woken_by_its_shards_flush() {
         glommio::LocalExecutor::default().run(async {
-            let core = core_polling(crate::runtime::config::Poll::Spin);
-            let target = Rc::new(Log {
-                ports: Ports::new(2),
-                seen: RefCell::new(Vec::new()),
-            });
-            let (mut tx, rx) = lane::channel::<u64>(8);
-            let input: Rc<dyn Input<u64>> = target.clone();
-            let task =
-                glommio::spawn_local(drain(vec![(rx, 1)], input, Rc::from([]), core.clone()));
+            let (core, target, mut tx, task) = one_lane_drain(crate::runtime::config::Poll::Spin);
             for i in 0..50 {
                 assert!(tx.push(Event::Data(i, Stamp::default())).is_ok());
                 tx.publish();
@@ -736,6 +735,7 @@ mod tests {
             tx.close();
             core.flush();
             task.await;
+            assert_all_in_order(&target, 50);
         });
     }
 
