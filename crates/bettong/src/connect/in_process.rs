@@ -473,7 +473,8 @@ async fn serve<T: Send + 'static>(
                 // callback on this 2-core VM even with `--poll spin` (the executor spins, the
                 // task waits for the kernel). Looking at the rings' tails from the task sees a
                 // push within a few hundred ns. Between slices the task yields, so the shard's
-                // other tasks and its I/O still run.
+                // other tasks run (its timers and socket completions wait until the run queue
+                // runs dry, or for glommio's preemption timer).
                 if !spin_for_input(&rings, stop) {
                     // This task keeps the run queue busy and flushes nothing while it spins:
                     // the shard's exchange drains and rung waiters get their turn here.

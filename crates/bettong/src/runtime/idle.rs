@@ -15,8 +15,8 @@
 //!   source had ended, about 4 000 `membarrier` calls per run in all (perf stat);
 //! - one shard busy and the other idle (`--busy-shards 1`, what the end of every run is once
 //!   the first source ends): 2 900 parks, 5 000 `membarrier` and 2 900 `sendto` calls, and the
-//!   busy shard ran at 44–60 M msgs/s where, with the idle drain never parking, it ran at
-//!   61–90 M (3 runs each).
+//!   busy shard ran at 39–60 M msgs/s where, with the idle drain polling on the timer below
+//!   instead, it ran at 61–90 M (runs of 3, alternating).
 //!
 //! So a drain that finds its lanes empty first passes again [`PASSES`] times, letting the
 //! shard's other tasks run in between (a busy shard's source turn, after which the other shard
@@ -28,9 +28,9 @@
 //!
 //! The window is the configured spin time and no longer: a drain that polled for 250 µs after
 //! every delivery on the default `spin:10` ran the in-process 2-shard run 1.17× as fast (16
-//! rounds, 13 above 1), and `bettong-tcp` on 2 shards 0.95× (8 rounds, 3 above 1), where the
-//! harness's sender threads share this VM's two cores with the shards and the spinning took
-//! their time. Spinning is what `--poll spin` asks for, so that is where it goes.
+//! rounds, 13 above 1), and `bettong-tcp` on 2 shards 0.90× and 0.98× (two runs of 8 rounds, 1
+//! and 3 above 1), where the harness's sender threads share this VM's two cores with the shards
+//! and the spinning took their time. Spinning is what `--poll spin` asks for, so that is where it goes.
 //!
 //! A timer, not a pass: glommio polls its io_uring only when its task queues run dry (or its
 //! preemption timer fires, 100 ms), so a drain that passed again and again would keep a TCP
@@ -44,8 +44,8 @@ use crate::runtime::config::Poll;
 /// Empty passes before a drain does anything dearer. A pass with nothing else to run costs a
 /// look at each lane and at the executor's queue, so a shard with nothing to do still parks
 /// within a microsecond or two. Market Spread on 2 shards, parks before either source ended:
-/// 0–376 with 1 pass, 6–73 with 2, 0–1 with 4 (3 runs each); 1.04× the parking drain's
-/// msgs/s in 16 alternating rounds (10 above 1).
+/// 0–376 with 1 pass, 6–73 with 2, 0–1 with 4 (3 runs each); 4 passes, no timer: 1.04× the
+/// parking drain's msgs/s in 24 alternating rounds (16 above 1) and in 16 (10 above 1).
 pub(crate) const PASSES: u32 = 4;
 
 /// The timer a hot drain polls its lanes on. Under the executor's spin time (10 µs by
@@ -68,7 +68,7 @@ pub(crate) enum Wait {
 ///
 /// **Invariant:** `empty` counts the passes since the last that delivered something or the
 /// last park, and `last_data` is the engine time (ns) of the last pass that delivered, when
-/// `poll` is set (it is never read otherwise).
+/// `window` is set (it is never read otherwise).
 #[derive(Debug)]
 pub(crate) struct Idle {
     empty: u32,
