@@ -16,7 +16,7 @@ use std::task::Poll;
 use crate::event::{Control, Event, Stamp};
 use crate::metrics::now_ns;
 use crate::ops::{Downstream, Input};
-use crate::runtime::idle::{Idle, Wait};
+use crate::runtime::idle::{self, Idle, Wait};
 use crate::runtime::lane::{LaneReceiver, LaneSender};
 use crate::runtime::ring;
 use crate::runtime::run::Run;
@@ -327,24 +327,7 @@ pub(crate) async fn drain<T: Send + 'static>(
                     continue;
                 }
                 Wait::Poll(every) => {
-                    // Whichever comes first: the timer (this shard has nothing else to run)
-                    // or this shard's next flush (it has: a busy source, whose turns keep the
-                    // timer from firing). Not parked, so the producers ring nothing.
-                    let mut asked = None;
-                    let flushed = std::future::poll_fn(|cx| {
-                        if asked.is_some() {
-                            return Poll::Ready(());
-                        }
-                        core.at_flush.register(cx.waker());
-                        asked = Some(cx.waker().clone());
-                        Poll::Pending
-                    });
-                    futures_lite::future::or(glommio::timer::sleep(every), flushed).await;
-                    // After the timer, no stale wake at the next flush (the drain may have
-                    // parked by then, and would wake and park again).
-                    if let Some(waker) = asked {
-                        core.at_flush.forget(&waker);
-                    }
+                    idle::poll(every, &core.pollers).await;
                     continue;
                 }
                 Wait::Park => {}

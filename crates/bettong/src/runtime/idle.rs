@@ -37,9 +37,11 @@
 //! source's completions waiting. With `--poll park` the drain never polls on a timer: each
 //! one would put the executor to sleep and wake it.
 
+use std::task::Poll as TaskPoll;
 use std::time::Duration;
 
 use crate::runtime::config::Poll;
+use crate::runtime::shard::WaitList;
 
 /// Empty passes before a drain does anything dearer. A pass with nothing else to run costs a
 /// look at each lane and at the executor's queue, so a shard with nothing to do still parks
@@ -122,6 +124,29 @@ impl Idle {
         }
         self.empty = 0;
         Wait::Park
+    }
+}
+
+/// A [`Wait::Poll`]: returns after `every` on a timer or when `pollers` (the shard's
+/// [`ShardCore::pollers`](crate::runtime::shard::ShardCore::pollers), woken at every flush) is
+/// woken, whichever comes first. The timer serves a shard with nothing else to run; the wake
+/// serves one with a busy task, which keeps glommio's run queue from running dry and so the
+/// timer from firing. The task is not parked meanwhile, so no producer rings for it.
+pub(crate) async fn poll(every: Duration, pollers: &WaitList) {
+    let mut waiting = None;
+    let woken = std::future::poll_fn(|cx| {
+        if waiting.is_some() {
+            return TaskPoll::Ready(());
+        }
+        pollers.register(cx.waker());
+        waiting = Some(cx.waker().clone());
+        TaskPoll::Pending
+    });
+    futures_lite::future::or(glommio::timer::sleep(every), woken).await;
+    // After the timer, no stale wake at the next flush (the task may have parked by then, and
+    // would wake and park again).
+    if let Some(waker) = waiting {
+        pollers.forget(&waker);
     }
 }
 

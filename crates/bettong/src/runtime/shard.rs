@@ -238,7 +238,7 @@ pub(crate) struct ShardCore {
     /// Exchange drains polling their lanes on a timer (`runtime::idle`), woken by
     /// [`wake_pollers`](Self::wake_pollers) too: a busy task keeps glommio's run queue from
     /// running dry, and timers fire only once it has (or after the 100 ms preemption timer).
-    pub(crate) at_flush: WaitList,
+    pub(crate) pollers: WaitList,
 }
 
 impl ShardCore {
@@ -272,7 +272,7 @@ impl ShardCore {
             stop: Latch::default(),
             deadline: Latch::default(),
             publishers: RefCell::new(Vec::new()),
-            at_flush: WaitList::default(),
+            pollers: WaitList::default(),
         }
     }
 
@@ -300,8 +300,8 @@ impl ShardCore {
     #[inline]
     pub(crate) fn wake_pollers(&self) {
         self.bell.answer();
-        if !self.at_flush.is_empty() {
-            self.at_flush.wake_all();
+        if !self.pollers.is_empty() {
+            self.pollers.wake_all();
         }
     }
 
