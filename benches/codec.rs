@@ -53,7 +53,12 @@ fn fixish(c: &mut Criterion) {
         b.iter(|| decode(black_box(&nbbo_payload[..])))
     });
 
-    let result = OrderResult::new(&order(), 19.6505, 19.7136, 1_472_831_272_000_000_000);
+    let result = OrderResult::new(
+        &order().decoded(),
+        19.6505,
+        19.7136,
+        1_472_831_272_000_000_000,
+    );
     let mut out = Vec::with_capacity(64);
     group.bench_function("encode OrderResult (59 B frame)", |b| {
         b.iter(|| {

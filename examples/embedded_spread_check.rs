@@ -91,23 +91,23 @@ fn main() -> Result<(), String> {
     // field, so each OrderResult says which push it answers.
     let mut stream = Vec::with_capacity(2 * args.orders as usize);
     let mut measured = 0u32;
-    for (o, n) in decode_all(&orders)?.into_iter().zip(decode_all(&nbbo)?) {
-        let o = match o.order() {
-            Some(o) if rejected.contains(o.symbol()) => {
-                measured += 1;
-                MarketMessage::from(Order::new(
-                    o.side(),
-                    measured - 1,
-                    *o.order_id(),
-                    *o.symbol(),
-                    o.qty(),
-                    o.price(),
-                    *o.transact_time(),
-                ))
-            }
-            _ => o,
+    for (o, n) in records(&orders).zip(decode_all(&nbbo)?) {
+        let o = Order::from_payload(o).map_err(|e| e.to_string())?;
+        let o = if rejected.contains(o.symbol()) {
+            measured += 1;
+            Order::new(
+                o.side(),
+                measured - 1,
+                *o.order_id(),
+                *o.symbol(),
+                o.qty(),
+                o.price(),
+                *o.transact_time(),
+            )
+        } else {
+            *o
         };
-        stream.push(o);
+        stream.push(MarketMessage::from(o));
         stream.push(n);
     }
     let pushed_at: Arc<Vec<AtomicU64>> =

@@ -270,7 +270,7 @@ impl DataSet {
             .map(|p| Order::from_payload(p).unwrap())
             .filter_map(|o| {
                 let &(bid, offer) = rejected.get(o.symbol())?;
-                Some(OrderResult::new(o, bid, offer, 0))
+                Some(OrderResult::new(&o.decoded(), bid, offer, 0))
             })
             .collect();
         assert_eq!(expected.len() as u64, read_expected(&dir).unwrap());
@@ -435,7 +435,7 @@ impl Malformed {
             frames: orders_frames.len() + nbbo_frames.len(),
             bad: 8,
             expected: (0..2)
-                .map(|n| OrderResult::new(&good(n), bid, offer, 0))
+                .map(|n| OrderResult::new(&good(n).decoded(), bid, offer, 0))
                 .collect(),
             messages: vec![
                 "source Orders connection",
@@ -751,7 +751,7 @@ fn command_line_tools_drive_a_run() {
     let orders = std::fs::read(&orders_file).unwrap();
     let expected: Vec<OrderResult> = payloads(&orders)
         .into_iter()
-        .map(|p| OrderResult::new(Order::from_payload(p).unwrap(), 0.0, 0.0, 0))
+        .map(|p| OrderResult::new(&Order::from_payload(p).unwrap().decoded(), 0.0, 0.0, 0))
         .collect();
     assert_eq!(sorted_keys(&results), sorted_keys(&expected));
     let _ = std::fs::remove_dir_all(&dir);

@@ -54,10 +54,19 @@ fn decode_all(bytes: &[u8]) -> Vec<MarketMessage> {
 
 fn wallaroo_initial(name: &str) -> Vec<Nbbo> {
     let path = PathBuf::from(WALLAROO_DATA).join(format!("{name}-symbols_initial-nbbo-fixish.msg"));
-    decode_all(&read(&path))
+    let bytes = read(&path);
+    let messages = decode_all(&bytes);
+    // The wire records (the test re-encodes them, transact time and all), each checked to
+    // decode as the NBBO it is.
+    frames(&bytes)
         .into_iter()
-        .map(|m| match m.view() {
-            MarketView::Nbbo(n) => *n,
+        .zip(messages)
+        .map(|(p, m)| match m.view() {
+            MarketView::Nbbo(n) => {
+                let wire = Nbbo::from_payload(p).expect("decoded as an NBBO");
+                assert_eq!(&wire.decoded(), n);
+                *wire
+            }
             MarketView::Order(o) => panic!("order in an NBBO file: {o:?}"),
         })
         .collect()

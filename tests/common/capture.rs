@@ -60,7 +60,7 @@ pub fn write_data(dir: &Path, order_count: u32, nbbo_count: u32) -> Data {
         );
         order.encode_framed(&mut orders);
         // A quiet symbol never has an NBBO: every order is rejected at bid 0, offer 0.
-        model.push(result_key(&OrderResult::new(&order, 0.0, 0.0, 0)));
+        model.push(result_key(&OrderResult::new(&order.decoded(), 0.0, 0.0, 0)));
     }
     let mut nbbo = Vec::with_capacity(nbbo_count as usize * 46);
     for i in 0..nbbo_count {

@@ -13,9 +13,9 @@
 //!
 //! The inputs are checked in place: [`Order`] and [`Nbbo`] are plain byte layouts (alignment 1)
 //! that `bytemuck` casts straight over the payload, and their accessors decode a field only when
-//! it is read. A source's decoder copies the payload once, into a [`MarketMessage`] (64 bytes,
-//! one cache line): a small `Copy` value, because the engine moves messages between cores by
-//! value.
+//! it is read. A source's decoder reads the fields the state needs out of the payload into a
+//! [`MarketMessage`] (32 bytes, in native byte order): a small `Copy` value, because the engine
+//! moves messages between cores by value.
 //!
 //! ```
 //! use bettong_apps::market_spread::{check, decode, pad_symbol, Nbbo, Order, SymbolData};
@@ -39,6 +39,8 @@ use bytemuck::{Pod, Zeroable};
 
 use bettong::codec::DecodeError;
 use bettong::{Application, Pipeline, TcpSink, TcpSource};
+
+use crate::pieces::whole;
 
 /// Fix type byte of an order message.
 pub const ORDER_TYPE: u8 = 1;
@@ -335,6 +337,17 @@ impl Order {
     pub fn transact_time(&self) -> &[u8; TRANSACT_TIME_LEN] {
         &self.transact_time
     }
+
+    /// The order as a [`MarketMessage`] holds it: what the decoder makes of these bytes.
+    ///
+    /// ```
+    /// use bettong_apps::market_spread::{pad_symbol, Order};
+    /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
+    /// assert_eq!(order.decoded().price(), order.price());
+    /// ```
+    pub fn decoded(&self) -> DecodedOrder {
+        bytemuck::cast(MarketMessage::of_order(self).halves)
+    }
 }
 
 impl fmt::Debug for Order {
@@ -441,6 +454,17 @@ impl Nbbo {
     pub fn mid(&self) -> f64 {
         (self.bid() + self.offer()) / 2.0
     }
+
+    /// The update as a [`MarketMessage`] holds it: what the decoder makes of these bytes.
+    ///
+    /// ```
+    /// use bettong_apps::market_spread::{pad_symbol, Nbbo};
+    /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
+    /// assert_eq!(nbbo.decoded().offer(), 30.01);
+    /// ```
+    pub fn decoded(&self) -> DecodedNbbo {
+        bytemuck::cast(MarketMessage::of_nbbo(self).halves)
+    }
 }
 
 impl fmt::Debug for Nbbo {
@@ -457,35 +481,180 @@ impl fmt::Debug for Nbbo {
     }
 }
 
-/// One input of the merged Market Spread stream: what the "Orders" and "Nbbo" sources decode to,
-/// an [`Order`] or an [`Nbbo`] in its wire bytes. [`view`](MarketMessage::view) tells which.
+/// An order as the state reads it: the fields an [`OrderResult`] takes from it, decoded from
+/// the wire's big-endian into native byte order, and no transact time (Market Spread never
+/// reads it; VWAP's decoder parses it into the event time first).
 ///
-/// The wire's type byte is the discriminant. The bytes sit in 64 bytes aligned to 16 (an order's
-/// from offset 0, an NBBO's from offset 6 so that no field the state reads straddles a 16-byte
-/// piece), zeros around them, and the decoder writes them as four whole 16-byte pieces. Why: between
-/// its decoder and its state a message is moved a few times (out of the decoder's `Result`,
-/// into the engine's call), each move in 16-byte loads from offset 0. An `enum` (a tag byte, the
-/// 53 or 42 bytes at offset 1, copied in overlapping pieces) was written in pieces that those
-/// loads straddled, so each of them waited on a failed store-to-load forward: perf put 75% of
-/// the TCP source's decode-and-emit samples on them. With whole pieces, `bench market-spread
-/// --shards 1`, 20 M messages: that closure's samples 1767-2101 -> 472-573, the shard's
-/// 5935-7007 -> 4586-4908 (perf, cpu-clock); perf/peer over TCP 14.1 -> 18.2 M msgs/s, and
-/// in-process (`IterSource`) 25.8 -> 38.9 M (timely, on the same type, 24.2 -> 37.3 M).
+/// Layout, 32 bytes: `0:u8 type=1 | 1:u8 side | 2:[u8;6] order id | 8:u32 account |
+/// 12:[u8;4] symbol | 16:f64 qty | 24:f64 price`, each number in native byte order. The fields
+/// are byte arrays, so the type has alignment 1 and a [`MarketMessage`] hands it out in place.
+///
+/// ```
+/// use bettong_apps::market_spread::{pad_symbol, Order};
+/// let order = Order::new(2, 7, *b"abc123", pad_symbol("F"), 650.0, 12.5, [b'0'; 21]).decoded();
+/// assert_eq!((order.side(), order.account(), order.order_id()), (2, 7, b"abc123"));
+/// assert_eq!((order.symbol(), order.qty(), order.price()), (b"   F", 650.0, 12.5));
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DecodedOrder {
+    fix_type: u8,
+    side: u8,
+    order_id: [u8; 6],
+    account: [u8; 4],
+    symbol: [u8; 4],
+    qty: [u8; 8],
+    price: [u8; 8],
+}
+
+/// An NBBO update as the state reads it: its symbol, bid and offer in native byte order, and no
+/// transact time.
+///
+/// Layout, 32 bytes: `0:u8 type=2 | 1..12: zeros | 12:[u8;4] symbol | 16:f64 bid |
+/// 24:f64 offer`: the symbol where a [`DecodedOrder`] has it, so the key is read from one place
+/// whatever the message.
+///
+/// ```
+/// use bettong_apps::market_spread::{pad_symbol, Nbbo};
+/// let nbbo = Nbbo::new(pad_symbol("INSM"), [b'0'; 21], 19.6505, 19.7136).decoded();
+/// assert_eq!((nbbo.symbol(), nbbo.bid(), nbbo.offer()), (b"INSM", 19.6505, 19.7136));
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DecodedNbbo {
+    fix_type: u8,
+    zeros: [u8; 11],
+    symbol: [u8; 4],
+    bid: [u8; 8],
+    offer: [u8; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<DecodedOrder>() == MESSAGE_LEN);
+const _: () = assert!(std::mem::size_of::<DecodedNbbo>() == MESSAGE_LEN);
+const _: () = assert!(std::mem::align_of::<DecodedOrder>() == 1);
+const _: () = assert!(std::mem::align_of::<DecodedNbbo>() == 1);
+
+/// The size of a [`MarketMessage`], and of each of the two things it can be.
+const MESSAGE_LEN: usize = 32;
+
+/// Where both decoded kinds keep the symbol.
+const SYMBOL_AT: usize = 12;
+
+impl DecodedOrder {
+    /// Side: 1 = buy, 2 = sell.
+    #[inline]
+    pub fn side(&self) -> u8 {
+        self.side
+    }
+
+    /// Client account number.
+    #[inline]
+    pub fn account(&self) -> u32 {
+        u32::from_ne_bytes(self.account)
+    }
+
+    /// Order id, 6 ASCII bytes.
+    #[inline]
+    pub fn order_id(&self) -> &[u8; 6] {
+        &self.order_id
+    }
+
+    /// Symbol, 4 ASCII bytes right-aligned with leading spaces; this is the key.
+    #[inline]
+    pub fn symbol(&self) -> &[u8; 4] {
+        &self.symbol
+    }
+
+    /// Order quantity.
+    #[inline]
+    pub fn qty(&self) -> f64 {
+        f64::from_ne_bytes(self.qty)
+    }
+
+    /// Limit price.
+    #[inline]
+    pub fn price(&self) -> f64 {
+        f64::from_ne_bytes(self.price)
+    }
+}
+
+impl fmt::Debug for DecodedOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedOrder")
+            .field("side", &self.side())
+            .field("account", &self.account())
+            .field("order_id", &self.order_id.escape_ascii().to_string())
+            .field("symbol", &self.symbol.escape_ascii().to_string())
+            .field("qty", &self.qty())
+            .field("price", &self.price())
+            .finish()
+    }
+}
+
+impl DecodedNbbo {
+    /// Symbol, 4 ASCII bytes right-aligned with leading spaces; this is the key.
+    #[inline]
+    pub fn symbol(&self) -> &[u8; 4] {
+        &self.symbol
+    }
+
+    /// Best bid.
+    #[inline]
+    pub fn bid(&self) -> f64 {
+        f64::from_ne_bytes(self.bid)
+    }
+
+    /// Best offer.
+    #[inline]
+    pub fn offer(&self) -> f64 {
+        f64::from_ne_bytes(self.offer)
+    }
+
+    /// `(bid + offer) / 2`, the price the relative spread is measured against.
+    pub fn mid(&self) -> f64 {
+        (self.bid() + self.offer()) / 2.0
+    }
+}
+
+impl fmt::Debug for DecodedNbbo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedNbbo")
+            .field("symbol", &self.symbol.escape_ascii().to_string())
+            .field("bid", &self.bid())
+            .field("offer", &self.offer())
+            .finish()
+    }
+}
+
+/// One input of the merged Market Spread stream: what the "Orders" and "Nbbo" sources decode to,
+/// a [`DecodedOrder`] or a [`DecodedNbbo`] in 32 bytes. [`view`](MarketMessage::view) tells
+/// which.
+///
+/// Why 32 bytes and not the wire's 53 or 42: the engine moves a message by value, through a
+/// batch and, when its key belongs to another shard, through a ring slot that the other core
+/// reads from this one's cache. Half a cache line per message halves both. Measured on Market
+/// Spread's in-process run (`perf/peer`, `bettong-iter`, 10 alternating rounds against the
+/// 64-byte message that held the wire bytes): 2 shards 1.09×, 1 shard 1.05×, and 2 shards ÷ 1
+/// shard 1.24× against 1.15×.
+///
+/// The wire's type byte comes first, and the symbol sits at the same offset in both kinds. The
+/// decoder builds each 16-byte half in a register and stores it whole: a later move of the
+/// message loads it in 16-byte pieces, and a piece written by smaller stores cannot be
+/// forwarded to that load (the crate's `pieces` module).
 ///
 /// ```
 /// use bettong_apps::market_spread::{pad_symbol, symbol_key, MarketMessage, MarketView, Nbbo};
 /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 1.0, 1.01);
 /// let msg = MarketMessage::from(nbbo);
 /// assert_eq!(symbol_key(&msg), b"  GE");
-/// assert_eq!(msg.view(), MarketView::Nbbo(&nbbo));
+/// assert_eq!(msg.view(), MarketView::Nbbo(&nbbo.decoded()));
 /// assert_eq!(msg.order(), None);
 /// ```
 #[repr(C, align(16))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MarketMessage {
-    /// An [`Order`]'s wire bytes from offset 0 or an [`Nbbo`]'s from `NBBO_AT` with a copy of
-    /// its symbol at `NBBO_SYMBOL_AT`, zeros around.
-    wire: [u8; 64],
+    /// A [`DecodedOrder`]'s or a [`DecodedNbbo`]'s bytes, in two 16-byte halves.
+    halves: [[u8; 16]; 2],
 }
 
 /// What a [`MarketMessage`] holds, borrowed from it.
@@ -501,9 +670,9 @@ pub struct MarketMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarketView<'a> {
     /// An order to check against the symbol's last NBBO.
-    Order(&'a Order),
+    Order(&'a DecodedOrder),
     /// A market data update for the symbol.
-    Nbbo(&'a Nbbo),
+    Nbbo(&'a DecodedNbbo),
 }
 
 impl From<Order> for MarketMessage {
@@ -518,55 +687,85 @@ impl From<Nbbo> for MarketMessage {
     }
 }
 
+impl From<DecodedOrder> for MarketMessage {
+    fn from(order: DecodedOrder) -> Self {
+        MarketMessage {
+            halves: bytemuck::cast(order),
+        }
+    }
+}
+
+impl From<DecodedNbbo> for MarketMessage {
+    fn from(nbbo: DecodedNbbo) -> Self {
+        MarketMessage {
+            halves: bytemuck::cast(nbbo),
+        }
+    }
+}
+
 impl MarketMessage {
-    /// The message of an order viewed in place (in a frame's payload, say): its bytes are
-    /// copied once, straight into the message.
+    /// The message of an order viewed in place (in a frame's payload, say): its fields are
+    /// decoded straight into the message.
     ///
     /// ```
     /// use bettong_apps::market_spread::{pad_symbol, MarketMessage, Order};
     /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
     /// let in_frame = Order::from_payload(order.as_bytes())?;
-    /// assert_eq!(MarketMessage::of_order(in_frame).order(), Some(&order));
+    /// assert_eq!(MarketMessage::of_order(in_frame).order(), Some(&order.decoded()));
     /// # Ok::<(), bettong_apps::market_spread::FixishError>(())
     /// ```
     #[inline]
     pub fn of_order(order: &Order) -> Self {
-        MarketMessage {
-            wire: Wire64::order(order.as_bytes()),
-        }
+        let p = order.as_bytes();
+        // Bytes 0..8: type and side (wire 0..2), then the order id (wire 6..12), from one
+        // 8-byte load at wire offset 6 moved up two bytes.
+        let ids = (le64(p, 0) & 0xFFFF) | (le64(p, 6) << 16);
+        // Bytes 8..16: the account (wire 2..6) in native order, then the symbol (wire 12..16).
+        let account = u32::from_le_bytes(order.account().to_ne_bytes());
+        let keyed = u64::from(account) | (u64::from(le32(p, 12)) << 32);
+        MarketMessage::of_words([ids, keyed, ne64(p, 16), ne64(p, 24)])
     }
 
-    /// The message of an NBBO update viewed in place, copied once.
+    /// The message of an NBBO update viewed in place, decoded straight into it.
     ///
     /// ```
     /// use bettong_apps::market_spread::{pad_symbol, MarketMessage, Nbbo};
     /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
     /// let msg = MarketMessage::of_nbbo(&nbbo);
-    /// assert_eq!((msg.nbbo(), msg.order(), msg.symbol()), (Some(&nbbo), None, b"  GE"));
+    /// assert_eq!((msg.nbbo(), msg.order(), msg.symbol()), (Some(&nbbo.decoded()), None, b"  GE"));
     /// ```
     #[inline]
     pub fn of_nbbo(nbbo: &Nbbo) -> Self {
+        let p = nbbo.as_bytes();
+        // Bytes 0..16: the type, zeros, the symbol (wire 1..5) at 12.
+        let keyed = u64::from(le32(p, 1)) << 32;
+        MarketMessage::of_words([u64::from(NBBO_TYPE), keyed, ne64(p, 26), ne64(p, 34)])
+    }
+
+    /// The message whose bytes are `words`, each as a little-endian value, stored a half at a
+    /// time ([`whole`]).
+    #[inline(always)]
+    fn of_words([a, b, c, d]: [u64; 4]) -> Self {
+        let half = |lo: u64, hi: u64| whole(u128::from(lo) | (u128::from(hi) << 64));
         MarketMessage {
-            wire: Wire64::nbbo(nbbo.as_bytes()),
+            halves: [half(a, b), half(c, d)],
         }
     }
 
     /// The order or NBBO update this message is.
     #[inline]
     pub fn view(&self) -> MarketView<'_> {
-        // Only `of_order` and `of_nbbo` build a message, from an `Order` or an `Nbbo`: an order's
-        // type byte is at 0, and an NBBO's bytes start at NBBO_AT with zeros before them.
-        if self.wire[0] == ORDER_TYPE {
-            MarketView::Order(bytemuck::from_bytes(&self.wire[..ORDER_PAYLOAD_LEN]))
+        // Only `of_order`, `of_nbbo` and the `From`s of the decoded kinds build a message, so
+        // its first byte is the wire's type byte of one of the two.
+        if self.halves[0][0] == ORDER_TYPE {
+            MarketView::Order(bytemuck::cast_ref(&self.halves))
         } else {
-            MarketView::Nbbo(bytemuck::from_bytes(
-                &self.wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN],
-            ))
+            MarketView::Nbbo(bytemuck::cast_ref(&self.halves))
         }
     }
 
     /// The order, if this message is one.
-    pub fn order(&self) -> Option<&Order> {
+    pub fn order(&self) -> Option<&DecodedOrder> {
         match self.view() {
             MarketView::Order(o) => Some(o),
             MarketView::Nbbo(_) => None,
@@ -574,24 +773,18 @@ impl MarketMessage {
     }
 
     /// The NBBO update, if this message is one.
-    pub fn nbbo(&self) -> Option<&Nbbo> {
+    pub fn nbbo(&self) -> Option<&DecodedNbbo> {
         match self.view() {
             MarketView::Nbbo(n) => Some(n),
             MarketView::Order(_) => None,
         }
     }
 
-    /// The symbol the message is about (the key).
+    /// The symbol the message is about (the key): at the same place in both kinds, so reading
+    /// it takes no branch.
     #[inline]
     pub fn symbol(&self) -> &[u8; 4] {
-        if self.wire[0] == ORDER_TYPE {
-            // At 12..16: inside one aligned 8 bytes.
-            bytemuck::from_bytes(&self.wire[ORDER_SYMBOL_AT..ORDER_SYMBOL_AT + 4])
-        } else {
-            // The copy at NBBO_SYMBOL_AT: in the wire bytes it sits at 7..11, where a 4-byte
-            // load crosses 8 bytes of the 16-byte store that wrote it.
-            bytemuck::from_bytes(&self.wire[NBBO_SYMBOL_AT..NBBO_SYMBOL_AT + 4])
-        }
+        bytemuck::from_bytes(&self.halves[0][SYMBOL_AT..SYMBOL_AT + 4])
     }
 }
 
@@ -604,86 +797,29 @@ impl fmt::Debug for MarketMessage {
     }
 }
 
-/// Where an NBBO update's bytes start in a [`MarketMessage`]: its bid (wire offset 26) and offer
-/// (34) then sit at 32 and 40, each inside one 16-byte piece. At offset 0 the bid straddled two,
-/// and `check_now`'s load of it was a failed forward: a third of that function's samples.
-const NBBO_AT: usize = 6;
+/// The 8 bytes of `p` at `at` as a little-endian value.
+#[inline(always)]
+fn le64(p: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&p[at..at + 8]);
+    u64::from_le_bytes(b)
+}
 
-/// Where an order's symbol sits in a [`MarketMessage`] (its wire offset).
-const ORDER_SYMBOL_AT: usize = 12;
+/// The 4 bytes of `p` at `at` as a little-endian value.
+#[inline(always)]
+fn le32(p: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&p[at..at + 4]);
+    u32::from_le_bytes(b)
+}
 
-/// Where a [`MarketMessage`] keeps a copy of an NBBO update's symbol, after its bytes: at the
-/// start of the last 16-byte piece. Its place in the wire bytes (7..11) crosses the middle of
-/// the piece that holds it, and a 4-byte load there from a 16-byte store is a failed
-/// store-to-load forward on this machine's cores (a C loop: 7.6-8.4 ns per load-store round at
-/// offsets 5-7 against 2.7-3.1 ns at 0-4 and 8-12), paid by the route and by the state's
-/// lookup of every NBBO update that has just been decoded or moved.
-const NBBO_SYMBOL_AT: usize = 48;
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-const NBBO_AT_I32: i32 = NBBO_AT as i32;
-
-/// Copies a payload into a [`MarketMessage`]'s 64 bytes in four 16-byte stores.
-///
-/// A plain 42- or 53-byte copy is done in overlapping 16-byte pieces (the last one ending at the
-/// last byte), and a later move of the message loads 16-byte pieces from offset 0: a load that
-/// straddles two earlier stores cannot take its bytes from the store buffer and waits for both
-/// stores to reach the cache. Here a piece the payload does not fill (an order's last, an
-/// NBBO's first) is loaded where the payload has 16 bytes and shifted into place in the
-/// register, so each store is one whole piece of the 64. The slicing cannot fail: the callers
-/// pass an [`Order`]'s 53 bytes or an [`Nbbo`]'s 42.
-struct Wire64;
-
-impl Wire64 {
-    /// An order's 53 bytes (the caller checked the length).
-    #[inline(always)]
-    fn order(p: &[u8]) -> [u8; 64] {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        {
-            use std::arch::x86_64::{__m128i, _mm_srli_si128};
-            let piece = |at: usize| bytemuck::pod_read_unaligned::<__m128i>(&p[at..at + 16]);
-            // Bytes 48..53: the last 16 bytes (37..53), shifted down 11 bytes.
-            // SAFETY: the intrinsic's one requirement is SSE2, which this block is compiled
-            // for only (`target_feature = "sse2"`, part of every x86_64 target's baseline).
-            let tail = unsafe { _mm_srli_si128::<11>(piece(ORDER_PAYLOAD_LEN - 16)) };
-            bytemuck::cast([piece(0), piece(16), piece(32), tail])
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-        {
-            let mut wire = [0u8; 64];
-            wire[..ORDER_PAYLOAD_LEN].copy_from_slice(&p[..ORDER_PAYLOAD_LEN]);
-            wire
-        }
-    }
-
-    /// An NBBO update's 42 bytes at [`NBBO_AT`] (the caller checked the length).
-    #[inline(always)]
-    fn nbbo(p: &[u8]) -> [u8; 64] {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        {
-            use std::arch::x86_64::{__m128i, _mm_cvtsi32_si128, _mm_slli_si128};
-            let piece = |at: usize| bytemuck::pod_read_unaligned::<__m128i>(&p[at..at + 16]);
-            let symbol = i32::from_le_bytes([p[1], p[2], p[3], p[4]]);
-            // Bytes 0..16: six zeros, then the payload's first 10 bytes (its first 16, shifted
-            // up 6 bytes); the next two pieces are the payload's bytes 10..26 and 26..42; the
-            // last, the symbol's copy (`NBBO_SYMBOL_AT`) and zeros.
-            // SAFETY: as in `order`: SSE2 is all these intrinsics need, and this block is
-            // compiled only where the target has it.
-            let (head, tail) = unsafe {
-                (
-                    _mm_slli_si128::<NBBO_AT_I32>(piece(0)),
-                    _mm_cvtsi32_si128(symbol),
-                )
-            };
-            bytemuck::cast([head, piece(16 - NBBO_AT), piece(32 - NBBO_AT), tail])
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-        {
-            let mut wire = [0u8; 64];
-            wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN].copy_from_slice(&p[..NBBO_PAYLOAD_LEN]);
-            wire[NBBO_SYMBOL_AT..NBBO_SYMBOL_AT + 4].copy_from_slice(&p[1..5]);
-            wire
-        }
-    }
+/// The big-endian 8 bytes of `p` at `at` turned into native order, as a little-endian value
+/// (what [`MarketMessage::of_words`] stores): on this machine, one byte swap.
+#[inline(always)]
+fn ne64(p: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&p[at..at + 8]);
+    u64::from_le_bytes(u64::from_be_bytes(b).to_ne_bytes())
 }
 
 /// Decodes one frame payload (without its length header) into an order or an NBBO update.
@@ -757,10 +893,10 @@ impl SymbolData {
     /// ```
     /// use bettong_apps::market_spread::{pad_symbol, Nbbo, SymbolData};
     /// let mut s = SymbolData::default();
-    /// s.update_nbbo(&Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01));
+    /// s.update_nbbo(&Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01).decoded());
     /// assert!(!s.should_reject_trades);
     /// ```
-    pub fn update_nbbo(&mut self, nbbo: &Nbbo) {
+    pub fn update_nbbo(&mut self, nbbo: &DecodedNbbo) {
         let (bid, offer) = (nbbo.bid(), nbbo.offer());
         self.should_reject_trades = is_rejected_spread(bid, offer);
         self.last_bid = bid;
@@ -773,17 +909,21 @@ impl SymbolData {
     /// ```
     /// use bettong_apps::market_spread::{pad_symbol, Order, SymbolData};
     /// let order = Order::new(1, 1, *b"000001", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
-    /// let out = SymbolData::default().check_order(&order, 7);
+    /// let out = SymbolData::default().check_order(&order.decoded(), 7);
     /// assert_eq!(out.map(|r| r.timestamp), Some(7));
     /// ```
-    pub fn check_order(&self, order: &Order, now_ns: u64) -> Option<OrderResult> {
+    pub fn check_order(&self, order: &DecodedOrder, now_ns: u64) -> Option<OrderResult> {
         self.check_order_with(order, || now_ns)
     }
 
     /// Like [`check_order`](Self::check_order), but asks `now` for the timestamp only when there
     /// is an output: all but a few orders are accepted, and a clock read on each of them would
     /// cost more than the check itself.
-    fn check_order_with(&self, order: &Order, now: impl FnOnce() -> u64) -> Option<OrderResult> {
+    fn check_order_with(
+        &self,
+        order: &DecodedOrder,
+        now: impl FnOnce() -> u64,
+    ) -> Option<OrderResult> {
         self.should_reject_trades
             .then(|| OrderResult::new(order, self.last_bid, self.last_offer, now()))
     }
@@ -847,14 +987,14 @@ pub const NBBO_SOURCE: &str = "Nbbo";
 /// Name of the application, as [`Application::name`] reports it.
 pub const APP_NAME: &str = "market spread";
 
-/// The decoder of the "Orders" source: a 53-byte order payload, copied out of the frame into a
+/// The decoder of the "Orders" source: a 53-byte order payload, decoded out of the frame into a
 /// [`MarketMessage`]. Anything else, an NBBO included, is a [`DecodeError`] that says
 /// which source refused what.
 ///
 /// ```
 /// use bettong_apps::market_spread::{decode_order, pad_symbol, Nbbo, Order};
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
-/// assert_eq!(decode_order(order.as_bytes()).unwrap().order(), Some(&order));
+/// assert_eq!(decode_order(order.as_bytes()).unwrap().order(), Some(&order.decoded()));
 ///
 /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
 /// let err = decode_order(nbbo.as_bytes()).unwrap_err().to_string();
@@ -863,24 +1003,27 @@ pub const APP_NAME: &str = "market spread";
 /// assert_eq!(err, "Orders source: not an order: order payload must be 53 bytes, got 52");
 /// ```
 pub fn decode_order(payload: &[u8]) -> Result<MarketMessage, DecodeError> {
+    order_on_orders_source(payload).map(MarketMessage::of_order)
+}
+
+/// The order in `payload`, viewed in place, with the errors of the "Orders" source (VWAP's
+/// decoder reads its transact time before it decodes it).
+pub(crate) fn order_on_orders_source(payload: &[u8]) -> Result<&Order, DecodeError> {
     if payload.first() == Some(&NBBO_TYPE) {
         return Err(DecodeError::new(
             "Orders source: got an NBBO message (type 2); NBBO updates belong on the Nbbo source",
         ));
     }
-    match Order::from_payload(payload) {
-        Ok(order) => Ok(MarketMessage::of_order(order)),
-        Err(e) => Err(refused(ORDERS_SOURCE, "an order", ORDER_TYPE, e)),
-    }
+    Order::from_payload(payload).map_err(|e| refused(ORDERS_SOURCE, "an order", ORDER_TYPE, e))
 }
 
-/// The decoder of the "Nbbo" source: a 42-byte NBBO payload, copied out of the frame into a
+/// The decoder of the "Nbbo" source: a 42-byte NBBO payload, decoded out of the frame into a
 /// [`MarketMessage`]. Anything else, an order included, is a [`DecodeError`].
 ///
 /// ```
 /// use bettong_apps::market_spread::{decode_nbbo, pad_symbol, Nbbo, Order};
 /// let nbbo = Nbbo::new(pad_symbol("GE"), [b'0'; 21], 30.0, 30.01);
-/// assert_eq!(decode_nbbo(nbbo.as_bytes()).unwrap().nbbo(), Some(&nbbo));
+/// assert_eq!(decode_nbbo(nbbo.as_bytes()).unwrap().nbbo(), Some(&nbbo.decoded()));
 ///
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// let err = decode_nbbo(order.as_bytes()).unwrap_err().to_string();
@@ -917,7 +1060,7 @@ fn refused(source: &str, kind: &str, fix_type: u8, e: FixishError) -> DecodeErro
 /// use bettong_apps::market_spread::{encode, pad_symbol, Order, OrderResult};
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// let mut out = Vec::new();
-/// encode(&OrderResult::new(&order, 29.0, 31.0, 5), &mut out);
+/// encode(&OrderResult::new(&order.decoded(), 29.0, 31.0, 5), &mut out);
 /// assert_eq!(out.len(), 59);
 /// ```
 pub fn encode(result: &OrderResult, out: &mut Vec<u8>) {
@@ -994,7 +1137,7 @@ pub fn spread_check(market: Pipeline<MarketMessage>) -> Pipeline<OrderResult> {
 /// ```
 /// use bettong_apps::market_spread::{pad_symbol, Order, OrderResult};
 /// let order = Order::new(2, 9, *b"q1w2e3", pad_symbol("GE"), 20.0, 30.0, [b'0'; 21]);
-/// let result = OrderResult::new(&order, 29.9, 30.1, 123);
+/// let result = OrderResult::new(&order.decoded(), 29.9, 30.1, 123);
 /// let mut buf = Vec::new();
 /// result.encode_into(&mut buf);
 /// assert_eq!(buf.len(), 59);
@@ -1042,7 +1185,7 @@ const _: () = assert!(std::mem::size_of::<OrderResultWire>() == ORDER_RESULT_PAY
 
 impl OrderResult {
     /// The result for `order` checked against the given bid and offer at `timestamp` ns.
-    pub fn new(order: &Order, bid: f64, offer: f64, timestamp: u64) -> OrderResult {
+    pub fn new(order: &DecodedOrder, bid: f64, offer: f64, timestamp: u64) -> OrderResult {
         OrderResult {
             side: order.side(),
             account: order.account(),
@@ -1155,11 +1298,13 @@ mod tests {
         assert_eq!(order.symbol(), b"  GE");
         assert_eq!(order.qty(), 650.0);
         assert_eq!(order.price(), 30.5);
-        assert_eq!(order.transact_time(), TIME);
-        assert_eq!(order.as_bytes(), &payload[..]);
+        let wire = Order::from_payload(&payload).expect("an order's layout");
+        assert_eq!(wire.transact_time(), TIME);
+        assert_eq!(wire.as_bytes(), &payload[..]);
 
         let built = Order::new(2, 300, *b"aB3dE9", pad_symbol("GE"), 650.0, 30.5, *TIME);
-        assert_eq!(built, order);
+        assert_eq!(&built, wire);
+        assert_eq!(built.decoded(), order);
         let mut framed = Vec::new();
         built.encode_framed(&mut framed);
         assert_eq!(&framed[..4], &[0, 0, 0, 53]);
@@ -1175,10 +1320,12 @@ mod tests {
             panic!("not an NBBO: {msg:?}");
         };
         assert_eq!(nbbo.symbol(), b"INSM");
-        assert_eq!(nbbo.transact_time(), TIME);
         assert_eq!(nbbo.bid(), 19.6505);
         assert_eq!(nbbo.offer(), 19.7136);
-        assert_eq!(nbbo.as_bytes(), &payload[..]);
+        let wire = Nbbo::from_payload(&payload).expect("an NBBO's layout");
+        assert_eq!(wire.transact_time(), TIME);
+        assert_eq!(wire.as_bytes(), &payload[..]);
+        assert_eq!(&wire.decoded(), nbbo);
 
         let mut framed = Vec::new();
         Nbbo::new(*b"INSM", *TIME, 19.6505, 19.7136).encode_framed(&mut framed);
@@ -1419,10 +1566,11 @@ mod tests {
         assert!(out.timestamp >= before && out.timestamp <= wall_clock_ns());
     }
 
-    /// The SSE2 copies (`Wire64`): every payload byte lands at its offset, whatever its value,
-    /// and the bytes after the payload are zero (equality and hashing read all 64).
+    /// The decoder's register-built halves (`of_words`): every field lands at its offset in
+    /// native byte order, whatever its bytes, and the bytes no field owns are zero (equality and
+    /// hashing read all 32).
     #[test]
-    fn a_message_holds_its_payload_bytes_exactly_and_zeros_after_them() {
+    fn a_message_holds_its_fields_exactly_and_zeros_elsewhere() {
         for seed in 0u8..=255 {
             let mut order = [0u8; ORDER_PAYLOAD_LEN];
             let mut nbbo = [0u8; NBBO_PAYLOAD_LEN];
@@ -1440,23 +1588,42 @@ mod tests {
             }
             order[0] = ORDER_TYPE;
             nbbo[0] = NBBO_TYPE;
+            let wire = Order::from_payload(&order).expect("an order's layout");
             let o = decode(&order).expect("an order");
-            assert_eq!(o.order().map(Order::as_bytes), Some(&order[..]));
-            assert_eq!(&o.wire[..ORDER_PAYLOAD_LEN], &order[..]);
-            assert!(o.wire[ORDER_PAYLOAD_LEN..].iter().all(|&b| b == 0));
+            let bytes = bytemuck::bytes_of(&o.halves);
+            assert_eq!(bytes[..2], order[..2], "type and side");
+            assert_eq!(bytes[2..8], order[6..12], "order id");
+            assert_eq!(bytes[8..12], wire.account().to_ne_bytes(), "account");
+            assert_eq!(bytes[12..16], order[12..16], "symbol");
+            assert_eq!(bytes[16..24], wire.qty().to_ne_bytes(), "qty");
+            assert_eq!(bytes[24..32], wire.price().to_ne_bytes(), "price");
+            let d = o.order().expect("an order's view");
+            assert_eq!(
+                (d.side(), d.account(), d.order_id(), d.symbol()),
+                (wire.side(), wire.account(), wire.order_id(), wire.symbol())
+            );
+            assert_eq!(
+                (d.qty().to_bits(), d.price().to_bits()),
+                (wire.qty().to_bits(), wire.price().to_bits())
+            );
+
+            let wire = Nbbo::from_payload(&nbbo).expect("an NBBO's layout");
             let n = decode(&nbbo).expect("an NBBO");
-            assert_eq!(n.nbbo().map(Nbbo::as_bytes), Some(&nbbo[..]));
-            assert_eq!(&n.wire[NBBO_AT..NBBO_AT + NBBO_PAYLOAD_LEN], &nbbo[..]);
-            assert!(n.wire[..NBBO_AT].iter().all(|&b| b == 0));
-            assert_eq!(&n.wire[NBBO_SYMBOL_AT..NBBO_SYMBOL_AT + 4], &nbbo[1..5]);
-            assert_eq!(n.symbol(), n.nbbo().unwrap().symbol());
-            assert_eq!(o.symbol(), o.order().unwrap().symbol());
-            let after = NBBO_AT + NBBO_PAYLOAD_LEN;
-            assert!(n.wire[after..NBBO_SYMBOL_AT].iter().all(|&b| b == 0));
-            assert!(n.wire[NBBO_SYMBOL_AT + 4..].iter().all(|&b| b == 0));
-            // Built from a value or decoded from a payload: the same message.
+            let bytes = bytemuck::bytes_of(&n.halves);
+            assert_eq!(bytes[0], NBBO_TYPE);
+            assert!(bytes[1..12].iter().all(|&b| b == 0), "{bytes:?}");
+            assert_eq!(bytes[12..16], nbbo[1..5], "symbol");
+            assert_eq!(bytes[16..24], wire.bid().to_ne_bytes(), "bid");
+            assert_eq!(bytes[24..32], wire.offer().to_ne_bytes(), "offer");
+            assert_eq!(n.symbol(), wire.symbol());
+            assert_eq!(o.symbol(), &order[12..16]);
+            // Decoded from a payload or built from a decoded value: the same message.
             assert_eq!(MarketMessage::from(*o.order().unwrap()), o);
             assert_eq!(MarketMessage::from(*n.nbbo().unwrap()), n);
+            assert_eq!(
+                MarketMessage::from(*Order::from_payload(&order).unwrap()),
+                o
+            );
         }
     }
 
@@ -1464,8 +1631,8 @@ mod tests {
     fn messages_are_small_copy_values() {
         assert_eq!(std::mem::size_of::<Order>(), 53);
         assert_eq!(std::mem::size_of::<Nbbo>(), 42);
-        // One cache line, aligned so that its four 16-byte pieces never straddle one.
-        assert_eq!(std::mem::size_of::<MarketMessage>(), 64);
+        // Half a cache line, aligned so that its two 16-byte halves never straddle one.
+        assert_eq!(std::mem::size_of::<MarketMessage>(), 32);
         assert_eq!(std::mem::align_of::<MarketMessage>(), 16);
         let wall = wall_clock_ns();
         assert!(wall > 1_600_000_000_000_000_000);

@@ -21,7 +21,10 @@ use std::time::Duration;
 use bettong::window::{Aggregation, LatePolicy, Window};
 use bettong::{Application, DecodeError, Pipeline, TcpSink, TcpSource};
 
-use crate::market_spread::{MarketMessage, MarketView, Order, ORDERS_SOURCE, TRANSACT_TIME_LEN};
+use crate::market_spread::{
+    order_on_orders_source, DecodedOrder, MarketMessage, MarketView, Order, ORDERS_SOURCE,
+    TRANSACT_TIME_LEN,
+};
 use crate::pieces::whole;
 
 /// The application's name.
@@ -37,11 +40,11 @@ pub const SINK: &str = "Vwap";
 /// use bettong_apps::vwap::TimedOrder;
 /// let order = Order::new(1, 7, *b"abc123", pad_symbol("GE"), 10.0, 30.0, [b'0'; 21]);
 /// let t = TimedOrder::new(&order, 42);
-/// assert_eq!((t.order(), t.event_ns()), (&order, 42));
+/// assert_eq!((t.order(), t.event_ns()), (&order.decoded(), 42));
 /// ```
 ///
-/// Every 16-byte piece of the value is written with one store: the order in a
-/// [`MarketMessage`]'s pieces, as the decoder made them, and the time in a piece of its own.
+/// 48 bytes. Every 16-byte piece of the value is written with one store: the order in a
+/// [`MarketMessage`]'s halves, as the decoder made them, and the time in a piece of its own.
 /// The engine moves a message in 16-byte loads, and a load that straddles smaller stores waits
 /// for them to reach the cache. As `{ order: Order, event_ns: u64 }` (the order's 53 bytes
 /// copied to offset 8, the time to 0) the moves out of the decoder had 68% of
@@ -58,20 +61,15 @@ pub struct TimedOrder {
 impl TimedOrder {
     /// `order` at event time `event_ns` (nanoseconds since the Unix epoch).
     pub fn new(order: &Order, event_ns: u64) -> TimedOrder {
-        TimedOrder::of(MarketMessage::of_order(order), event_ns)
-    }
-
-    /// `msg`, which holds an order.
-    fn of(msg: MarketMessage, event_ns: u64) -> TimedOrder {
         TimedOrder {
-            msg,
+            msg: MarketMessage::of_order(order),
             event: whole(u128::from(event_ns)),
         }
     }
 
     /// The order.
     #[inline]
-    pub fn order(&self) -> &Order {
+    pub fn order(&self) -> &DecodedOrder {
         match self.msg.view() {
             MarketView::Order(o) => o,
             // `new` and `decode`, the only constructors, give it an order.
@@ -179,17 +177,14 @@ fn days_since_epoch(t: &[u8; 8]) -> Option<u64> {
 
 /// Decodes a framed order and its transact time; a malformed order or time is an error.
 pub fn decode(payload: &[u8]) -> Result<TimedOrder, DecodeError> {
-    let msg = crate::market_spread::decode_order(payload)?;
-    let MarketView::Order(order) = msg.view() else {
-        return Err(DecodeError::new("Orders source: not an order"));
-    };
+    let order = order_on_orders_source(payload)?;
     let event_ns = parse_transact_time(order.transact_time()).ok_or_else(|| {
         DecodeError::new(format!(
             "Orders source: bad transact time `{}` (expected YYYYMMDD-HH:MM:SS.mmm)",
             order.transact_time().escape_ascii()
         ))
     })?;
-    Ok(TimedOrder::of(msg, event_ns))
+    Ok(TimedOrder::new(order, event_ns))
 }
 
 /// The running sums of a window.

@@ -76,7 +76,7 @@ use bettong::runtime::config::{online_cores, EngineConfig, Poll, DEFAULT_POLL};
 use bettong::{Application, CallbackSink, Engine, InProcessSource, IterSource, Key, Pipeline};
 use bettong_apps::market_spread::{
     check_now, decode, is_rejected_spread, spread_check, symbol_key, MarketMessage, MarketView,
-    Order, OrderResult, SymbolData,
+    Nbbo, Order, OrderResult, SymbolData, TRANSACT_TIME_LEN,
 };
 use bettong_giles::gen::{self, GenMarketSpreadArgs};
 use bettong_giles::receiver::{ReceiveArgs, Receiver};
@@ -573,15 +573,29 @@ fn loop_worker(core: Option<usize>, initial: &[u8], own: &[u8], start: &std::syn
 // timely dataflow.
 
 /// A market message as timely data. timely's `Exchange` asks for serde; in one process it moves
-/// the values and never serializes them, but the impls are real (the 42/53 wire bytes).
+/// the values and never serializes them, but the impls are real: the 42/53 wire bytes, with a
+/// zero transact time (the decoded message has none).
 #[derive(Clone, Copy)]
 struct Msg(MarketMessage);
 
 impl serde::Serialize for Msg {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0.view() {
-            MarketView::Order(o) => s.serialize_bytes(o.as_bytes()),
-            MarketView::Nbbo(n) => s.serialize_bytes(n.as_bytes()),
+            MarketView::Order(o) => s.serialize_bytes(
+                Order::new(
+                    o.side(),
+                    o.account(),
+                    *o.order_id(),
+                    *o.symbol(),
+                    o.qty(),
+                    o.price(),
+                    [b'0'; TRANSACT_TIME_LEN],
+                )
+                .as_bytes(),
+            ),
+            MarketView::Nbbo(n) => s.serialize_bytes(
+                Nbbo::new(*n.symbol(), [b'0'; TRANSACT_TIME_LEN], n.bid(), n.offer()).as_bytes(),
+            ),
         }
     }
 }
@@ -851,8 +865,8 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
     }
     let mut measured = 0u32;
     let stream = frames(&data.stream)
-        .map(|f| match decoded(f).order() {
-            Some(o) => {
+        .map(|f| match Order::from_payload(&f[4..]) {
+            Ok(o) => {
                 let account = if rejected.contains(o.symbol()) {
                     measured += 1;
                     measured - 1
@@ -869,7 +883,7 @@ fn measured_stream(data: &Data) -> Result<(Vec<MarketMessage>, usize), String> {
                     *o.transact_time(),
                 ))
             }
-            None => decoded(f),
+            Err(_) => decoded(f),
         })
         .collect();
     Ok((stream, measured as usize))
