@@ -36,7 +36,7 @@ const TURN: usize = 4096;
 /// Messages handed over at a time to a downstream that [takes batches](SourceContext): a
 /// `key_by` exchange, which sorts each batch by destination shard. The size of the
 /// exchange's chunk (`runtime::split::CHUNK`): a batch stays in the L1 cache (16 KiB of
-/// 64-byte Market Spread messages) from the source's writes to the exchange's reads.
+/// 64-byte messages; Market Spread's are 32) from the source's writes to the exchange's reads.
 const BATCH: usize = crate::runtime::split::CHUNK;
 
 /// A source that runs on every shard and pulls that shard's messages from an iterator:
