@@ -632,15 +632,19 @@ impl fmt::Debug for DecodedNbbo {
 ///
 /// Why 32 bytes and not the wire's 53 or 42: the engine moves a message by value, through a
 /// batch and, when its key belongs to another shard, through a ring slot that the other core
-/// reads from this one's cache. Half a cache line per message halves both. Measured on Market
-/// Spread's in-process run (`perf/peer`, `bettong-iter`, 10 alternating rounds against the
-/// 64-byte message that held the wire bytes): 2 shards 1.09×, 1 shard 1.05×, and 2 shards ÷ 1
-/// shard 1.24× against 1.15×.
+/// reads from this one's cache. Half a cache line per message halves both. Against the 64-byte
+/// message that held the wire bytes (`perf/peer`, `bettong-iter`, 24 M messages, 12 rounds
+/// alternating): 2 shards 1.39× (CPU per message 22.8 -> 15.5 ns), 1 shard 1.07×, and 2 shards
+/// ÷ 1 shard 1.31× where the 64-byte message read 0.95×; instructions per message on 1 shard
+/// 190.1 -> 176.1 (`perf/callgrind.sh`).
 ///
-/// The wire's type byte comes first, and the symbol sits at the same offset in both kinds. The
-/// decoder builds each 16-byte half in a register and stores it whole: a later move of the
-/// message loads it in 16-byte pieces, and a piece written by smaller stores cannot be
-/// forwarded to that load (the crate's `pieces` module).
+/// The wire's type byte comes first, and the symbol sits at the same offset in both kinds, so
+/// the key is read without a branch on the kind (half a mispredicted branch per message in
+/// callgrind's simulation went with that branch). The decoder builds each 16-byte half in a
+/// register and stores it whole: a later move of the message loads it in 16-byte pieces, and a
+/// piece written by smaller stores cannot be forwarded to that load (the crate's `pieces`
+/// module). A message that was an `enum` copied in overlapping pieces had 75% of the TCP
+/// source's decode-and-emit samples on such loads.
 ///
 /// ```
 /// use bettong_apps::market_spread::{pad_symbol, symbol_key, MarketMessage, MarketView, Nbbo};
@@ -687,16 +691,22 @@ impl From<Nbbo> for MarketMessage {
     }
 }
 
+/// The type byte is set here, not taken from the value: a `DecodedOrder` is plain bytes
+/// (`bytemuck` can make one of any 32), and [`MarketMessage::view`] reads the kind from it.
 impl From<DecodedOrder> for MarketMessage {
-    fn from(order: DecodedOrder) -> Self {
+    fn from(mut order: DecodedOrder) -> Self {
+        order.fix_type = ORDER_TYPE;
         MarketMessage {
             halves: bytemuck::cast(order),
         }
     }
 }
 
+/// The type byte is set and the unused bytes zeroed here, as for [`DecodedOrder`].
 impl From<DecodedNbbo> for MarketMessage {
-    fn from(nbbo: DecodedNbbo) -> Self {
+    fn from(mut nbbo: DecodedNbbo) -> Self {
+        nbbo.fix_type = NBBO_TYPE;
+        nbbo.zeros = [0; 11];
         MarketMessage {
             halves: bytemuck::cast(nbbo),
         }
@@ -1625,6 +1635,19 @@ mod tests {
                 o
             );
         }
+    }
+
+    /// A decoded value made of any 32 bytes still becomes the message of its kind.
+    #[test]
+    fn a_message_from_a_decoded_value_is_of_that_kind_whatever_its_bytes() {
+        let order: DecodedOrder = bytemuck::Zeroable::zeroed();
+        let msg = MarketMessage::from(order);
+        assert_eq!(msg.order().map(DecodedOrder::symbol), Some(&[0; 4]));
+        let nbbo: DecodedNbbo = bytemuck::cast([ORDER_TYPE; MESSAGE_LEN]);
+        let msg = MarketMessage::from(nbbo);
+        let n = msg.nbbo().expect("an NBBO update");
+        assert_eq!((n.symbol(), n.zeros), (&[ORDER_TYPE; 4], [0; 11]));
+        assert_eq!(msg, MarketMessage::from(*n));
     }
 
     #[test]
