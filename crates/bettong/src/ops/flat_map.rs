@@ -46,12 +46,22 @@ pub(crate) fn emit_all<U: 'static>(
     metrics: &ShardMetrics,
     stamp: Stamp,
 ) {
+    if !emit_each(outputs, next, stamp) {
+        metrics.filtered(stamp.ingest_ns);
+    }
+}
+
+/// Sends every output on; whether there was one (the caller counts a message without).
+#[inline(always)]
+pub(crate) fn emit_each<U: 'static>(
+    outputs: impl IntoIterator<Item = U>,
+    next: &Downstream<U>,
+    stamp: Stamp,
+) -> bool {
     let mut any = false;
     for out in outputs {
         any = true;
         next.data(out, stamp);
     }
-    if !any {
-        metrics.filtered(stamp.ingest_ns);
-    }
+    any
 }
