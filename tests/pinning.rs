@@ -25,20 +25,29 @@ fn threads(pid: u32) -> Vec<(String, String)> {
 /// Each shard's name with its threads' allowed CPUs. Glommio gives every executor a helper
 /// thread for blocking work, which inherits the shard's name and placement, so a name can
 /// appear twice: every thread of a shard must have the shard's CPUs.
+///
+/// The helper places itself once it runs, which can be just after the engine says it is
+/// ready: one run in a few dozen read the helper still on every CPU. So the threads are read
+/// again until they agree, for up to 10 s, and a disagreement that lasts is the failure.
 fn shard_threads(pid: u32) -> Vec<(String, String)> {
-    let mut shards: Vec<(String, String)> = threads(pid)
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("bettong-shard-"))
-        .collect();
-    shards.dedup();
-    let mut names: Vec<&String> = shards.iter().map(|(n, _)| n).collect();
-    names.dedup();
-    assert_eq!(
-        names.len(),
-        shards.len(),
-        "threads of one shard disagree: {shards:?}"
-    );
-    shards
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut shards: Vec<(String, String)> = threads(pid)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("bettong-shard-"))
+            .collect();
+        shards.dedup();
+        let mut names: Vec<&String> = shards.iter().map(|(n, _)| n).collect();
+        names.dedup();
+        if names.len() == shards.len() {
+            return shards;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "threads of one shard disagree: {shards:?}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 fn allowed_cpus_of_this_process() -> String {
