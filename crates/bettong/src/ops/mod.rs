@@ -51,11 +51,14 @@ pub(crate) trait Input<T> {
             self.data(msg, stamp);
         }
     }
-    /// True for an operator that does better with a batch than with its messages one by one
-    /// (an exchange: it sorts a batch by destination). For the others a source keeps calling
-    /// `data`: through a batch, Market Spread on 1 shard (no exchange) ran 20% slower
-    /// (perf/peer `bettong-iter`, medians of 8 alternating runs, 43.5 -> 34.1 M msgs/s), the
-    /// messages written into the batch and read back out, and each still a call.
+    /// True for an operator that does better with a batch than with its messages one by one:
+    /// an exchange, which sorts a batch by destination, and a state computation, which runs a
+    /// batch in one loop with the computation inlined (`StateOp::data_batch` has the
+    /// measurement). For the others a source keeps calling `data`: through a batch that the
+    /// default `data_batch` hands to `data` one message at a time, Market Spread on 1 shard
+    /// ran 20% slower (perf/peer `bettong-iter`, medians of 8 alternating runs, 43.5 -> 34.1
+    /// M msgs/s), the messages written into the batch and read back out, and each still a
+    /// call.
     fn batches(&self) -> bool {
         false
     }
