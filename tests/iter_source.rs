@@ -78,10 +78,18 @@ fn every_shard_count_gives_exact_sums_in_order() {
     }
 }
 
-/// An endless iterator on 3 shards: a stop ends the engine; everything that was pulled was
-/// finished (nothing pulled is lost), and the shards stopped pulling.
+/// An endless iterator on 1 and 3 shards: a stop ends the engine; everything that was pulled
+/// was finished (nothing pulled is lost), and the shards stopped pulling. On 1 shard the state
+/// computation takes the source's batches itself, on 3 the exchange's runs: either way it
+/// counts the messages without output once per batch or run, and every one is counted.
 #[test]
 fn stop_ends_an_endless_source() {
+    for shards in [1, 3] {
+        stop_ends_an_endless_source_on(shards);
+    }
+}
+
+fn stop_ends_an_endless_source_on(shards: usize) {
     let outputs = Arc::new(AtomicU64::new(0));
     let out = outputs.clone();
     let app = Application::new(
@@ -99,7 +107,7 @@ fn stop_ends_an_endless_source() {
                 }),
             ),
     );
-    let engine = Engine::start(app, config(3)).unwrap();
+    let engine = Engine::start(app, config(shards)).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     while engine.progress().finished < 200_000 {
         assert!(Instant::now() < until, "no progress");
@@ -110,7 +118,7 @@ fn stop_ends_an_endless_source() {
     assert_eq!(
         summary.messages_in,
         summary.messages_out + summary.filtered,
-        "pulled but not finished"
+        "pulled but not finished, {shards} shards"
     );
     assert_eq!(summary.messages_out, outputs.load(Ordering::Relaxed));
     assert_eq!(summary.latency.len(), summary.messages_in);
