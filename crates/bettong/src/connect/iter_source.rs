@@ -34,7 +34,8 @@ use crate::metrics::now_ns;
 const TURN: usize = 4096;
 
 /// Messages handed over at a time to a downstream that [takes batches](SourceContext): a
-/// `key_by` exchange, which sorts each batch by destination shard. The size of the
+/// `key_by` exchange, which sorts each batch by destination shard, or on 1 shard the state
+/// computation itself, which runs a batch in one loop. The size of the
 /// exchange's chunk (`runtime::split::CHUNK`): a batch stays in the L1 cache (16 KiB of
 /// 64-byte messages; Market Spread's are 32) from the source's writes to the exchange's reads.
 const BATCH: usize = crate::runtime::split::CHUNK;

@@ -305,7 +305,7 @@ impl<T: 'static> SourceContext<T> {
     }
 
     /// True when the operator this source feeds does better with batches than with messages
-    /// one by one (a `key_by` exchange; see `ops::Input::batches`).
+    /// one by one (a `key_by` exchange, a state computation; see `ops::Input::batches`).
     pub(crate) fn takes_batches(&self) -> bool {
         self.inner.down.batches()
     }

@@ -53,7 +53,9 @@ struct DecodeEmit<D: Decoder> {
     emit: SourceContext<D::Out>,
     /// The messages of a read decoded and not yet handed on, when the operator downstream
     /// takes batches (a `key_by` exchange, which splits a batch by destination where it lies,
-    /// `runtime::split`) and the messages of a read share its stamp (no event-time function).
+    /// `runtime::split`; a state computation with no exchange before it, on 1 shard, which
+    /// runs a batch in one loop) and the messages of a read share its stamp (no event-time
+    /// function).
     /// Handed on every [`CHUNK`] messages and at the end of each read.
     held: Option<RefCell<Vec<D::Out>>>,
 }
