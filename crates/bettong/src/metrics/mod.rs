@@ -10,9 +10,10 @@
 //! latency ends at the first clock read at or after it finished. A figure is therefore never
 //! low, and at most the time to finish `LATENCY_GROUP - 1` more messages of the same batch
 //! high (under a microsecond on Market Spread); a message that arrives alone is timed exactly.
-//! A message that a state computation takes in a run from a `key_by` exchange and drops
-//! without output is counted finished at the end of its run (at most 256 messages, about
-//! 2.5 µs of Market Spread): one count per run instead of one per message.
+//! A message that a state computation takes in a run or a batch (from a `key_by` exchange,
+//! or on 1 shard from its source) and drops without output is counted finished at the end of
+//! that run or batch (at most 256 messages, about 2.5 µs of Market Spread): one count per run
+//! instead of one per message.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -398,8 +399,8 @@ impl ShardMetrics {
         self.filtered_n(ingest_ns, 1);
     }
 
-    /// `n` messages of one stamp dropped with no output, finished as of now: what a run of
-    /// messages that an operator takes from a `key_by` exchange counts once at its end.
+    /// `n` messages of one stamp dropped with no output, finished as of now: what a state
+    /// computation counts once at the end of a run or batch it takes.
     #[inline]
     pub(crate) fn filtered_n(&self, ingest_ns: u64, n: usize) {
         self.filtered_waiting.set(self.filtered_waiting.get() + n);
@@ -420,14 +421,14 @@ impl ShardMetrics {
     /// fills: before a call, `runs` is below `waiting`, which is below `LATENCY_GROUP`.
     #[inline(always)]
     fn record_n(&self, ingest_ns: u64, k: usize) {
-        let k_runs = k as u64;
+        let k64 = k as u64;
         let (stamp, n) = self.current.get();
         // No `n > 0` here: a settle keeps the run's stamp, so the message after it joins the
         // run like any other. With the test, the branch went the other way once per group,
         // after every settle, and was mispredicted that often (callgrind's branch simulation,
         // perf/callgrind.sh's table across shards).
         if stamp == ingest_ns {
-            self.current.set((stamp, n + k_runs));
+            self.current.set((stamp, n + k64));
         } else {
             if n > 0 {
                 let runs = self.runs.get();
@@ -438,7 +439,7 @@ impl ShardMetrics {
                     self.runs.set(runs + 1);
                 }
             }
-            self.current.set((ingest_ns, k_runs));
+            self.current.set((ingest_ns, k64));
         }
         let waiting = self.waiting.get() + k;
         self.waiting.set(waiting);

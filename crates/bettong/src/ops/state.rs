@@ -73,8 +73,9 @@ where
     /// counted one by one, the latency bookkeeping was 12 of the 90 instructions per message
     /// that Market Spread's state operator spent. `perf/callgrind.sh`: `IterSource` on 2
     /// shards 203.4 -> 192.4 instructions per message, 198.3 -> 181.8 with nothing crossing,
-    /// the pushers 183.5 -> 171.5 (1 shard: its `IterSource` hands over no runs, 176.1
-    /// unchanged); 10 alternating rounds on 2 shards 1.05× (6 of 10), CPU per message 0.97×.
+    /// the pushers 183.5 -> 171.5 (1 shard unchanged at 176.1: its `IterSource` handed over
+    /// no runs then, and hands over batches now, `data_batch`); 10 alternating rounds on 2
+    /// shards 1.05× (6 of 10), CPU per message 0.97×.
     fn data_run(&self, mut run: Run<'_, T>, stamp: Stamp) {
         let mut filtered = 0;
         while let Some(msg) = run.next_in_place() {
