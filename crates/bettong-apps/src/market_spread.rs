@@ -609,11 +609,6 @@ impl DecodedNbbo {
     pub fn offer(&self) -> f64 {
         f64::from_ne_bytes(self.offer)
     }
-
-    /// `(bid + offer) / 2`, the price the relative spread is measured against.
-    pub fn mid(&self) -> f64 {
-        (self.bid() + self.offer()) / 2.0
-    }
 }
 
 impl fmt::Debug for DecodedNbbo {
