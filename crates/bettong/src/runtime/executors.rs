@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::Poll as TaskPoll;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
 use super::config::Poll;
 use super::doorbell::{Doorbell, Waiter};
@@ -56,6 +56,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 static IDLE: Mutex<Option<HashMap<Kind, Vec<Arc<Executor>>>>> = Mutex::new(None);
 
+/// Where an unpinned shard may run: on any of the CPUs the thread starting it may run on, which
+/// is what a thread it spawned would inherit.
+///
+/// Bound to that set rather than left unbound, because glommio 0.9 spins only an executor bound
+/// to CPUs: for an unbound one it drops `spin_before_park` (`LocalExecutor::new`). An unpinned
+/// shard asked to spin (`--no-pin --poll spin`) then went into `io_uring_enter` every time it
+/// ran out of work, woken by its drains' timer (`runtime::idle`): 6–8 voluntary context switches
+/// a second per idle shard where a pinned one made none, and under valgrind (whose 3.19 never
+/// wakes a thread waiting in `io_uring_enter`) a 3-shard engine hung.
+fn unpinned() -> Placement {
+    let Some(allowed) = core_affinity::get_core_ids() else {
+        return Placement::Unbound;
+    };
+    match CpuSet::online() {
+        Ok(online) => {
+            let set = online.filter(|l| allowed.iter().any(|c| c.id == l.cpu));
+            if set.is_empty() {
+                Placement::Unbound
+            } else {
+                Placement::Fenced(set)
+            }
+        }
+        Err(_) => Placement::Unbound,
+    }
+}
+
 impl Executor {
     /// An idle executor of `kind`, or a new one (started on its thread, ready to take a job).
     pub(crate) fn take(kind: Kind, name: &str) -> Result<Arc<Executor>, Error> {
@@ -80,7 +106,7 @@ impl Executor {
         });
         let placement = match kind.core {
             Some(core) => Placement::Fixed(core),
-            None => Placement::Unbound,
+            None => unpinned(),
         };
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(name)
