@@ -26,7 +26,8 @@
 //! **Invariant:** once [`Split::route`] has run over a chunk (the messages of a batch's
 //! stretch, indices `0..n`, or those a run names), `local[..nl]` and `remote[..nr]` together
 //! hold every index of the chunk exactly once, each list in the chunk's order, and `dst[i]`
-//! is the shard of message `i`.
+//! is the shard of message `i`. (Delivering on more than 2 shards then reuses `local`, once its
+//! run is over, for the remote list sorted by shard.)
 
 use crate::runtime::run::{self, Run};
 
@@ -34,13 +35,20 @@ use crate::runtime::run::{self, Run};
 /// messages (16 KiB) stays in the L1 cache between the route and the delivery.
 pub(crate) const CHUNK: usize = run::MAX;
 
+/// The most shards over which a chunk's remote messages are sorted by shard and handed on in a
+/// run per shard; on more, each goes on its own. Over 64 a chunk's runs would average fewer
+/// than 4 messages each, and the sort's pass over the shards is paid per chunk (not measured:
+/// this machine has 2 cores, and callgrind's counts below go up to 4 shards).
+pub(crate) const SORTED_SHARDS: usize = 64;
+
 /// Where a split hands its messages on.
 pub(crate) trait Deliver<T> {
     /// This shard's own messages of a chunk, in order, in one run.
     fn local(&mut self, run: Run<'_, T>);
-    /// One message for another shard (on more than 2 shards).
+    /// One message for another shard (on more than [`SORTED_SHARDS`] shards).
     fn remote(&mut self, shard: usize, msg: T);
-    /// A chunk's messages for the other shard, in order, in one run (on 2 shards).
+    /// A chunk's messages for another shard, in order, in one run (on 2 to
+    /// [`SORTED_SHARDS`] shards).
     fn run(&mut self, shard: usize, run: Run<'_, T>);
 }
 
@@ -127,7 +135,7 @@ impl Split {
     /// `route` ran over this chunk, and none of its messages has been read out since; they
     /// stay put until this returns.
     #[inline(always)]
-    unsafe fn deliver<T>(&self, base: *const T, shards: usize, to: &mut impl Deliver<T>) {
+    unsafe fn deliver<T>(&mut self, base: *const T, shards: usize, to: &mut impl Deliver<T>) {
         if self.nl > 0 {
             // SAFETY: the local list's indices are messages of this chunk that no other
             // list names (the invariant), which stay put (the caller).
@@ -147,6 +155,36 @@ impl Split {
                 // that the local run did not name, which stay put.
                 to.run(shard, unsafe { Run::new(base, remotes) });
             }
+        } else if shards <= SORTED_SHARDS {
+            // A counting sort of the remote list by shard, into the local list (its run is
+            // over): stable, so each shard's messages keep their order. `next[s]` counts shard
+            // `s`'s messages, then holds where the next of them goes, and at the end where its
+            // run ends.
+            let mut next = [0u16; SORTED_SHARDS];
+            for &i in remotes {
+                next[usize::from(self.dst[usize::from(i)])] += 1;
+            }
+            let mut at = 0;
+            for n in &mut next[..shards] {
+                (*n, at) = (at, at + *n);
+            }
+            for &i in remotes {
+                let slot = &mut next[usize::from(self.dst[usize::from(i)])];
+                // `*slot < nr <= CHUNK` (256): the byte cast does not truncate.
+                self.local[usize::from(*slot as u8)] = i;
+                *slot += 1;
+            }
+            let mut begin = 0;
+            for (shard, &end) in next[..shards].iter().enumerate() {
+                let end = usize::from(end);
+                if end > begin {
+                    // SAFETY: `local[..nr]` now holds the remote list's indices, each once
+                    // (a permutation of it), so the runs name disjoint messages of this
+                    // chunk that the local run did not name (the invariant), which stay put.
+                    to.run(shard, unsafe { Run::new(base, &self.local[begin..end]) });
+                }
+                begin = end;
+            }
         } else {
             for &i in remotes {
                 let shard = usize::from(self.dst[usize::from(i)]);
@@ -160,17 +198,22 @@ impl Split {
 
 /// Empties `batch`, a chunk of [`CHUNK`] at a time. For each chunk: every message whose
 /// `route` is `me` in one [`Run`] to `to`'s `local`, in order, then every other one with its
-/// shard, in order: on 2 shards all of them in one run to `run`, on more one at a time to
-/// `remote`.
+/// shard, in order: on 2 to [`SORTED_SHARDS`] shards in one run per shard to `run`, on more
+/// one at a time to `remote`.
 /// Messages for the same shard keep their order. `route` gives shards below `shards`.
 ///
 /// Why a run for this shard's own: the operator takes each where it lies (`runtime::run`).
 /// Why the others in a run on 2 shards: a lane then pays for its borrow, its overflow check and its stamp
 /// once per chunk rather than once per message: Market Spread on 2 shards, 292.8 -> 284.4
-/// instructions per message (perf/peer `bettong-iter` under callgrind). Why not on more: sent
-/// as runs of one message each, the same run took 315.7 (a run is built and taken apart
-/// around every message); grouping a chunk's messages by shard costs a pass of its own; and a
-/// run cut wherever the shard changes would branch at random on the shard again.
+/// instructions per message (perf/peer `bettong-iter` under callgrind). On more shards the
+/// others are sorted by shard first (a counting sort: two passes over them), each shard's
+/// then handed on in a run: Market Spread (perf/peer `bettong-iter` under callgrind, twice
+/// each) 230.6 / 232.8 -> 212.5 / 213.7 instructions per message on 3 shards and 250.9 / 253.2
+/// -> 228.4 / 229.6 on 4, where each message that crossed had cost 48 in its own send (the
+/// lane's borrow, overflow check, stamp and slot). Sent as runs of
+/// one message each instead, the 2-shard run took 315.7 (a run is built and taken apart around
+/// every message), and a run cut wherever the shard changes would branch at random on the shard
+/// again.
 ///
 /// This shard's own go first for no measured reason: in perf samples of the engine per message
 /// (Market Spread, 2 shards, 3 rounds) the two orders were within the noise of each other, and
@@ -263,15 +306,17 @@ mod tests {
 
     /// Every message is delivered once, to the list its route names, in its order among the
     /// messages for the same shard; this shard's own of a chunk go before the others of it.
-    /// Over batches shorter than, as long as and longer than a chunk, on 1 to 4 shards.
+    /// Over batches shorter than, as long as and longer than a chunk, on 1 to 5 shards and on
+    /// either side of [`SORTED_SHARDS`].
     #[test]
     fn every_message_is_delivered_once_in_order_per_shard() {
-        for shards in 1..=4 {
+        for shards in [1, 2, 3, 4, 5, SORTED_SHARDS, SORTED_SHARDS + 1, 100] {
             for len in [0, 1, 2, 255, 256, 257, 1000] {
                 let me = len % shards;
                 let drops = RefCell::new(Vec::new());
                 let mut batch: Vec<Msg> = (0..len).map(|id| Msg { id, drops: &drops }).collect();
                 let got = RefCell::new(Vec::new());
+                let runs = RefCell::new(std::collections::HashMap::new());
                 deliver_with(
                     &mut batch,
                     me,
@@ -283,17 +328,23 @@ mod tests {
                         }
                     },
                     |s, m| {
-                        assert_ne!(shards, 2, "one run per chunk on 2 shards");
+                        assert!(shards > SORTED_SHARDS, "one at a time only on many shards");
                         got.borrow_mut().push((s, m.id));
                     },
                     |s, run| {
-                        assert_eq!(shards, 2, "runs only on 2 shards");
+                        assert!(shards <= SORTED_SHARDS, "runs only up to {SORTED_SHARDS}");
+                        assert!(run.len() > 0, "no empty runs");
+                        *runs.borrow_mut().entry(s).or_insert(0) += 1;
                         for m in run {
                             got.borrow_mut().push((s, m.id));
                         }
                     },
                 );
                 assert!(batch.is_empty());
+                let chunks = len.div_ceil(CHUNK);
+                for (s, n) in runs.into_inner() {
+                    assert!(n <= chunks, "shard {s}: {n} runs over {chunks} chunks");
+                }
                 let got = got.into_inner();
                 let mut ids: Vec<usize> = got.iter().map(|&(_, id)| id).collect();
                 ids.sort_unstable();
@@ -323,11 +374,12 @@ mod tests {
     }
 
     /// A run is split as a batch is, where it lies: each of its messages delivered once, to
-    /// its shard, in the run's order; this shard's own in one run, the others in one run on
-    /// 2 shards and one at a time on more. Messages outside the run are not touched.
+    /// its shard, in the run's order; this shard's own in one run, the others in one run per
+    /// shard up to [`SORTED_SHARDS`] and one at a time on more. Messages outside the run are
+    /// not touched.
     #[test]
     fn a_run_is_split_in_place() {
-        for shards in 1..=4 {
+        for shards in [1, 2, 3, 4, SORTED_SHARDS, SORTED_SHARDS + 1] {
             let drops = RefCell::new(Vec::new());
             let all: Vec<std::mem::ManuallyDrop<Msg>> = (0..CHUNK)
                 .map(|id| std::mem::ManuallyDrop::new(Msg { id, drops: &drops }))
@@ -347,11 +399,11 @@ mod tests {
                 (
                     |run: Run<'_, Msg>| got.borrow_mut().extend(run.map(|m| (me, m.id))),
                     |s, m: Msg| {
-                        assert_ne!(shards, 2);
+                        assert!(shards > SORTED_SHARDS);
                         got.borrow_mut().push((s, m.id));
                     },
                     |s, run: Run<'_, Msg>| {
-                        assert_eq!(shards, 2);
+                        assert!(shards <= SORTED_SHARDS);
                         got.borrow_mut().extend(run.map(|m| (s, m.id)));
                     },
                 ),
