@@ -41,7 +41,8 @@
 # operators, and the sink's writer; the executor's own polling loop is outside). bench cannot
 # run 0 messages, so per message = (I(2M) - I(M)) / M with M = CG_TCP_MESSAGES.
 #
-# Across shards (a third table): `bettong-iter` on 1 and 2 shards, and `bettong-iter-local` on 2
+# Across shards (a third table): `bettong-iter` on 1 to 4 shards (3 and 4 unpinned on this
+# 2-core machine: valgrind runs one thread at a time anyway), and `bettong-iter-local` on 2
 # (each shard fed only the keys it owns: nothing crosses), collected in the source tasks and the
 # exchange's drain tasks (`bettong::runtime::exchange::drain`, where messages from the other
 # shard run through the operators), with callgrind's branch simulation on: instructions and
@@ -163,7 +164,7 @@ if [ "$SHARDS_TABLE" -gt 0 ]; then
         echo "| variant | shards | instructions/message | mispredicted branches/message | repeats of X(N) |"
         echo "|---|---|---|---|---|"
     } >>"$MD"
-    for row in "bettong-iter 1" "bettong-iter 2" "bettong-iter-local 2"; do
+    for row in "bettong-iter 1" "bettong-iter 2" "bettong-iter-local 2" "bettong-iter 3" "bettong-iter 4"; do
         read -r v w <<<"$row"
         runs=()
         for ((r = 0; r < REPEAT; r++)); do
