@@ -168,6 +168,14 @@ impl Split {
             for n in &mut next[..shards] {
                 (*n, at) = (at, at + *n);
             }
+            // Every remote message was counted below `shards` (a shard of `SORTED_SHARDS` or
+            // more panicked above): otherwise the positions below would overlap, and a message
+            // could be read out twice.
+            assert_eq!(
+                usize::from(at),
+                remotes.len(),
+                "route() gave a shard out of range"
+            );
             for &i in remotes {
                 let slot = &mut next[usize::from(self.dst[usize::from(i)])];
                 // `*slot < nr <= CHUNK` (256): the byte cast does not truncate.
@@ -471,6 +479,34 @@ mod tests {
             .collect();
         assert_eq!(unique, want);
         assert_eq!(*delivered.borrow(), CHUNK + (300 - CHUNK) / 2 + 1);
+    }
+
+    /// A route that breaks its contract (a shard of `shards` or more) on 3 to
+    /// [`SORTED_SHARDS`] shards panics before anything is delivered twice: the sort's
+    /// positions would overlap otherwise.
+    #[test]
+    fn a_shard_out_of_range_panics_before_the_sort_reads_twice() {
+        for bad in [3, SORTED_SHARDS - 1, SORTED_SHARDS] {
+            let drops = RefCell::new(Vec::new());
+            let mut batch: Vec<Msg> = (0..100).map(|id| Msg { id, drops: &drops }).collect();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deliver_with(
+                    &mut batch,
+                    0,
+                    3,
+                    |m| if m.id == 50 { bad } else { m.id % 3 },
+                    |run| drop(run.count()),
+                    |_, _| unreachable!("runs on 3 shards"),
+                    |_, run| drop(run.count()),
+                );
+            }));
+            assert!(r.is_err(), "shard {bad} of 3");
+            let mut dropped = drops.borrow().clone();
+            let n = dropped.len();
+            dropped.sort_unstable();
+            dropped.dedup();
+            assert_eq!(dropped.len(), n, "shard {bad}: a message dropped twice");
+        }
     }
 
     /// On 2 shards a chunk's remote messages come in one run; what a run's taker leaves is
