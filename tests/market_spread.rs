@@ -578,7 +578,8 @@ fn two_shards_match_the_reference_model() {
 }
 
 /// More shards than cores, unpinned: every key crosses through the exchange's route cache to
-/// one of 3 or 4 shards, and every output must still be exactly the model's.
+/// one of 3 or 4 shards, sorted by shard in each batch and sent in a run per shard, and every
+/// output must still be exactly the model's.
 #[test]
 fn three_and_four_shards_match_the_reference_model() {
     run("three-shards", "0,1,2", 3, false);
@@ -757,14 +758,15 @@ fn command_line_tools_drive_a_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `bench market-spread` on 3 and 4 unpinned shards with 64-slot rings, so that the exchange
-/// spills and its sources pause: every input is counted in and finished (the bench waits for
-/// that), the OrderResult count is the data's, and the report's pauses reach its JSON.
+/// `bench market-spread` on 3, 4 and 8 unpinned shards with 64-slot rings, so that the exchange
+/// spills (runs per shard that do not fit) and its sources pause: every input is counted in and
+/// finished (the bench waits for that), the OrderResult count is the data's, and the report's
+/// pauses reach its JSON.
 #[test]
-fn bench_with_tiny_rings_on_three_and_four_shards_loses_nothing() {
+fn bench_with_tiny_rings_on_three_four_and_eight_shards_loses_nothing() {
     use bettong_giles::bench::{self, BenchArgs};
     let dir = temp_dir("bench-tiny-rings");
-    for shards in [3, 4] {
+    for shards in [3, 4, 8] {
         let mut args = BenchArgs::new(200_000);
         args.shards = Some(shards);
         args.no_pin = true;
