@@ -600,3 +600,60 @@ fn in_process_latency_starts_when_the_shard_takes_the_message() {
         assert!(max >= HELD, "{shards} shard(s): max {max:?}");
     }
 }
+
+/// A computation that panics fails its shard, and the engine's `join` says so instead of
+/// waiting for that shard for ever: on 1 shard at once; on 2 and 3 once the others have stopped
+/// or the drain timeout (here 1 s) has passed, whichever is first (they may wait for the failed
+/// shard's messages). Dropping such an engine returns too. Before, `join` never returned: the
+/// shard's summary channel stayed open in a glommio task that the panic left behind.
+#[test]
+fn a_panicking_computation_fails_the_engine_instead_of_hanging_it() {
+    for (shards, drop_it) in [(1, false), (2, false), (3, false), (2, true)] {
+        let armed = Arc::new(AtomicBool::new(false));
+        let fuse = armed.clone();
+        let fired = AtomicBool::new(false);
+        // Endless: no shard ends by itself.
+        let numbers = bettong::IterSource::new(|shard, shards| (shard as u64..).step_by(shards));
+        let (sink, _outputs) = PolledSink::new(1 << 16);
+        let app = Application::new(
+            "panics",
+            Pipeline::source("Numbers", numbers)
+                .key_by(|n: &u64| n)
+                .to_state(move |n: u64, seen: &mut u64| {
+                    *seen += 1;
+                    // Once armed, the first message of any shard panics, and only that one.
+                    let fail = fuse.load(Ordering::Relaxed) && !fired.swap(true, Ordering::Relaxed);
+                    assert!(!fail, "the computation fails at {n}");
+                    (n % 1_000 == 0).then_some(n)
+                })
+                .to_sink("Out", sink),
+        );
+        let config = EngineConfig {
+            drain_timeout: Some(Duration::from_secs(1)),
+            ..config(shards)
+        };
+        let engine = Engine::start(app, config).unwrap();
+        armed.store(true, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = if drop_it {
+                drop(engine);
+                Ok(bettong::Summary::default())
+            } else {
+                engine.join()
+            };
+            let _ = tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{shards} shards: the engine hung after a shard failed"));
+        if drop_it {
+            continue;
+        }
+        let err = result.expect_err("a failed shard must fail the join");
+        assert!(err.contains("failed (panicked)"), "{shards} shards: {err}");
+        if shards == 1 {
+            assert_eq!(err, "shard 0 failed (panicked)");
+        }
+    }
+}

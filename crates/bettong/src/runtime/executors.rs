@@ -56,15 +56,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 static IDLE: Mutex<Option<HashMap<Kind, Vec<Arc<Executor>>>>> = Mutex::new(None);
 
+thread_local! {
+    /// Where the summary of the job this executor's thread runs goes. Kept here rather than in
+    /// the executor's task: when a task of the shard panics, the panic goes up through
+    /// glommio's run loop and ends the thread, and glommio drops the panicking task's future
+    /// but not the others'. A sender inside the main task was never dropped, so the engine
+    /// waited for the shard's summary for ever; the thread's locals are dropped as it ends, and
+    /// with this sender the receiver learns that the shard failed.
+    static RUNNING_JOB: std::cell::RefCell<Option<mpsc::Sender<Summary>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Where an unpinned shard may run: on any of the CPUs the thread starting it may run on, which
 /// is what a thread it spawned would inherit.
 ///
 /// Bound to that set rather than left unbound, because glommio 0.9 spins only an executor bound
 /// to CPUs: for an unbound one it drops `spin_before_park` (`LocalExecutor::new`). An unpinned
-/// shard asked to spin (`--no-pin --poll spin`) then went into `io_uring_enter` every time it
-/// ran out of work, woken by its drains' timer (`runtime::idle`): 6–8 voluntary context switches
-/// a second per idle shard where a pinned one made none, and under valgrind (whose 3.19 never
-/// wakes a thread waiting in `io_uring_enter`) a 3-shard engine hung.
+/// shard asked to spin (`--no-pin --poll spin`) then went to park every time it ran out of
+/// work, woken at once by its drains' timer (`runtime::idle`): `strace -f -c` over 2 s of 3
+/// idle shards counted 10 146 `membarrier` calls (one per park, each interrupting every CPU the
+/// engine runs on), none once bound; and under valgrind (whose 3.19 never wakes a thread
+/// waiting in `io_uring_enter`) a 3-shard engine hung.
 fn unpinned() -> Placement {
     let Some(allowed) = core_affinity::get_core_ids() else {
         return Placement::Unbound;
@@ -182,7 +194,11 @@ impl Executor {
             })
             .await;
             set_thread_name(&name);
+            RUNNING_JOB.with(|d| *d.borrow_mut() = Some(done));
             let summary = job().await;
+            let Some(done) = RUNNING_JOB.with(|d| d.borrow_mut().take()) else {
+                return;
+            };
             if self.kind.poll == Poll::Spin {
                 // An executor that spins without end would burn its core while idle: it ends
                 // with its shard instead (and leaks glommio's eventfd, see above).

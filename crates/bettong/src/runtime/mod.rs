@@ -44,6 +44,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::metrics::{self, LiveCounters, Progress, Summary};
@@ -118,6 +119,9 @@ pub struct Engine {
     live: Vec<Arc<LiveCounters>>,
     reporter: Option<Reporting>,
     coordinator: Option<std::thread::JoinHandle<()>>,
+    /// How long the other shards get to stop once one has failed (`--drain-timeout`, 5 s when
+    /// that is unbounded): they may wait for the failed one's messages for ever.
+    after_failure: Duration,
 }
 
 /// The checkpoint store of an engine with `--resilience-dir`, and the channels between its
@@ -401,6 +405,7 @@ impl Engine {
             live,
             reporter,
             coordinator,
+            after_failure: config.drain_timeout.unwrap_or(Duration::from_secs(5)),
         })
     }
 
@@ -444,27 +449,67 @@ impl Engine {
     }
 
     /// Waits for every shard to finish (after a stop) and returns the merged measurements.
+    ///
+    /// A shard that fails (a computation of it panicked) ends the run: the engine is stopped
+    /// at once, and this returns the failure once the other shards have stopped, or once
+    /// `--drain-timeout` (5 s when unbounded) has passed, whichever is first. Those that have
+    /// not stopped by then (waiting for the failed shard's messages) are left behind.
     pub fn join(mut self) -> Result<Summary, Error> {
+        self.collect()
+    }
+
+    /// [`join`](Self::join)'s work, which a drop does too.
+    fn collect(&mut self) -> Result<Summary, Error> {
         let mut total = Summary::default();
-        let mut failed = None;
-        for (i, outcome) in std::mem::take(&mut self.shards).into_iter().enumerate() {
-            match outcome.recv() {
-                Ok(s) => total.merge(&s),
-                Err(_) => {
-                    failed = failed.or(Some(Error::Shard(format!("shard {i} failed (panicked)"))))
+        let mut failed: Option<usize> = None;
+        let mut deadline = None;
+        let mut pending: Vec<(usize, executors::Outcome)> = std::mem::take(&mut self.shards)
+            .into_iter()
+            .enumerate()
+            .collect();
+        while !pending.is_empty() {
+            // Each shard in turn, briefly: any of them may be the one that fails.
+            pending.retain(|(i, outcome)| {
+                match outcome.recv_timeout(Duration::from_millis(10)) {
+                    Ok(s) => total.merge(&s),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        failed = failed.or(Some(*i));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => return true,
                 }
+                false
+            });
+            if failed.is_some() && deadline.is_none() {
+                self.stop.stop();
+                // A second past the drain's own deadline, so that shards that drain in time
+                // are not taken for stuck.
+                deadline =
+                    Some(std::time::Instant::now() + self.after_failure + Duration::from_secs(1));
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                break;
             }
         }
-        if let Some(c) = self.coordinator.take() {
-            let _ = c.join();
-        }
-        if let Some(r) = self.reporter.take() {
-            // Ends once every shard has dropped its sender, which joining them guarantees.
-            let _ = r.join();
+        let stuck: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+        // Both end once every shard has ended; with shards left behind they would wait too.
+        if stuck.is_empty() {
+            if let Some(c) = self.coordinator.take() {
+                let _ = c.join();
+            }
+            if let Some(r) = self.reporter.take() {
+                let _ = r.join();
+            }
         }
         match failed {
-            Some(e) => Err(e),
             None => Ok(total),
+            Some(i) if stuck.is_empty() => {
+                Err(Error::Shard(format!("shard {i} failed (panicked)")))
+            }
+            Some(i) => Err(Error::Shard(format!(
+                "shard {i} failed (panicked); shard(s) {stuck:?} did not stop within {:?} \
+                 after it and were left behind",
+                self.after_failure
+            ))),
         }
     }
 }
@@ -477,15 +522,7 @@ impl Drop for Engine {
             return;
         }
         self.stop.stop();
-        for outcome in std::mem::take(&mut self.shards) {
-            let _ = outcome.recv();
-        }
-        if let Some(c) = self.coordinator.take() {
-            let _ = c.join();
-        }
-        if let Some(r) = self.reporter.take() {
-            let _ = r.join();
-        }
+        let _ = self.collect();
     }
 }
 
