@@ -495,9 +495,9 @@ mod tests {
                     0,
                     3,
                     |m| if m.id == 50 { bad } else { m.id % 3 },
-                    |run| drop(run.count()),
+                    |run| run.for_each(drop),
                     |_, _| unreachable!("runs on 3 shards"),
-                    |_, run| drop(run.count()),
+                    |_, run| run.for_each(drop),
                 );
             }));
             assert!(r.is_err(), "shard {bad} of 3");
