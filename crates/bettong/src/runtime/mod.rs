@@ -452,8 +452,9 @@ impl Engine {
     ///
     /// A shard that fails (a computation of it panicked) ends the run: the engine is stopped
     /// at once, and this returns the failure once the other shards have stopped, or once
-    /// `--drain-timeout` (5 s when unbounded) has passed, whichever is first. Those that have
-    /// not stopped by then (waiting for the failed shard's messages) are left behind.
+    /// `--drain-timeout` (5 s when unbounded) and a second more have passed, whichever is
+    /// first. Those that have not stopped by then (waiting for the failed shard's messages)
+    /// are left behind, and the error names them.
     pub fn join(mut self) -> Result<Summary, Error> {
         self.collect()
     }
